@@ -1,0 +1,1 @@
+"""The `spruce` command line."""

@@ -1,0 +1,1 @@
+"""Spruce service shared package: settings, database rows, job states, object storage."""

@@ -1,0 +1,273 @@
+"""The compression spec: what to prune, how, on which text.
+
+One shape for the CLI, the service and the report. ``CompressionSpec.from_dict`` accepts the
+job body of the HTTP API (``{"model", "sparsity", "method", "calibration", "evaluation"}``) and
+raises ``SpecError`` whose ``param`` is the dotted path of the bad field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from core.errors import SpecError
+
+Pruner = Literal["magnitude", "wanda", "sparsegpt"]
+Allocation = Literal["uniform", "owl"]
+PRUNERS: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt")
+ALLOCATIONS: tuple[str, ...] = ("uniform", "owl")
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+
+_NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class Sparsity:
+    """A sparsity target: an unstructured ratio of zeros, or an N:M pattern.
+
+    N:M follows the NVIDIA / PyTorch semi-structured convention: at most N non-zeros in every
+    group of M consecutive weights along the input dimension, so 2:4 and 4:8 are both 50%.
+    """
+
+    ratio: float
+    n: int | None = None
+    m: int | None = None
+
+    @property
+    def is_nm(self) -> bool:
+        return self.n is not None
+
+    @classmethod
+    def parse(cls, value: Any, *, param: str = "sparsity") -> Sparsity:
+        if isinstance(value, bool):
+            raise SpecError("must be a number in (0, 1) or an 'N:M' string", param=param)
+        if isinstance(value, (int, float)):
+            ratio = float(value)
+            if not 0.0 < ratio < 1.0:
+                raise SpecError(f"ratio {value} is not in (0, 1)", param=param)
+            return cls(ratio=ratio)
+        if isinstance(value, str):
+            match = _NM.match(value)
+            if match:
+                n, m = int(match.group(1)), int(match.group(2))
+                if not 0 < n < m:
+                    raise SpecError(f"'{value}': N:M needs 0 < N < M", param=param)
+                if m > 256:
+                    raise SpecError(f"'{value}': M must be at most 256", param=param)
+                return cls(ratio=1.0 - n / m, n=n, m=m)
+            try:
+                return cls.parse(float(value), param=param)
+            except ValueError:
+                pass
+        raise SpecError(
+            f"{value!r} is neither a ratio in (0, 1) nor an 'N:M' string such as '2:4'", param=param
+        )
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}" if self.is_nm else f"{self.ratio:g}"
+
+    def to_json(self) -> float | str:
+        return str(self) if self.is_nm else self.ratio
+
+
+@dataclass(frozen=True)
+class InductionSpec:
+    """Sparsity Induction settings (arXiv 2602.21652); see docs/induction.md."""
+
+    enabled: bool = False
+    epochs: int = 2
+    lr: float = 1e-2
+    shifts: bool = True  # shifts only where they fold into an existing bias (see docs)
+    qk_scale: bool = True
+    reg: float = 1e-4  # weight of the regulariser on the scaled weights
+    mask: Literal["ste", "soft"] = "ste"
+    batch_size: int = 4
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    """A text source and how to sample it: ``pydoc``, a dataset name, or a .txt/.jsonl path."""
+
+    source: str = "pydoc"
+    samples: int = 32
+    seq_len: int = 512
+    seed: int = 0
+    field: str = "text"  # jsonl field holding the text
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    sources: tuple[str, ...] = ("pydoc",)
+    seq_len: int = 512
+    max_windows: int = 40
+    batch_size: int = 4
+
+
+@dataclass(frozen=True)
+class CompressionSpec:
+    model: str
+    sparsity: Sparsity
+    pruner: Pruner = "wanda"
+    allocation: Allocation = "uniform"
+    owl_lambda: float = 0.08  # OWL: per-layer ratios lie in target +- lambda
+    owl_m: float = 5.0  # OWL: an outlier is a score above M x the layer's mean score
+    blocksize: int = 128  # SparseGPT
+    dampening: float = 0.01  # SparseGPT: lambda = dampening x mean(diag(H))
+    induction: InductionSpec = field(default_factory=InductionSpec)
+    calibration: TextSpec = field(default_factory=TextSpec)
+    evaluation: EvalSpec = field(default_factory=EvalSpec)
+    dtype: str = "float32"
+    batch_size: int = 8  # calibration sequences per forward pass
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> CompressionSpec:
+        """Build from the HTTP job body; unknown keys and bad values raise ``SpecError``."""
+        body = dict(body)
+        _require_keys(body, {"model", "sparsity", "method", "calibration", "evaluation", "options"}, "")
+        model = body.get("model")
+        if not isinstance(model, str) or not model.strip():
+            raise SpecError("must be a non-empty string naming the model", param="model")
+        if "sparsity" not in body:
+            raise SpecError("is required", param="sparsity")
+        sparsity = Sparsity.parse(body["sparsity"])
+        method = _section(body, "method")
+        _require_keys(
+            method,
+            {"pruner", "allocation", "induction", "owl_lambda", "owl_m", "blocksize", "dampening"},
+            "method",
+        )
+        pruner = method.get("pruner", "wanda")
+        if pruner not in PRUNERS:
+            raise SpecError(f"{pruner!r} is not one of {', '.join(PRUNERS)}", param="method.pruner")
+        allocation = method.get("allocation", "uniform")
+        if allocation not in ALLOCATIONS:
+            raise SpecError(
+                f"{allocation!r} is not one of {', '.join(ALLOCATIONS)}", param="method.allocation"
+            )
+        if allocation == "owl" and sparsity.is_nm:
+            raise SpecError(
+                "OWL allocation needs an unstructured ratio: an N:M pattern fixes every layer's sparsity",
+                param="method.allocation",
+            )
+        induction = _build(InductionSpec, _section(method, "induction"), "method.induction")
+        options = _section(body, "options")
+        spec = cls(
+            model=model.strip(),
+            sparsity=sparsity,
+            pruner=pruner,
+            allocation=allocation,
+            owl_lambda=_number(method, "owl_lambda", 0.08, "method", lo=0.0, hi=1.0),
+            owl_m=_number(method, "owl_m", 5.0, "method", lo=1.0, hi=1000.0),
+            blocksize=int(_number(method, "blocksize", 128, "method", lo=1, hi=1 << 16, integer=True)),
+            dampening=_number(method, "dampening", 0.01, "method", lo=0.0, hi=10.0),
+            induction=induction,
+            calibration=_build(TextSpec, _section(body, "calibration"), "calibration"),
+            evaluation=_build(EvalSpec, _section(body, "evaluation"), "evaluation"),
+            dtype=str(options.get("dtype", "float32")),
+            batch_size=int(_number(options, "batch_size", 8, "options", lo=1, hi=4096, integer=True)),
+        )
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        """Range checks shared by every way of building a spec."""
+        if self.dtype not in DTYPES:
+            raise SpecError(f"{self.dtype!r} is not one of {', '.join(DTYPES)}", param="options.dtype")
+        cal, ev, ind = self.calibration, self.evaluation, self.induction
+        _check(1 <= cal.samples <= 100_000, "calibration.samples", "must be between 1 and 100000")
+        _check(8 <= cal.seq_len <= 131_072, "calibration.seq_len", "must be between 8 and 131072")
+        _check(bool(cal.source.strip()), "calibration.source", "must name a text source")
+        _check(8 <= ev.seq_len <= 131_072, "evaluation.seq_len", "must be between 8 and 131072")
+        _check(1 <= ev.max_windows <= 100_000, "evaluation.max_windows", "must be at least 1")
+        _check(1 <= ev.batch_size <= 4096, "evaluation.batch_size", "must be at least 1")
+        _check(1 <= ind.epochs <= 100, "method.induction.epochs", "must be between 1 and 100")
+        _check(0.0 < ind.lr <= 1.0, "method.induction.lr", "must be in (0, 1]")
+        _check(ind.reg >= 0.0, "method.induction.reg", "must be >= 0")
+        _check(ind.mask in ("ste", "soft"), "method.induction.mask", "must be 'ste' or 'soft'")
+        _check(1 <= ind.batch_size <= 4096, "method.induction.batch_size", "must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job-body shape; ``from_dict(to_dict())`` round-trips."""
+        return {
+            "model": self.model,
+            "sparsity": self.sparsity.to_json(),
+            "method": {
+                "pruner": self.pruner,
+                "allocation": self.allocation,
+                "owl_lambda": self.owl_lambda,
+                "owl_m": self.owl_m,
+                "blocksize": self.blocksize,
+                "dampening": self.dampening,
+                "induction": dataclasses.asdict(self.induction),
+            },
+            "calibration": dataclasses.asdict(self.calibration),
+            "evaluation": {**dataclasses.asdict(self.evaluation), "sources": list(self.evaluation.sources)},
+            "options": {"dtype": self.dtype, "batch_size": self.batch_size},
+        }
+
+
+def _check(ok: bool, param: str, message: str) -> None:
+    if not ok:
+        raise SpecError(message, param=param)
+
+
+def _require_keys(section: dict[str, Any], allowed: set[str], where: str) -> None:
+    for key in section:
+        if key not in allowed:
+            path = f"{where}.{key}" if where else key
+            raise SpecError(f"unknown field; allowed: {', '.join(sorted(allowed))}", param=path)
+
+
+def _section(body: dict[str, Any], name: str) -> dict[str, Any]:
+    value = body.get(name) or {}
+    if not isinstance(value, dict):
+        raise SpecError("must be an object", param=name)
+    return dict(value)
+
+
+def _number(
+    section: dict[str, Any], key: str, default: float, where: str, *, lo: float, hi: float, integer: bool = False
+) -> float:
+    value = section.get(key, default)
+    param = f"{where}.{key}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError("must be a number", param=param)
+    if integer and int(value) != value:
+        raise SpecError("must be an integer", param=param)
+    if not lo <= value <= hi:
+        raise SpecError(f"must be between {lo:g} and {hi:g}", param=param)
+    return float(value)
+
+
+def _build(kind: type[Any], values: dict[str, Any], where: str) -> Any:
+    """Instantiate a flat dataclass from a dict, type-checking each field against its default."""
+    defaults = kind()
+    known = {f.name for f in dataclasses.fields(kind)}
+    _require_keys(values, known, where)
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        param = f"{where}.{name}"
+        expected = getattr(defaults, name)
+        if isinstance(expected, bool):
+            if not isinstance(value, bool):
+                raise SpecError("must be true or false", param=param)
+        elif isinstance(expected, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SpecError("must be an integer", param=param)
+        elif isinstance(expected, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SpecError("must be a number", param=param)
+            value = float(value)
+        elif isinstance(expected, str):
+            if not isinstance(value, str):
+                raise SpecError("must be a string", param=param)
+        elif isinstance(expected, tuple):
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise SpecError("must be a list of strings", param=param)
+            value = tuple(value)
+        out[name] = value
+    return kind(**out)

@@ -1,0 +1,1 @@
+"""The Celery worker that runs jobs through the engine."""
