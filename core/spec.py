@@ -103,6 +103,7 @@ class EvalSpec:
     seq_len: int = 512
     max_windows: int = 40
     batch_size: int = 4
+    dense: bool = True  # also evaluate the dense model (off when its perplexity is already known)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,159 @@
+"""The Spruce benchmark (../shared/BENCHMARK.md): quality and speed of every pruner configuration.
+
+Each configuration runs in its own process (so peak memory is per row) through the same
+``core.compress.compress`` the service uses, on SmolLM2-135M and the pydoc text.
+
+    python benchmarks/quality.py                       # the table without Sparsity Induction
+    python benchmarks/quality.py --induction both      # with and without induction
+    python benchmarks/quality.py --only wanda:2:4 --only sparsegpt:0.5
+    python benchmarks/quality.py --json results.json   # also save the raw rows
+
+Reference figures (llm-compressor 0.14 on the same work) are in ../shared/anchors.md; the
+``ref`` columns below repeat them so each row reads at a glance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# llm-compressor 0.14 on this exact work (../shared/anchors.md): perplexity, seconds.
+ANCHORS: dict[str, tuple[float, float]] = {
+    "magnitude:0.5": (399.78, 7),
+    "magnitude:2:4": (1877.50, 3),
+    "magnitude:0.7": (596299, 9),
+    "wanda:0.5": (24.71, 106),
+    "wanda:2:4": (69.94, 103),
+    "wanda:0.7": (363.33, 106),
+    "sparsegpt:0.5": (18.21, 178),
+    "sparsegpt:2:4": (29.16, 178),
+    "sparsegpt:0.7": (58.92, 178),
+}
+DENSE_ANCHOR = 12.33
+
+PRUNERS = ("magnitude", "wanda", "sparsegpt")
+# (sparsity, allocation) per BENCHMARK.md: 50%, 2:4, 4:8, 70% uniform and 70% OWL.
+TARGETS: tuple[tuple[str, str], ...] = (
+    ("0.5", "uniform"),
+    ("2:4", "uniform"),
+    ("4:8", "uniform"),
+    ("0.7", "uniform"),
+    ("0.7", "owl"),
+)
+
+
+def _body(
+    pruner: str, sparsity: str, allocation: str, induction: bool, samples: int, dense: bool
+) -> dict[str, Any]:
+    return {
+        "model": "smollm2-135m",
+        "sparsity": sparsity if ":" in sparsity else float(sparsity),
+        "method": {"pruner": pruner, "allocation": allocation, "induction": {"enabled": induction}},
+        "calibration": {"source": "pydoc", "samples": samples, "seq_len": 512, "seed": 0},
+        "evaluation": {"sources": ["pydoc"], "seq_len": 512, "max_windows": 40, "dense": dense},
+    }
+
+
+def _child(body: dict[str, Any], threads: int, queue: Any) -> None:
+    import torch
+
+    from core.compress import compress
+    from core.spec import CompressionSpec
+
+    torch.set_num_threads(threads)
+    report = compress(CompressionSpec.from_dict(body), device="cpu").to_dict()
+    queue.put(report)
+
+
+def run_one(body: dict[str, Any], threads: int) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(body, threads, queue))
+    proc.start()
+    report = queue.get()
+    proc.join()
+    return report
+
+
+def row_of(label: str, key: str, report: dict[str, Any]) -> dict[str, Any]:
+    t = report["timings"]
+    step = t.get("prune", 0.0) + t.get("allocate", 0.0) + t.get("induction", 0.0)
+    sp = report["sparsity"]
+    ref_ppl, ref_s = ANCHORS.get(key, (None, None))
+    return {
+        "config": label,
+        "ppl": report["perplexity"]["sparse"]["pydoc"],
+        "seconds": step,
+        "induction_s": t.get("induction", 0.0),
+        "peak_gib": report.get("peak_rss_after_prune_bytes", report["peak_rss_bytes"]) / 2**30,
+        "sp_mean": sp["mean"],
+        "sp_min": sp["min"],
+        "sp_max": sp["max"],
+        "nm_ok": sp["nm_ok"],
+        "ref_ppl": ref_ppl,
+        "ref_s": ref_s,
+    }
+
+
+def print_table(rows: list[dict[str, Any]], dense: float | None) -> None:
+    print(f"\ndense perplexity: {dense:.2f} (llm-compressor reference {DENSE_ANCHOR})" if dense else "")
+    head = (
+        "| config | ppl | ref ppl | step s | ref s | speed-up | induction s | peak GiB |"
+        " sparsity mean/min/max | N:M ok |"
+    )
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for r in rows:
+        ref_ppl = f"{r['ref_ppl']:.2f}" if r["ref_ppl"] else "-"
+        ref_s = f"{r['ref_s']:.0f}" if r["ref_s"] else "-"
+        speed = f"{r['ref_s'] / r['seconds']:.1f}x" if r["ref_s"] and r["seconds"] > 0 else "-"
+        nm = "-" if r["nm_ok"] is None else ("yes" if r["nm_ok"] else "NO")
+        print(
+            f"| {r['config']} | {r['ppl']:.2f} | {ref_ppl} | {r['seconds']:.1f} | {ref_s} | {speed} |"
+            f" {r['induction_s']:.1f} | {r['peak_gib']:.2f} |"
+            f" {r['sp_mean']:.4f}/{r['sp_min']:.4f}/{r['sp_max']:.4f} | {nm} |"
+        )
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--induction", choices=["off", "on", "both"], default="off")
+    ap.add_argument("--only", action="append", default=None, help="pruner:sparsity[:owl], e.g. wanda:2:4")
+    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    configs = [(p, s, a) for p in PRUNERS for s, a in TARGETS]
+    if args.only:
+        wanted = set(args.only)
+        configs = [
+            (p, s, a) for p, s, a in configs if f"{p}:{s}" in wanted or f"{p}:{s}:{a}" in wanted
+        ]
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.induction]
+    rows: list[dict[str, Any]] = []
+    dense = None
+    started = time.time()
+    for pruner, sparsity, allocation in configs:
+        for induction in modes:
+            label = f"{pruner} {sparsity}{' owl' if allocation == 'owl' else ''}{' +SI' if induction else ''}"
+            key = f"{pruner}:{sparsity}" if allocation == "uniform" else ""
+            body = _body(pruner, sparsity, allocation, induction, args.samples, dense is None)
+            report = run_one(body, args.threads)
+            dense = dense or report["perplexity"]["dense"]["pydoc"]
+            rows.append(row_of(label, key, report))
+            print(f"[{time.time() - started:.0f}s] {label}: ppl {rows[-1]['ppl']:.2f}", file=sys.stderr, flush=True)
+    print_table(rows, dense)
+    if args.json:
+        args.json.write_text(json.dumps({"dense": dense, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,380 @@
+"""``compress``: the engine's one entry point, used by the worker and the CLI alike.
+
+load -> calibration text -> dense perplexity -> (OWL allocation) -> layer walk: for each decoder
+layer (induce) -> statistics -> prune -> propagate -> sparse perplexity -> export + report.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core import report as rep
+from core.arch import ArchSpec, decoder_layers, layer_linears
+from core.data import batched, calibration_ids, evaluation_ids
+from core.errors import Cancelled
+from core.evaluate import perplexity
+from core.export import dense_bytes, save_compact, save_hf
+from core.models import LoadedModel, load_model
+from core.owl import outlier_ratio, owl_ratios
+from core.progress import Progress, ProgressFn, StopFn, overall_fraction
+from core.pruners import prune_weight, reconstruction_error, wanda_scores
+from core.sparsity import LayerTarget, nm_ok, sparsity_of
+from core.spec import CompressionSpec
+from core.walker import LayerBatch, capture_inputs, collect_stats, run_layer, walk
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Report:
+    """Everything a run measured; ``to_dict()`` is the content of report.json."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The results the service stores on the job row."""
+        return {k: self.data.get(k) for k in ("perplexity", "sparsity", "sizes", "timings", "layers")}
+
+
+class _Run:
+    """Progress, timing and cancellation for one ``compress`` call."""
+
+    def __init__(self, on_progress: ProgressFn | None, should_stop: StopFn | None) -> None:
+        self._on_progress = on_progress
+        self._should_stop = should_stop
+        self._last = 0.0
+        self.timings: dict[str, float] = {}
+
+    def progress(self, stage: str, within: float, layer: int | None = None, layers: int | None = None) -> None:
+        fraction = max(self._last, overall_fraction(stage, within))
+        self._last = fraction
+        if self._on_progress is not None:
+            self._on_progress(Progress(stage=stage, fraction=fraction, layer=layer, layers=layers))
+
+    def check_stop(self, where: str) -> None:
+        if self._should_stop is not None and self._should_stop():
+            raise Cancelled(f"cancelled {where}")
+
+    def stop_fn(self) -> StopFn | None:
+        return self._should_stop
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.check_stop(f"before stage {name!r}")
+        self.progress(name, 0.0)
+        start = time.perf_counter()
+        yield
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        self.progress(name, 1.0)
+
+
+def compress(
+    spec: CompressionSpec,
+    *,
+    device: str | torch.device = "cpu",
+    out_dir: Path | None = None,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    cache_dir: Path | None = None,
+) -> Report:
+    """Prune ``spec.model`` to ``spec.sparsity`` and return the report.
+
+    ``device`` receives one decoder layer at a time; the model itself stays on the CPU.
+    ``on_progress`` is called with a never-decreasing ``Progress``; ``should_stop`` is checked
+    between layers and stages and ends the run with ``core.errors.Cancelled``. With ``out_dir``
+    set, the HF folder (``hf/``), the compact sparse artifact (``compact/``) and ``report.json``
+    are written there.
+    """
+    spec.validate()
+    device = torch.device(device)
+    run = _Run(on_progress, should_stop)
+    started = time.time()
+
+    with run.stage("load"):
+        loaded = load_model(spec.model, dtype=_DTYPES[spec.dtype], cache_dir=cache_dir)
+    model, arch = loaded.model, loaded.arch
+    n_layers = len(decoder_layers(model, arch))
+
+    with run.stage("calibration"):
+        calib, calib_info = calibration_ids(loaded.tokenizer, spec.calibration)
+        evals = {
+            src: evaluation_ids(loaded.tokenizer, src, field=spec.calibration.field)
+            for src in spec.evaluation.sources
+            if src != "none"
+        }
+
+    dense_ppl: dict[str, float] = {}
+    if spec.evaluation.dense:
+        with run.stage("evaluate_dense"):
+            dense_ppl = _evaluate(loaded, evals, spec, device, run, "evaluate_dense")
+
+    ratios = [spec.sparsity.ratio] * n_layers
+    outliers: list[float] | None = None
+    if spec.allocation == "owl":
+        with run.stage("allocate"):
+            outliers = _outlier_ratios(loaded, calib, spec, device, run)
+            ratios = owl_ratios(outliers, spec.sparsity.ratio, spec.owl_lambda)
+
+    with run.stage("prune"):
+        layer_rows, fact = _prune_layers(loaded, calib, ratios, spec, device, run)
+    peak_after_prune = rep.peak_rss_bytes()
+
+    with run.stage("evaluate_sparse"):
+        sparse_ppl = _evaluate(loaded, evals, spec, device, run, "evaluate_sparse")
+
+    data = rep.build(
+        spec=spec,
+        loaded=loaded,
+        calibration=calib_info,
+        evaluation={src: meta for src, (_, meta) in evals.items()},
+        dense_ppl=dense_ppl,
+        sparse_ppl=sparse_ppl,
+        layers=layer_rows,
+        sparsity=_sparsity_summary(model, arch, spec),
+        outliers=outliers,
+        factorization=fact,
+        device=str(device),
+    )
+    data["sizes"] = {"dense_bytes": dense_bytes(model)}
+    if out_dir is not None:
+        with run.stage("export"):
+            out_dir = Path(out_dir)
+            data["sizes"]["hf_bytes"] = save_hf(model, loaded.tokenizer, out_dir / "hf")
+            data["sizes"]["compact_bytes"] = save_compact(
+                model, arch, out_dir / "compact", structure=_structure(spec), tokenizer=loaded.tokenizer
+            )
+    _split_prune_timing(run.timings, layer_rows)
+    data["timings"] = {k: round(v, 3) for k, v in run.timings.items()}
+    data["timings"]["total"] = round(time.time() - started, 3)
+    data["peak_rss_after_prune_bytes"] = peak_after_prune
+    data["peak_rss_bytes"] = rep.peak_rss_bytes()
+    report = Report(data)
+    if out_dir is not None:
+        rep.write(report.to_dict(), Path(out_dir) / "report.json")
+    run.progress("export", 1.0)
+    return report
+
+
+def _split_prune_timing(timings: dict[str, float], rows: list[dict[str, Any]]) -> None:
+    """Report induction and measurement-only forward passes apart from the pruning step itself."""
+    for key in ("induction", "measure"):
+        spent = sum(r.get(f"{key}_seconds", 0.0) for r in rows)
+        if spent:
+            timings[key] = spent
+            timings["prune"] = timings["prune"] - spent
+
+
+def _structure(spec: CompressionSpec) -> str:
+    return str(spec.sparsity) if spec.sparsity.is_nm else "unstructured"
+
+
+def _calibration_batches(
+    loaded: LoadedModel, calib: torch.Tensor, spec: CompressionSpec, device: torch.device
+) -> list[LayerBatch]:
+    return capture_inputs(loaded.model, loaded.arch, batched(calib, spec.batch_size), device=device)
+
+
+def _evaluate(
+    loaded: LoadedModel,
+    evals: dict[str, tuple[torch.Tensor, dict[str, Any]]],
+    spec: CompressionSpec,
+    device: torch.device,
+    run: _Run,
+    stage: str,
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    total = max(1, len(evals))
+    for k, (src, (ids, _)) in enumerate(evals.items()):
+        n = len(decoder_layers(loaded.model, loaded.arch))
+
+        def on_layer(i: int, layers: int, k: int = k) -> None:
+            run.progress(stage, (k + i / layers) / total, i, layers)
+
+        result = perplexity(
+            loaded.model,
+            loaded.arch,
+            ids,
+            seq_len=spec.evaluation.seq_len,
+            max_windows=spec.evaluation.max_windows,
+            batch_size=spec.evaluation.batch_size,
+            device=device,
+            on_layer=on_layer if n else None,
+        )
+        out[src] = result.ppl
+    return out
+
+
+def _outlier_ratios(
+    loaded: LoadedModel, calib: torch.Tensor, spec: CompressionSpec, device: torch.device, run: _Run
+) -> list[float]:
+    """OWL's per-layer outlier ratios from Wanda scores of the dense model (one dense pass)."""
+    arch = loaded.arch
+    found: list[float] = []
+
+    def visit(i: int, layer: nn.Module, batches: list[LayerBatch]) -> None:
+        stats, _ = collect_stats(layer, arch, batches, device=device, want_hessian=False)
+        linears = layer_linears(layer, arch)
+        scores = [wanda_scores(lin.weight.data.float(), stats[name].col_norm) for name, lin in linears.items()]
+        found.append(outlier_ratio(scores, spec.owl_m))
+
+    batches = _calibration_batches(loaded, calib, spec, device)
+    walk(
+        loaded.model,
+        arch,
+        batches,
+        device=device,
+        visit=visit,
+        should_stop=run.stop_fn(),
+        on_layer=lambda i, n: run.progress("allocate", i / n, i, n),
+    )
+    return found
+
+
+def _prune_layers(
+    loaded: LoadedModel,
+    calib: torch.Tensor,
+    ratios: list[float],
+    spec: CompressionSpec,
+    device: torch.device,
+    run: _Run,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Walk the decoder layers once: (induce), collect statistics, prune, propagate."""
+    arch = loaded.arch
+    rows: list[dict[str, Any]] = []
+    fact: list[dict[str, Any]] = []
+    dense_out: list[list[torch.Tensor]] = []
+    needs_stats = spec.pruner != "magnitude"
+
+    def visit(i: int, layer: nn.Module, batches: list[LayerBatch]) -> None:
+        target = LayerTarget.from_sparsity(spec.sparsity, None if spec.sparsity.is_nm else ratios[i])
+        row: dict[str, Any] = {"index": i, "target": round(target.ratio, 6), "induction": None}
+        col_weights: dict[str, torch.Tensor] = {}
+        if spec.induction.enabled:
+            from core.induction import induce_layer  # torch-heavy training code, only when asked for
+
+            result = induce_layer(
+                layer, arch, batches, device=device, target=target, pruner=spec.pruner, spec=spec.induction
+            )
+            col_weights = result.col_weights
+            row["induction"] = rep.induction_row(result)
+            row["induction_seconds"] = result.seconds
+        start = time.perf_counter()
+        if needs_stats:
+            stats, outputs = collect_stats(
+                layer, arch, batches, device=device, want_hessian=spec.pruner == "sparsegpt"
+            )
+        else:
+            # Magnitude needs no data: this dense pass only measures the layer's error.
+            stats, outputs = {}, run_layer(layer, batches, device=device)
+            row["measure_seconds"] = time.perf_counter() - start
+        dense_out.append(outputs)
+        row["linears"] = _prune_linears(layer, arch, target, stats, spec, col_weights, fact, i)
+        row["_visit_end"] = time.perf_counter()
+        rows.append(row)
+
+    def on_outputs(i: int, outputs: list[torch.Tensor]) -> None:
+        row = rows[i]
+        if not needs_stats:  # magnitude: propagating is only needed to measure the next layer's error
+            row["measure_seconds"] += time.perf_counter() - row["_visit_end"]
+        del row["_visit_end"]
+        row["rel_error"] = _relative_error(dense_out.pop(), outputs)
+        row["sparsity"] = _layer_sparsity(row["linears"])
+
+    batches = _calibration_batches(loaded, calib, spec, device)
+    walk(
+        loaded.model,
+        arch,
+        batches,
+        device=device,
+        visit=visit,
+        should_stop=run.stop_fn(),
+        on_layer=lambda i, n: run.progress("prune", i / n, i, n),
+        on_outputs=on_outputs,
+    )
+    return rows, fact
+
+
+def _prune_linears(
+    layer: nn.Module,
+    arch: ArchSpec,
+    target: LayerTarget,
+    stats: dict[str, Any],
+    spec: CompressionSpec,
+    col_weights: dict[str, torch.Tensor],
+    fact: list[dict[str, Any]],
+    index: int,
+) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, lin in layer_linears(layer, arch).items():
+        W = lin.weight.data  # [out, in]
+        st = stats.get(name)
+        result = prune_weight(
+            W,
+            spec.pruner,
+            target,
+            st,
+            blocksize=spec.blocksize,
+            dampening=spec.dampening,
+            col_weight=col_weights.get(name),
+        )
+        entry: dict[str, Any] = {"sparsity": round(sparsity_of(result.W), 6), "params": W.numel()}
+        if st is not None and st.H is not None:
+            entry["rel_error"] = round(reconstruction_error(W, result.W, st.H), 6)
+        if result.retries:
+            fact.append({"layer": index, "linear": name, "retries": result.retries, "damp": result.damp})
+        W.copy_(result.W)
+        out[name] = entry
+    return out
+
+
+def _relative_error(dense: list[torch.Tensor], sparse: list[torch.Tensor]) -> float:
+    """||Y_dense - Y_sparse|| / ||Y_dense|| of one layer's outputs, over all calibration batches."""
+    num = sum(float((d.float() - s.float()).pow(2).sum()) for d, s in zip(dense, sparse, strict=True))
+    den = sum(float(d.float().pow(2).sum()) for d in dense)
+    return round((num / max(den, 1e-30)) ** 0.5, 6)
+
+
+def _layer_sparsity(linears: dict[str, dict[str, Any]]) -> float:
+    zeros = sum(v["sparsity"] * v["params"] for v in linears.values())
+    total = sum(v["params"] for v in linears.values())
+    return round(zeros / max(total, 1), 6)
+
+
+def _sparsity_summary(model: nn.Module, arch: ArchSpec, spec: CompressionSpec) -> dict[str, Any]:
+    per_linear: list[float] = []
+    zeros = total = 0
+    pattern = True
+    for layer in decoder_layers(model, arch):
+        for lin in layer_linears(layer, arch).values():
+            W = lin.weight.data
+            z = int((W == 0).sum())
+            zeros, total = zeros + z, total + W.numel()
+            per_linear.append(z / W.numel())
+            if spec.sparsity.is_nm:
+                assert spec.sparsity.n is not None and spec.sparsity.m is not None
+                pattern = pattern and nm_ok(W, spec.sparsity.n, spec.sparsity.m)
+    return {
+        "target": spec.sparsity.to_json(),
+        "overall": round(zeros / max(total, 1), 6),
+        "mean": round(sum(per_linear) / max(len(per_linear), 1), 6),
+        "min": round(min(per_linear, default=0.0), 6),
+        "max": round(max(per_linear, default=0.0), 6),
+        "nm_ok": pattern if spec.sparsity.is_nm else None,
+        "pruned_params": total,
+    }
+

@@ -1,0 +1,101 @@
+"""report.json: the full spec, versions, seeds, timings and every measurement of a run."""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.models import LoadedModel
+    from core.spec import CompressionSpec
+
+SCHEMA_VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("spruce", "torch", "transformers", "compressed-tensors", "safetensors"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def induction_row(result: Any) -> dict[str, Any]:
+    return {
+        "losses": [round(float(x), 8) for x in result.losses],
+        "init_loss": float(result.init_loss),
+        "final_loss": float(result.final_loss),
+        "seconds": round(float(result.seconds), 4),
+        "info": result.info,
+    }
+
+
+def build(
+    *,
+    spec: CompressionSpec,
+    loaded: LoadedModel,
+    calibration: dict[str, Any],
+    evaluation: dict[str, dict[str, Any]],
+    dense_ppl: dict[str, float],
+    sparse_ppl: dict[str, float],
+    layers: list[dict[str, Any]],
+    sparsity: dict[str, Any],
+    outliers: list[float] | None,
+    factorization: list[dict[str, Any]],
+    device: str,
+) -> dict[str, Any]:
+    induction = None
+    if spec.induction.enabled:
+        rows = [r["induction"] for r in layers if r.get("induction")]
+        induction = {
+            "settings": spec.to_dict()["method"]["induction"],
+            "seconds": round(sum(r["seconds"] for r in rows), 4),
+        }
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "versions": versions(),
+        "device": device,
+        "spec": spec.to_dict(),
+        "model": loaded.meta,
+        "calibration": calibration,
+        "evaluation": evaluation,
+        "perplexity": {"dense": dense_ppl, "sparse": sparse_ppl},
+        "sparsity": sparsity,
+        "allocation": {
+            "method": spec.allocation,
+            "ratios": [r["target"] for r in layers],
+            "outlier_ratios": outliers,
+        },
+        "induction": induction,
+        "factorization_retries": factorization,
+        "layers": layers,
+        "resumed": False,
+    }
+
+
+def write(data: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_jsonable))
+    tmp.replace(path)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,94 @@
+"""The compression spec: parsing of the job body and errors that name the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.errors import SpecError
+from core.spec import CompressionSpec, Sparsity
+
+pytestmark = pytest.mark.unit
+
+BODY = {
+    "model": "smollm2-135m",
+    "sparsity": "2:4",
+    "method": {"pruner": "wanda", "allocation": "uniform", "induction": {"enabled": False}},
+    "calibration": {"source": "pydoc", "samples": 32, "seq_len": 512, "seed": 0},
+    "evaluation": {"sources": ["pydoc"]},
+}
+
+
+def _with(path: str, value: object) -> dict:
+    body = {k: (dict(v) if isinstance(v, dict) else v) for k, v in BODY.items()}
+    keys = path.split(".")
+    node = body
+    for key in keys[:-1]:
+        node[key] = dict(node.get(key, {}))
+        node = node[key]
+    node[keys[-1]] = value
+    return body
+
+
+@pytest.mark.parametrize(
+    ("value", "ratio", "n", "m"),
+    [(0.5, 0.5, None, None), ("0.7", 0.7, None, None), ("2:4", 0.5, 2, 4), ("4:8", 0.5, 4, 8), ("1:4", 0.75, 1, 4)],
+)
+def test_sparsity_parses_ratios_and_nm(value, ratio, n, m):
+    s = Sparsity.parse(value)
+    assert (s.ratio, s.n, s.m) == (pytest.approx(ratio), n, m)
+
+
+@pytest.mark.parametrize("value", [0, 1, 1.5, -0.1, "4:4", "5:4", "0:4", "two:four", True, None, [0.5]])
+def test_sparsity_rejects_bad_values(value):
+    with pytest.raises(SpecError) as err:
+        Sparsity.parse(value)
+    assert err.value.param == "sparsity"
+
+
+def test_body_round_trips():
+    spec = CompressionSpec.from_dict(BODY)
+    assert spec.pruner == "wanda" and spec.sparsity.is_nm and spec.calibration.samples == 32
+    assert CompressionSpec.from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "param"),
+    [
+        ("method.pruner", "random", "method.pruner"),
+        ("method.allocation", "greedy", "method.allocation"),
+        ("calibration.samples", 0, "calibration.samples"),
+        ("calibration.samples", "many", "calibration.samples"),
+        ("calibration.seq_len", 4, "calibration.seq_len"),
+        ("method.induction.epochs", 0, "method.induction.epochs"),
+        ("method.induction.lr", -1.0, "method.induction.lr"),
+        ("method.induction.mask", "foo", "method.induction.mask"),
+        ("method.induction.enabled", "yes", "method.induction.enabled"),
+        ("method.dampening", -1, "method.dampening"),
+        ("model", "", "model"),
+        ("colour", "blue", "colour"),
+        ("calibration.colour", "blue", "calibration.colour"),
+        ("evaluation.sources", [1], "evaluation.sources"),
+        ("method", "wanda", "method"),
+    ],
+)
+def test_bad_fields_are_named(path, value, param):
+    with pytest.raises(SpecError) as err:
+        CompressionSpec.from_dict(_with(path, value))
+    assert err.value.param == param
+    assert err.value.message
+
+
+def test_owl_needs_an_unstructured_ratio():
+    with pytest.raises(SpecError) as err:
+        CompressionSpec.from_dict(_with("method.allocation", "owl"))
+    assert err.value.param == "method.allocation"
+    spec = CompressionSpec.from_dict(_with("method.allocation", "owl") | {"sparsity": 0.7})
+    assert spec.allocation == "owl"
+
+
+def test_induction_is_valid_with_every_pruner_and_structure():
+    for pruner in ("magnitude", "wanda", "sparsegpt"):
+        for sparsity in (0.5, "2:4", "4:8"):
+            body = _with("method.pruner", pruner) | {"sparsity": sparsity}
+            body["method"]["induction"] = {"enabled": True, "epochs": 1}
+            assert CompressionSpec.from_dict(body).induction.enabled
