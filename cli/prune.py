@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -63,10 +64,8 @@ def spec_body(args: argparse.Namespace) -> dict[str, Any]:
     if args.no_induction_shifts:
         induction["shifts"] = False
     sparsity: Any = args.sparsity
-    try:
+    with contextlib.suppress(ValueError):
         sparsity = float(args.sparsity)
-    except ValueError:
-        pass
     evals = args.eval or ["pydoc"]
     return {
         "model": args.model,

@@ -31,6 +31,10 @@ class ArchSpec:
     mlp_out: str  # the linear reading the MLP's hidden activation (down, or fc2)
     rotary: bool  # q/k pass through rotary embeddings (pairs (i, i + head_dim/2) rotate together)
     gated: bool  # MLP is act(gate) * up, so `up`'s output rows can absorb down's input scales
+    # After the last decoder layer, before the LM head (model.get_output_embeddings()), relative to
+    # the CausalLM; "" or a None attribute means absent (OPT's project_out is None for most sizes).
+    final_norm: str = ""
+    final_proj: str = ""
 
     @property
     def linears(self) -> tuple[str, ...]:
@@ -52,6 +56,7 @@ _LLAMA = ArchSpec(
     mlp_out="mlp.down_proj",
     rotary=True,
     gated=True,
+    final_norm="model.norm",
 )
 
 _OPT = ArchSpec(
@@ -68,6 +73,8 @@ _OPT = ArchSpec(
     mlp_out="fc2",
     rotary=False,
     gated=False,
+    final_norm="model.decoder.final_layer_norm",
+    final_proj="model.decoder.project_out",
 )
 
 # model_type (config.model_type) -> family. Llama, Mistral and Qwen2 share the LLaMA layout;

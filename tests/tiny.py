@@ -26,6 +26,7 @@ ARCHES = ("llama", "qwen2", "opt")
 @lru_cache(maxsize=1)
 def _tokenizer_json() -> str:
     from pydoc_data.topics import topics
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     text = "\n\n".join(v for _, v in sorted(topics.items()))[:100_000]

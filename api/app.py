@@ -1,0 +1,58 @@
+"""The FastAPI application: ``create_app()`` builds one; ``uvicorn api.app:create_app --factory`` serves it.
+
+Importing this module builds nothing: ``api.app.app`` is created on first access (for servers
+that want a module attribute), and settings, engines and the broker connection are made lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+
+from api import datasets, errors, health, jobs
+from api.deps import ServiceContext
+from api.schemas import JobCreate
+from common.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Spruce turns a dense causal language model into a sparse one.
+
+Submit a job (`POST /v1/jobs`), follow it (`GET /v1/jobs/{id}`, `/events`), download the sparse
+checkpoint (`/artifacts`). Every `/v1` request carries `Authorization: Bearer <API key>`.
+Errors are `{"error": {"code", "message", "param"}}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app bound to ``settings`` (default: the environment's ``SPRUCE_*`` settings)."""
+    app = FastAPI(title="Spruce", version="0.1.0", description=DESCRIPTION, docs_url="/docs")
+    app.state.ctx = ServiceContext(settings or get_settings())
+    errors.install(app, body_models={"/v1/jobs": JobCreate})
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.include_router(datasets.router)
+    _include_dashboard(app)
+    return app
+
+
+def _include_dashboard(app: FastAPI) -> None:
+    try:
+        from api import dashboard
+    except ModuleNotFoundError as exc:  # an API-only build without the dashboard
+        if exc.name != "api.dashboard":
+            raise
+        log.info("no dashboard module; serving the API only")
+        return
+    app.include_router(dashboard.router)
+
+
+def __getattr__(name: str) -> Any:
+    # `api.app:app` for servers that need an attribute: built on first access, not at import.
+    if name == "app":
+        value = create_app()
+        globals()["app"] = value
+        return value
+    raise AttributeError(name)

@@ -1,0 +1,132 @@
+"""/v1/datasets: upload a .txt or .jsonl file to use as calibration or evaluation text."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Annotated, BinaryIO
+
+from fastapi import APIRouter, File, Form, UploadFile
+from sqlalchemy import select
+
+from api.deps import CallerDep, CtxDep, SessionDep
+from api.errors import ApiError, not_found
+from api.schemas import DatasetList, DatasetOut
+from common.models import Dataset, new_id
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+FORMATS = {".txt": "txt", ".jsonl": "jsonl"}
+CHUNK = 1 << 20
+
+
+def dataset_out(ds: Dataset) -> DatasetOut:
+    return DatasetOut.model_validate(
+        {
+            "id": ds.id,
+            "name": ds.name,
+            "filename": ds.filename,
+            "format": ds.format,
+            "size": ds.size,
+            "sha256": ds.sha256,
+            "records": ds.records,
+            "created_at": ds.created_at,
+        }
+    )
+
+
+def _invalid(message: str, param: str = "file") -> ApiError:
+    return ApiError(422, "invalid_dataset", message, param)
+
+
+def copy_limited(src: BinaryIO, dest: BinaryIO, limit: int) -> tuple[int, str]:
+    """Copy at most ``limit`` bytes; returns (size, sha256). Raises 413 beyond the limit."""
+    h, size = hashlib.sha256(), 0
+    while chunk := src.read(CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(
+                413, "payload_too_large", f"the file is larger than {limit // (1 << 20)} MiB", "file"
+            )
+        h.update(chunk)
+        dest.write(chunk)
+    return size, h.hexdigest()
+
+
+def count_records(path: Path, fmt: str) -> int:
+    """Check the text and count its records: non-empty lines (.txt) or JSON objects (.jsonl)."""
+    records = 0
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                if fmt == "jsonl":
+                    try:
+                        value = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise _invalid(f"line {lineno} is not valid JSON: {exc.msg}") from exc
+                    if not isinstance(value, dict):
+                        raise _invalid(f"line {lineno} is not a JSON object")
+                records += 1
+    except UnicodeDecodeError as exc:
+        raise _invalid(f"the file is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    if records == 0:
+        raise _invalid("the file holds no text")
+    return records
+
+
+@router.post("", status_code=201, response_model=DatasetOut)
+def upload_dataset(
+    file: Annotated[
+        UploadFile, File(description="a .txt file, or a .jsonl file with one JSON object per line")
+    ],
+    session: SessionDep,
+    ctx: CtxDep,
+    caller: CallerDep,
+    name: Annotated[str | None, Form(max_length=200)] = None,
+) -> DatasetOut:
+    filename = PurePosixPath((file.filename or "").replace("\\", "/")).name
+    fmt = FORMATS.get(PurePosixPath(filename).suffix.lower())
+    if fmt is None:
+        raise _invalid(f"{filename or 'the file'!r}: only .txt and .jsonl files are accepted")
+    ds_id = new_id("ds")
+    with tempfile.TemporaryDirectory(prefix="spruce-upload-") as tmp:
+        path = Path(tmp) / f"data.{fmt}"
+        with open(path, "wb") as out:
+            size, sha256 = copy_limited(file.file, out, ctx.settings.max_upload_mb << 20)
+        records = count_records(path, fmt)
+        key = f"datasets/{caller.team_id}/{ds_id}/{ds_id}.{fmt}"
+        ctx.storage.put_file(key, path)
+    ds = Dataset(
+        id=ds_id,
+        team_id=caller.team_id,
+        name=name or filename,
+        filename=filename,
+        format=fmt,
+        size=size,
+        sha256=sha256,
+        records=records,
+        storage_key=key,
+    )
+    session.add(ds)
+    session.commit()
+    return dataset_out(ds)
+
+
+@router.get("", response_model=DatasetList)
+def list_datasets(session: SessionDep, caller: CallerDep) -> DatasetList:
+    rows = session.scalars(
+        select(Dataset).where(Dataset.team_id == caller.team_id).order_by(Dataset.created_at.desc())
+    ).all()
+    return DatasetList(data=[dataset_out(d) for d in rows])
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut)
+def read_dataset(dataset_id: str, session: SessionDep, caller: CallerDep) -> DatasetOut:
+    ds = session.get(Dataset, dataset_id)
+    if ds is None or ds.team_id != caller.team_id:
+        raise not_found("dataset")
+    return dataset_out(ds)

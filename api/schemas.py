@@ -1,0 +1,220 @@
+"""Request and response shapes of the /v1 API (they make the OpenAPI schema at /docs).
+
+The job body's sections are generated from the engine's own dataclasses (``core.spec``), so a field
+added there appears here with its default; the pydantic layer checks shape and types
+(``extra="forbid"``), and ``CompressionSpec.from_dict`` then checks meaning (ranges, combinations).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from core.spec import (
+    ALLOCATIONS,
+    DTYPES,
+    PRUNERS,
+    Allocation,
+    CompressionSpec,
+    EvalSpec,
+    InductionSpec,
+    Pruner,
+    TextSpec,
+)
+
+STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+def _section_model(name: str, kind: type[Any], doc: str) -> type[BaseModel]:
+    """A pydantic model with the fields and defaults of the flat dataclass ``kind``."""
+    hints = typing.get_type_hints(kind)
+    defaults = kind()  # every field of these sections has a default
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(kind):
+        annotation = hints[f.name]
+        default = getattr(defaults, f.name)
+        if typing.get_origin(annotation) is tuple:  # a list in JSON; a bare string means one item
+            annotation = list[str] | str
+            default = list(default)
+        fields[f.name] = (annotation, Field(default=default))
+    return create_model(name, __config__=STRICT, __doc__=doc, **fields)
+
+
+Induction = _section_model("Induction", InductionSpec, "Sparsity Induction (arXiv 2602.21652).")
+Calibration = _section_model(
+    "Calibration",
+    TextSpec,
+    "Calibration text: 'pydoc', 'wikitext2', 'c4' or an uploaded dataset id 'ds_...'.",
+)
+Evaluation = _section_model(
+    "Evaluation", EvalSpec, "Evaluation texts: any of 'pydoc', 'wikitext2', 'c4' or uploaded dataset ids."
+)
+
+
+def _d(name: str) -> Any:
+    """The engine's default for a top-level spec field (one source of defaults)."""
+    return CompressionSpec.__dataclass_fields__[name].default
+
+
+class Method(BaseModel):
+    model_config = STRICT
+
+    pruner: Pruner = Field(default=_d("pruner"), description=f"one of {PRUNERS}")
+    allocation: Allocation = Field(default=_d("allocation"), description=f"one of {ALLOCATIONS}")
+    induction: Induction = Field(default_factory=Induction)  # type: ignore[valid-type]
+    owl_lambda: float = Field(default=_d("owl_lambda"))
+    owl_m: float = Field(default=_d("owl_m"))
+    blocksize: int = Field(default=_d("blocksize"))
+    dampening: float = Field(default=_d("dampening"))
+
+
+class Options(BaseModel):
+    model_config = STRICT
+
+    dtype: str = Field(default=_d("dtype"), description=f"one of {DTYPES}")
+    batch_size: int = Field(default=_d("batch_size"))
+
+
+class JobCreate(BaseModel):
+    """The body of POST /v1/jobs."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "example": {
+                "model": "smollm2-135m",
+                "sparsity": "2:4",
+                "method": {"pruner": "wanda", "allocation": "uniform", "induction": {"enabled": False}},
+                "calibration": {"source": "pydoc", "samples": 32, "seq_len": 512, "seed": 0},
+                "evaluation": {"sources": ["pydoc"]},
+            }
+        },
+    )
+
+    model: str = Field(
+        description="'smollm2-135m', a hub id, an s3:// URI, or a local path under SPRUCE_MODEL_ROOTS"
+    )
+    sparsity: float | str = Field(description="a ratio in (0, 1) or an 'N:M' pattern such as '2:4'")
+    method: Method = Field(default_factory=lambda: Method())
+    calibration: Calibration = Field(default_factory=Calibration)  # type: ignore[valid-type]
+    evaluation: Evaluation = Field(default_factory=Evaluation)  # type: ignore[valid-type]
+    options: Options = Field(default_factory=lambda: Options())
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobOut(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    stage: str | None
+    progress: float = Field(ge=0.0, le=1.0)
+    layer: int | None
+    layers: int | None
+    eta_seconds: int | None
+    message: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    error: JobError | None
+    results: dict[str, Any] | None
+    spec: dict[str, Any]
+    team: str
+    submitted_by: str
+    attempts: int
+    cancel_requested: bool
+
+
+class EventOut(BaseModel):
+    id: int
+    object: Literal["job.event"] = "job.event"
+    created_at: datetime
+    type: str
+    stage: str | None
+    message: str
+    data: dict[str, Any] | None
+
+
+class ArtifactOut(BaseModel):
+    object: Literal["job.artifact"] = "job.artifact"
+    name: str
+    size: int
+    sha256: str
+    created_at: datetime
+    url: str
+
+
+class DatasetOut(BaseModel):
+    id: str
+    object: Literal["dataset"] = "dataset"
+    name: str
+    filename: str
+    format: Literal["txt", "jsonl"]
+    size: int
+    sha256: str
+    records: int
+    created_at: datetime
+
+
+class ModelOut(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    source: Literal["alias", "local"]
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobOut]
+    has_more: bool
+
+
+class EventList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EventOut]
+    has_more: bool
+
+
+class ArtifactList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ArtifactOut]
+    has_more: bool = False
+
+
+class DatasetList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[DatasetOut]
+    has_more: bool = False
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelOut]
+    has_more: bool = False
+
+
+class Me(BaseModel):
+    object: Literal["me"] = "me"
+    team: str
+    team_id: str
+    key_name: str
+    key_id: str
+    key_prefix: str

@@ -1,0 +1,64 @@
+"""Service rules on top of the engine's spec: what this deployment lets a team ask for.
+
+The engine decides what a spec means (``core.spec``); these checks decide what the service
+allows: bounded sizes, models from the hub / S3 / allowed folders only (never an arbitrary path
+on the worker), and text sources that are built in or uploaded by the same team.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from common.refs import BUILTIN_SOURCES, DATASET_ID, MODEL_ALIASES, check_model_ref
+from common.settings import Settings
+from core.errors import SpecError
+from core.spec import CompressionSpec
+
+__all__ = ["MODEL_ALIASES", "check_limits", "check_model_ref", "check_sources", "local_models"]
+
+
+def check_limits(spec: CompressionSpec, settings: Settings) -> None:
+    """Bounds of this deployment (the engine's own bounds are far wider)."""
+    checks = (
+        (spec.calibration.samples, settings.max_samples, "calibration.samples"),
+        (spec.calibration.seq_len, settings.max_seq_len, "calibration.seq_len"),
+        (spec.evaluation.seq_len, settings.max_seq_len, "evaluation.seq_len"),
+        (spec.evaluation.max_windows, settings.max_eval_windows, "evaluation.max_windows"),
+    )
+    for value, limit, param in checks:
+        if value > limit:
+            raise SpecError(f"{value} is above this service's limit of {limit}", param=param)
+
+
+def dataset_ids(spec: CompressionSpec) -> list[tuple[str, str]]:
+    """(param, source) for every text source of the spec."""
+    out = [("calibration.source", spec.calibration.source)]
+    out += [(f"evaluation.sources[{i}]", s) for i, s in enumerate(spec.evaluation.sources)]
+    return out
+
+
+def check_sources(spec: CompressionSpec, owns_dataset: Callable[[str], bool]) -> None:
+    """Every source is built in, or an uploaded dataset id that ``owns_dataset`` accepts."""
+    for param, source in dataset_ids(spec):
+        if source in BUILTIN_SOURCES or (param.startswith("evaluation") and source == "none"):
+            continue
+        if DATASET_ID.match(source):
+            if not owns_dataset(source):
+                raise SpecError(
+                    f"no dataset {source!r} in your team (upload it with POST /v1/datasets)", param=param
+                )
+            continue
+        raise SpecError(
+            f"{source!r} is not a text source: use {', '.join(BUILTIN_SOURCES)} or an uploaded dataset id 'ds_...'",
+            param=param,
+        )
+
+
+def local_models(roots: Iterable[Path]) -> list[str]:
+    """Model folders (holding a config.json) directly under the allowed roots."""
+    found: list[str] = []
+    for root in roots:
+        if root.is_dir():
+            found.extend(str(p.parent) for p in sorted(root.glob("*/config.json")))
+    return found

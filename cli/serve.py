@@ -1,0 +1,220 @@
+"""`spruce serve` (API + a real Celery worker, no services needed), `spruce worker`, `spruce migrate`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# The worker command, the same in `spruce serve`, `spruce worker`, docker-compose.yml and the tests.
+WORKER_ARGS = (
+    "-m",
+    "celery",
+    "-A",
+    "worker.app",
+    "worker",
+    "--pool",
+    "solo",
+    "--concurrency",
+    "1",
+    "--loglevel",
+    "INFO",
+)
+STOP_GRACE_S = 30.0  # an idle worker with torch loaded needs ~10 s to exit on a busy machine
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the API and one worker with no services (SQLite, filesystem queue, local artifacts)",
+        description="Run the API and a Celery worker process. Everything lives under --data-dir.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--data-dir", type=Path, default=None, help="state folder (default $SPRUCE_DATA_DIR or .spruce)"
+    )
+    p.add_argument("--no-worker", action="store_true", help="serve the API only (workers run elsewhere)")
+    p.set_defaults(func=run_serve)
+
+    w = sub.add_parser("worker", help="run one Celery worker (one per GPU: set CUDA_VISIBLE_DEVICES)")
+    w.add_argument("--data-dir", type=Path, default=None)
+    w.add_argument("celery_args", nargs=argparse.REMAINDER, help="extra arguments for `celery worker`")
+    w.set_defaults(func=run_worker)
+
+    m = sub.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
+    m.add_argument("--data-dir", type=Path, default=None)
+    m.set_defaults(func=run_migrate)
+
+
+def use_data_dir(data_dir: Path | None) -> None:
+    """Point this process (and the processes it starts) at ``data_dir``."""
+    from common.settings import get_settings
+
+    if data_dir is not None:
+        os.environ["SPRUCE_DATA_DIR"] = str(data_dir.expanduser().resolve())
+        get_settings.cache_clear()
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    from common.db import upgrade
+    from common.settings import get_settings
+
+    use_data_dir(args.data_dir)
+    upgrade(get_settings().resolved_database_url)
+    return 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    use_data_dir(args.data_dir)
+    extra = [a for a in args.celery_args if a != "--"]
+    os.execv(sys.executable, [sys.executable, *WORKER_ARGS, *extra])
+    return 0  # not reached
+
+
+def requeue_orphans(url: str) -> list[str]:
+    """Jobs left ``running`` by a previous `spruce serve` (its only worker is gone): queue them again."""
+    from sqlalchemy import select
+
+    from common.db import session_scope
+    from common.jobs import set_status
+    from common.models import Job
+    from common.states import JobStatus
+
+    with session_scope(url) as session:
+        jobs = session.scalars(select(Job).where(Job.status == JobStatus.RUNNING)).all()
+        for job in jobs:
+            set_status(session, job, JobStatus.QUEUED, "requeued: the worker stopped while the job ran")
+        return [job.id for job in jobs]
+
+
+def first_key(url: str) -> str | None:
+    """A key for team 'default' when the database has none yet (printed once, never stored)."""
+    from sqlalchemy import func, select
+
+    from common.db import session_scope
+    from common.keys import create_key
+    from common.models import ApiKey
+
+    with session_scope(url) as session:
+        if session.scalar(select(func.count()).select_from(ApiKey)):
+            return None
+        return create_key(session, "default", "admin").secret
+
+
+def start_worker(log_path: Path) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log_path, "ab")  # noqa: SIM115 (handed to the child; closed with it)
+    # Its own session: a Ctrl-C in the terminal reaches `serve`, which then stops the worker in order.
+    return subprocess.Popen(
+        [
+            sys.executable,
+            *WORKER_ARGS,
+            "--without-gossip",
+            "--without-mingle",
+            "-n",
+            f"serve-{os.getpid()}@%h",
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=os.environ.copy(),
+    )
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    """Warm shutdown (SIGTERM); if a job keeps it busy past the grace period, stop it hard.
+
+    A job interrupted this way is requeued by the next `spruce serve` (see ``requeue_orphans``).
+    """
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(STOP_GRACE_S)
+        return
+    except subprocess.TimeoutExpired:
+        log.warning(
+            "worker still busy after %.0fs; stopping it (its job restarts on the next serve)", STOP_GRACE_S
+        )
+    proc.send_signal(signal.SIGQUIT)  # Celery's cold shutdown
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from common.db import upgrade
+    from common.queue import enqueue, make_celery
+    from common.settings import get_settings
+
+    use_data_dir(args.data_dir)
+    settings = get_settings()
+    data_dir = settings.data_dir.resolve()
+    os.environ["SPRUCE_DATA_DIR"] = str(data_dir)  # the worker must see the same folder whatever its cwd
+    (data_dir / "models").mkdir(parents=True, exist_ok=True)
+    url = settings.resolved_database_url
+    upgrade(url)
+
+    worker = None
+    if not args.no_worker:
+        orphans = requeue_orphans(url)
+        if orphans:
+            producer = make_celery(settings)
+            for job_id in orphans:
+                enqueue(producer, settings, job_id)
+            log.info("requeued %d interrupted job(s): %s", len(orphans), ", ".join(orphans))
+        worker = start_worker(data_dir / "logs" / "worker.log")
+
+    config = uvicorn.Config(
+        "api.app:create_app", factory=True, host=args.host, port=args.port, log_level="info"
+    )
+    server = uvicorn.Server(config)
+    failed, stopping = threading.Event(), threading.Event()
+    if worker is not None:
+
+        def watch(proc: subprocess.Popen[bytes]) -> None:
+            proc.wait()
+            if not stopping.is_set():
+                log.error(
+                    "the worker exited (code %s); see %s", proc.returncode, data_dir / "logs" / "worker.log"
+                )
+                failed.set()
+                server.should_exit = True
+
+        threading.Thread(target=watch, args=(worker,), daemon=True).start()
+
+    key = first_key(url)
+    shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    lines = [
+        f"Spruce is running at http://{shown_host}:{args.port}  (API docs: /docs)",
+        f"data: {data_dir}  (models under {data_dir / 'models'} may be named by path)",
+    ]
+    if worker is not None:
+        lines.append(f"worker: pid {worker.pid}, log {data_dir / 'logs' / 'worker.log'}")
+    if key:
+        lines += ["A first API key (team 'default'); it is shown only once:", key]
+    else:
+        lines.append("create an API key with: spruce keys create --team NAME")
+    print("\n".join(lines), flush=True)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises the Ctrl-C after its graceful shutdown; ours follows
+    finally:
+        stopping.set()
+        if worker is not None:
+            stop_worker(worker)
+    return 1 if failed.is_set() else 0

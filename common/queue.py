@@ -1,0 +1,98 @@
+"""The queue between API and worker: one task name, one Celery configuration for both sides.
+
+The API sends by name (``send_task``) and never imports worker/; the worker registers the task
+under the same name. Both build their Celery app from ``celery_config`` so they agree on broker,
+queue and serialisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common.settings import Settings
+
+TASK_NAME = "spruce.run_job"
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    if not settings.broker_url:
+        # kombu's filesystem transport: producer and consumer share one folder, so in == out.
+        folder = settings.broker_folder
+        for sub in ("queue", "control", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "control_folder": str(folder / "control"),
+            "processed_folder": str(folder / "processed"),
+        }
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        # With acks_late, Redis redelivers a message not acked within the visibility timeout.
+        # A job may legitimately run task_time_limit seconds, so the timeout must be longer or a
+        # second worker would start the same job while the first is still on it.
+        return {"visibility_timeout": settings.task_time_limit + 600}
+    return {}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings shared by the API (producer) and the worker (consumer); why each is set:"""
+    return {
+        "broker_url": settings.resolved_broker_url,
+        "broker_transport_options": broker_transport_options(settings),
+        # Fail fast when the broker is down: the API answers 503 instead of hanging a request.
+        "broker_connection_timeout": settings.broker_timeout,
+        "broker_connection_retry_on_startup": True,  # the worker may start before Redis is up
+        # One queue per deployment (tests use a unique one per session); the worker consumes it
+        # without a -Q flag, so the compose command and the tests' command are the same.
+        "task_default_queue": settings.queue,
+        "task_routes": {TASK_NAME: {"queue": settings.queue}},
+        # JSON only: the only argument is a job id; never unpickle what a broker hands us.
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        # The job row is the source of truth for state and results; no result backend.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # Ack after the task returns, so a worker that dies mid-job leaves the message to be redelivered...
+        "task_acks_late": True,
+        # ...including when the worker process is killed (OOM on a big layer), not only on clean errors.
+        "task_reject_on_worker_lost": True,
+        # A job runs for minutes to hours on one GPU: reserve one message at a time, so queued jobs
+        # wait in the broker where any idle worker can take them, not in a busy worker's buffer.
+        "worker_prefetch_multiplier": 1,
+        # Hard and soft limits (enforced by Celery under the prefork pool; the task also checks the
+        # deadline cooperatively between layers, which works under the solo pool too).
+        "task_time_limit": settings.task_time_limit + 300,
+        "task_soft_time_limit": settings.task_time_limit,
+        # A fresh process per job under prefork returns all GPU and host memory after each job.
+        "worker_max_tasks_per_child": 1,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "timezone": "UTC",
+    }
+
+
+def make_celery(settings: Settings, name: str = "spruce") -> Any:
+    """A Celery app configured from ``settings`` (no connection is made until it is used)."""
+    from celery import Celery
+
+    app = Celery(name)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def enqueue(celery_app: Any, settings: Settings, job_id: str) -> None:
+    """Send the job to the queue by task name; raises kombu's OperationalError if the broker is down."""
+    celery_app.send_task(
+        TASK_NAME,
+        args=[job_id],
+        queue=settings.queue,
+        # A couple of quick retries absorb a blip; beyond that the caller reports the broker down.
+        retry=True,
+        retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
+    )
+
+
+def check_broker(celery_app: Any, timeout: float) -> None:
+    """Raise if the broker cannot be reached within ``timeout`` seconds."""
+    with celery_app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)

@@ -1,0 +1,113 @@
+"""Service settings, read from ``SPRUCE_*`` environment variables (and an optional ``.env``).
+
+Nothing is read at import time: call ``get_settings()`` (cached) where a setting is needed, or
+build ``Settings(...)`` explicitly in tests. Every setting has a default that gives the
+default mode: SQLite, a filesystem broker and a local artifact folder, all under ``data_dir``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """One process's configuration; see docs/service.md for the table of settings."""
+
+    model_config = SettingsConfigDict(env_prefix="SPRUCE_", env_file=".env", extra="ignore")
+
+    # Default mode keeps everything here: spruce.db, broker/, artifacts/, models/.
+    data_dir: Path = Path(".spruce")
+
+    # Rows. Empty means SQLite at <data_dir>/spruce.db.
+    database_url: str = ""
+
+    # Queue. Empty means kombu's filesystem transport under <data_dir>/broker (no server needed).
+    broker_url: str = ""
+    queue: str = "spruce"
+    broker_timeout: float = Field(
+        default=3.0, gt=0, description="seconds to wait for the broker before giving up"
+    )
+
+    # Object storage for artifacts and uploaded datasets.
+    storage: Literal["local", "s3"] = "local"
+    artifacts_dir: Path | None = None  # local backend; default <data_dir>/artifacts
+    s3_bucket: str = "spruce"
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None  # any S3-compatible server (MinIO, moto, ...)
+    s3_public_endpoint_url: str | None = None  # host in presigned URLs, when clients see another one
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None  # None: boto3's usual credential chain
+    s3_secret_access_key: SecretStr | None = None
+    s3_presign: bool = True  # downloads answer 307 to a presigned URL instead of streaming through the API
+    s3_presign_expiry: int = Field(default=3600, gt=0)
+
+    # What a job may ask for.
+    model_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    allow_hub_models: bool = True
+    max_samples: int = Field(default=1024, ge=1)
+    max_seq_len: int = Field(default=4096, ge=8)
+    max_eval_windows: int = Field(default=1000, ge=1)
+    max_upload_mb: int = Field(default=1024, ge=1)
+
+    # Worker.
+    device: str | None = None  # None: cuda when available, else cpu
+    work_dir: Path | None = None  # scratch space for a running job; None: the system temp folder
+    cache_dir: Path | None = None  # the engine's model cache (core.models); None: ~/.cache/spruce
+    task_time_limit: int = Field(
+        default=6 * 3600, gt=0, description="seconds a job may run before it is failed"
+    )
+    max_retries: int = Field(
+        default=2, ge=0, description="retries after a system fault (attempts = 1 + this)"
+    )
+    retry_backoff: float = Field(
+        default=30.0, ge=0, description="first retry delay in seconds; doubles each time"
+    )
+    progress_interval: float = Field(
+        default=1.0, ge=0, description="seconds between progress writes to the row"
+    )
+    cancel_check_interval: float = Field(
+        default=1.0, ge=0, description="seconds between reads of the cancel flag"
+    )
+
+    @field_validator("model_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        # SPRUCE_MODEL_ROOTS=/models:/mnt/shared, like PATH
+        if isinstance(value, str):
+            return [Path(p) for p in value.split(os.pathsep) if p.strip()]
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'spruce.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        """Where the filesystem transport keeps messages (used only when broker_url is empty)."""
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def resolved_artifacts_dir(self) -> Path:
+        return (self.artifacts_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def resolved_model_roots(self) -> list[Path]:
+        """Folders local model paths must lie under: SPRUCE_MODEL_ROOTS plus <data_dir>/models."""
+        roots = [*self.model_roots, self.data_dir / "models"]
+        return [r.expanduser().resolve() for r in roots]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use."""
+    return Settings()

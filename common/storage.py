@@ -1,0 +1,306 @@
+"""Object storage behind one interface: a local folder, or any S3-compatible server.
+
+Keys are '/'-separated paths such as ``jobs/<id>/hf/config.json``. The API streams from
+``open_stream`` or redirects to ``presigned_url``; the worker uploads with ``put_file``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO, Protocol
+
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+
+
+class StorageError(Exception):
+    """The store cannot be reached, or a key is missing or malformed."""
+
+
+class Storage(Protocol):
+    def put_file(self, key: str, path: Path) -> None: ...
+
+    def put_stream(self, key: str, stream: BinaryIO) -> None: ...
+
+    def open_stream(self, key: str) -> Iterator[bytes]: ...
+
+    def download(self, key: str, path: Path) -> None: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def size(self, key: str) -> int: ...
+
+    def list(self, prefix: str) -> list[str]: ...
+
+    def delete_prefix(self, prefix: str) -> None: ...
+
+    def presigned_url(self, key: str, filename: str | None = None) -> str | None: ...
+
+    def check(self) -> None: ...
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape the store's root (absolute, '..', empty parts)."""
+    if not key or "\\" in key or any(p in ("", ".", "..") for p in key.split("/")):
+        raise StorageError(f"invalid storage key {key!r}")
+    return key
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class LocalStorage:
+    """Files under one root folder; the default mode's artifact store."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def put_file(self, key: str, path: Path) -> None:
+        with open(path, "rb") as f:
+            self.put_stream(key, f)
+
+    def put_stream(self, key: str, stream: BinaryIO) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        with open(tmp, "wb") as out:
+            shutil.copyfileobj(stream, out, CHUNK)
+        tmp.replace(dest)  # readers never see half a file
+
+    def open_stream(self, key: str) -> Iterator[bytes]:
+        path = self._path(key)
+        if not path.is_file():
+            raise StorageError(f"no object {key!r}")
+
+        def chunks() -> Iterator[bytes]:
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    yield chunk
+
+        return chunks()
+
+    def download(self, key: str, path: Path) -> None:
+        src = self._path(key)
+        if not src.is_file():
+            raise StorageError(f"no object {key!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, path)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        return self._path(key).stat().st_size
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix.rstrip("/")) if prefix else self.root
+        if not base.is_dir():
+            return []
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.endswith(".part")
+        )
+
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self._path(prefix.rstrip("/")), ignore_errors=True)
+
+    def presigned_url(self, key: str, filename: str | None = None) -> str | None:
+        return None  # the API streams local files itself
+
+    def local_path(self, key: str) -> Path:
+        """The file behind ``key`` (local backend only; lets the API send it with sendfile)."""
+        return self._path(key)
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".readyz"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise StorageError(f"artifact folder {self.root} is not writable: {exc}") from exc
+
+
+class S3Storage:
+    """A bucket on AWS S3 or any S3-compatible server (MinIO, moto, Ceph: set ``endpoint_url``)."""
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        public_endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        presign: bool = True,
+        presign_expiry: int = 3600,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.presign = presign
+        self.presign_expiry = presign_expiry
+        self._client_args: dict[str, Any] = dict(
+            region_name=region, aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key
+        )
+        self.endpoint_url = endpoint_url
+        self.public_endpoint_url = public_endpoint_url or endpoint_url
+        self._clients: dict[str | None, Any] = {}
+
+    def _client(self, endpoint: str | None = None) -> Any:
+        endpoint = endpoint or self.endpoint_url
+        if endpoint not in self._clients:
+            import boto3
+            from botocore.config import Config
+
+            # Path-style addressing works on every S3-compatible server (virtual hosts need DNS).
+            config = Config(
+                s3={"addressing_style": "path"},
+                signature_version="s3v4",
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=60,
+            )
+            self._clients[endpoint] = boto3.client(
+                "s3", endpoint_url=endpoint, config=config, **self._client_args
+            )
+        return self._clients[endpoint]
+
+    def _key(self, key: str) -> str:
+        check_key(key.rstrip("/"))
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put_file(self, key: str, path: Path) -> None:
+        # upload_file switches to multipart above 8 MiB: checkpoints are many GB.
+        self._client().upload_file(str(path), self.bucket, self._key(key))
+
+    def put_stream(self, key: str, stream: BinaryIO) -> None:
+        self._client().upload_fileobj(stream, self.bucket, self._key(key))
+
+    def open_stream(self, key: str) -> Iterator[bytes]:
+        from botocore.exceptions import ClientError
+
+        try:
+            obj = self._client().get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            raise StorageError(f"no object {key!r}: {exc}") from exc
+        return iter(obj["Body"].iter_chunks(CHUNK))
+
+    def download(self, key: str, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._client().download_file(self.bucket, self._key(key), str(path))
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client().head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError:
+            return False
+        return True
+
+    def size(self, key: str) -> int:
+        return int(self._client().head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+
+    def list(self, prefix: str) -> list[str]:
+        full = self._key(prefix) if prefix else self.prefix
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        out: list[str] = []
+        paginator = self._client().get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            out.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        return sorted(out)
+
+    def delete_prefix(self, prefix: str) -> None:
+        keys = self.list(prefix)
+        for i in range(0, len(keys), 1000):
+            batch = [{"Key": self._key(k)} for k in keys[i : i + 1000]]
+            self._client().delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
+
+    def presigned_url(self, key: str, filename: str | None = None) -> str | None:
+        if not self.presign:
+            return None
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
+        if filename:
+            params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
+        url: str = self._client(self.public_endpoint_url).generate_presigned_url(
+            "get_object", Params=params, ExpiresIn=self.presign_expiry
+        )
+        return url
+
+    def check(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client().head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"bucket {self.bucket!r} is not reachable: {exc}") from exc
+
+
+def build_storage(settings: Settings) -> Storage:
+    """The store the settings name."""
+    if settings.storage == "s3":
+        secret = settings.s3_secret_access_key
+        return S3Storage(
+            settings.s3_bucket,
+            prefix=settings.s3_prefix,
+            endpoint_url=settings.s3_endpoint_url,
+            public_endpoint_url=settings.s3_public_endpoint_url,
+            region=settings.s3_region,
+            access_key_id=settings.s3_access_key_id,
+            secret_access_key=secret.get_secret_value() if secret else None,
+            presign=settings.s3_presign,
+            presign_expiry=settings.s3_presign_expiry,
+        )
+    return LocalStorage(settings.resolved_artifacts_dir)
+
+
+def download_s3_uri(uri: str, dest: Path, settings: Settings) -> Path:
+    """Copy ``s3://bucket/prefix`` (one object or every object under the prefix) into ``dest``.
+
+    Uses the storage settings' endpoint and credentials, so a model in the artifact bucket (or
+    any bucket those credentials can read) can be named as a job's model.
+    """
+    if not uri.startswith("s3://"):
+        raise StorageError(f"not an s3:// URI: {uri!r}")
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    prefix = prefix.strip("/")
+    secret = settings.s3_secret_access_key
+    store = S3Storage(
+        bucket,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=secret.get_secret_value() if secret else None,
+    )
+    folder = f"{prefix}/" if prefix else ""
+    keys = store.list(folder)
+    dest.mkdir(parents=True, exist_ok=True)
+    if not keys:
+        if prefix and store.exists(prefix):  # a single object, e.g. a .jsonl
+            store.download(prefix, dest / PurePosixPath(prefix).name)
+            return dest
+        raise StorageError(f"nothing at {uri}")
+    for key in keys:
+        rel = key[len(folder) :]
+        if not rel or any(p in ("", ".", "..") for p in PurePosixPath(rel).parts):
+            continue  # "folder marker" objects and keys that would escape dest
+        store.download(key, dest / rel)
+    return dest

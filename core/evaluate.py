@@ -1,0 +1,125 @@
+"""Perplexity, the BENCHMARK.md protocol, computed through the layer walker.
+
+Consecutive non-overlapping windows of ``seq_len`` tokens from the start of the text, at most
+``max_windows``; the mean next-token negative log-likelihood over every predicted token (the
+Hugging Face ``labels=input_ids`` convention: ``seq_len - 1`` predictions per window); ppl = exp(mean).
+Going through the walker keeps one decoder layer on the device at a time, as in pruning; the
+logits are computed in chunks of positions because the vocabulary can be large (49152 for SmolLM2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core.arch import ArchSpec
+from core.errors import SpecError
+from core.walker import Device, capture_inputs, move_module, walk
+
+
+@dataclass
+class Perplexity:
+    ppl: float
+    nll: float  # mean next-token negative log-likelihood, nats
+    tokens: int  # predicted tokens: windows x (seq_len - 1)
+    windows: int
+
+
+def perplexity(
+    model: nn.Module,
+    arch: ArchSpec,
+    token_ids: Tensor,
+    *,
+    seq_len: int = 512,
+    max_windows: int = 40,
+    batch_size: int = 4,
+    device: Device = "cpu",
+    on_layer: Callable[[int, int], None] | None = None,
+    chunk_tokens: int = 512,
+) -> Perplexity:
+    """Perplexity of ``model`` on the 1-D ``token_ids`` (see the module docstring for the protocol).
+
+    Raises ``SpecError`` when the text is shorter than one window.
+    """
+    if token_ids.dim() != 1:
+        raise ValueError(f"token_ids must be 1-D, got shape {tuple(token_ids.shape)}")
+    n = min(max_windows, token_ids.numel() // seq_len)
+    if n < 1:
+        raise SpecError(
+            f"the evaluation text has {token_ids.numel()} tokens, fewer than one window of {seq_len}",
+            param="evaluation.seq_len",
+        )
+    windows = token_ids[: n * seq_len].view(n, seq_len)  # [n, seq]
+    ids = windows.split(batch_size)
+    total = 0.0
+    with torch.no_grad():
+        final = walk(
+            model,
+            arch,
+            capture_inputs(model, arch, ids, device=device),
+            device=device,
+            visit=None,
+            on_layer=on_layer,
+        )
+        head = output_head(model, arch)
+        homes = [(m, _device_of(m)) for m in head]
+        try:
+            for m in head:
+                move_module(m, device)
+            for batch_ids in ids:
+                batch = final.pop(0)  # frees each batch's activations once used
+                total += _batch_nll(head, batch.hidden, batch_ids, device=device, chunk_tokens=chunk_tokens)
+        finally:
+            for m, home in homes:
+                move_module(m, home)
+    tokens = n * (seq_len - 1)
+    nll = total / tokens
+    return Perplexity(ppl=math.exp(nll), nll=nll, tokens=tokens, windows=n)
+
+
+def output_head(model: nn.Module, arch: ArchSpec) -> list[nn.Module]:
+    """The modules after the last decoder layer, in order: final norm, projection if any, LM head."""
+    found = (_optional_module(model, arch.final_norm), _optional_module(model, arch.final_proj))
+    modules = [m for m in found if m is not None]
+    lm_head = model.get_output_embeddings()  # type: ignore[operator]
+    assert isinstance(lm_head, nn.Module), "the model has no output embeddings (LM head)"
+    return [*modules, lm_head]
+
+
+def _batch_nll(
+    head: list[nn.Module], hidden: Tensor, ids: Tensor, *, device: Device, chunk_tokens: int
+) -> float:
+    """Summed next-token NLL (float32 math) of one batch, from the last decoder layer's output."""
+    H = hidden.shape[-1]
+    x = hidden[:, :-1].reshape(-1, H)  # [b * (seq - 1), hidden]: the last position predicts nothing
+    targets = ids[:, 1:].reshape(-1)  # [b * (seq - 1)]
+    total = 0.0
+    for start in range(0, x.shape[0], chunk_tokens):
+        h = x[start : start + chunk_tokens].to(device)  # [chunk, hidden]
+        for module in head:
+            h = module(h)
+        logits = h.float()  # [chunk, vocab]
+        t = targets[start : start + chunk_tokens].to(device)
+        total += F.cross_entropy(logits, t, reduction="sum").item()
+    return total
+
+
+def _optional_module(root: nn.Module, path: str) -> nn.Module | None:
+    """The module at dotted ``path``, or None where the path is empty or ends at a None attribute."""
+    if not path:
+        return None
+    module: object = root
+    for part in path.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module if isinstance(module, nn.Module) else None
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device

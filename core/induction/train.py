@@ -1,0 +1,624 @@
+"""Training one layer's transform against its pruned block, then folding it (``induce_layer``).
+
+Why the training runs in the ORIGINAL coordinates: with the transform of ``transform.py`` the
+pruned, folded linear computes
+
+    (W diag(s) * M)((x - d) / s) + b + W d  =  (W * M) x + b + (W * ~M) d,
+
+and an output-row scale commutes with a per-row mask. So the pruned block depends on the scales
+only through which weights the mask M keeps, and on the shifts through a bias correction
+(W * ~M) d. The training forward therefore runs the unchanged layer with W * M(s) and, where a
+shift exists, b + (W * ~M) d: no norm or row rescaling to recompute, and the same masks the
+pruner will choose on the folded layer with ``col_weights`` (checked by the tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from core.arch import ArchSpec
+from core.induction.masks import keep_mask, log_base_scores, obs_chain, sparsegpt_weights
+from core.induction.transform import (
+    LayerPlan,
+    Transform,
+    fold_,
+    fold_params,
+    importance,
+    input_scales,
+    input_shifts,
+    normalised,
+    plan_layer,
+    qk_row_scales,
+)
+from core.pruners import HinvFactor, inverse_hessian_factor, sparsegpt
+from core.sparsity import LayerTarget
+from core.spec import InductionSpec
+
+log = logging.getLogger(__name__)
+
+_CACHE_KWARGS = ("cache", "past_key_values", "past_key_value")
+_MEDIAN_ROWS = 4096  # tokens kept per group to estimate per-channel medians (exact medians would cost memory)
+_POWER_ITERS_INIT = 20
+SPARSEGPT_HOPS = 3  # terms of the series that stands in for SparseGPT's update during training  # power iterations for the reference spectral norms (then 1 per step, warm-started)
+
+
+class Batch(Protocol):
+    """What the walker hands over: a layer's input and the keyword arguments of its forward."""
+
+    hidden: torch.Tensor  # [b, seq, hidden]
+    kwargs: dict[str, Any]
+
+
+@dataclass
+class InductionResult:
+    """What ``induce_layer`` learned and folded, for the pruner and for the report."""
+
+    losses: list[float]  # relative MSE ||Y - Y_pruned||^2 / ||Y||^2 of each training STEP (a minibatch)
+    init_loss: float  # the same, hard mask, before training (on the check subset)
+    final_loss: float  # the same, hard mask, with the transform that was folded (on the check subset)
+    seconds: float
+    col_weights: dict[str, torch.Tensor]  # linear path -> [in] multiplier for prune_weight(col_weight=)
+    info: dict[str, Any] = field(default_factory=dict)  # JSON-able summary: what was learned and folded
+
+
+@dataclass
+class GroupStats:
+    """Per-channel sums of one input group's X [tokens, in], from the dense pass."""
+
+    n: int
+    sum: torch.Tensor  # [in]
+    sq_sum: torch.Tensor  # [in]
+    abs_sum: torch.Tensor  # [in]
+    H: torch.Tensor | None  # [in, in] sum of x x^T (SparseGPT only)
+    sample: torch.Tensor  # [<= _MEDIAN_ROWS, in] a subset of |x| rows for medians
+
+    def centred_sq(self, d: torch.Tensor | None) -> torch.Tensor:
+        """[in] sum over tokens of (x_j - d_j)^2, from the cached sums (differentiable in d)."""
+        if d is None:
+            return self.sq_sum
+        return (self.sq_sum - 2.0 * d * self.sum + self.n * d * d).clamp_min(0.0)
+
+    def centred_H(self, d: torch.Tensor | None) -> torch.Tensor:
+        """[in, in] sum of (x - d)(x - d)^T from the cached sums."""
+        assert self.H is not None
+        if d is None:
+            return self.H
+        d = d.detach()
+        return self.H - torch.outer(d, self.sum) - torch.outer(self.sum, d) + self.n * torch.outer(d, d)
+
+
+# ------------------------------------------------------------------------------------------------
+# Public entry point
+
+
+def induce_layer(
+    layer: nn.Module,
+    arch: ArchSpec,
+    batches: list[Any],
+    *,
+    device: torch.device | str,
+    target: LayerTarget,
+    pruner: str,
+    spec: InductionSpec,
+    generator: torch.Generator | None = None,
+    dampening: float = 0.01,
+    blocksize: int = 128,
+) -> InductionResult:
+    """Train the layer's transform on ``batches`` against its pruned block, then fold it in place.
+
+    ``batches`` are this layer's inputs (``.hidden`` [b, seq, hidden] and the forward's
+    ``.kwargs``); the dense outputs are computed here once. Only the transform trains; the layer's
+    parameters are read, never given gradients, and are changed only by the final exact fold, so
+    the folded layer computes the same dense function. Prune it afterwards with
+    ``prune_weight(..., col_weight=result.col_weights.get(path))`` to get the learned masks.
+    ``dampening`` and ``blocksize`` are SparseGPT's (pass the spec's): its training-time proxy
+    and the final check prune exactly as the pruner will.
+    """
+    start = time.perf_counter()
+    device = torch.device(device)
+    plan = plan_layer(layer, arch)
+    params = {n: p.detach().to(device=device, dtype=torch.float32) for n, p in layer.named_parameters()}
+    minibatches = list(_minibatches(batches, spec.batch_size, device))
+    targets, stats = dense_pass(layer, plan, params, minibatches, device=device, want_H=pruner == "sparsegpt")
+    T0 = init_transform(plan, stats, spec, pruner, device=device)
+    trainer = _Trainer(layer, plan, params, stats, target, pruner, spec, dampening, blocksize)
+    T, losses = trainer.fit(T0, minibatches, targets, generator)
+    chosen, checks = trainer.choose(
+        {"identity": _identity_like(T0), "init": T0, "trained": T}, minibatches, targets
+    )
+    fold_(layer, plan, chosen[1])
+    seconds = time.perf_counter() - start
+    info = _info(plan, chosen, checks, spec, pruner, len(losses), seconds)
+    col_weights = col_weights_for(plan, chosen[1], pruner)
+    log.info(
+        "induction: %s loss %.4g -> %.4g (%s) in %.2fs",
+        pruner, checks["init"], checks[chosen[0]], chosen[0], seconds,
+    )  # fmt: skip
+    return InductionResult(
+        losses=losses,
+        init_loss=checks["init"],
+        final_loss=checks[chosen[0]],
+        seconds=seconds,
+        col_weights=col_weights,
+        info=info,
+    )
+
+
+def col_weights_for(plan: LayerPlan, T: Transform, pruner: str) -> dict[str, torch.Tensor]:
+    """Per linear path, the [in] importance multiplier the pruner must apply after folding ``T``.
+
+    Magnitude reads the folded weight |W diag(s)|, so the fold already multiplies its score by s:
+    nothing to add. Wanda (|W_ij| ||X_j||) and SparseGPT (w^2 / [Hinv]_jj^2) are invariant under
+    the exact rescaling, so the same s must be handed to them as ``col_weight``.
+    """
+    if pruner != "magnitude":
+        return {path: c.detach() for path, c in importance(plan, T).items()}
+    if T.linear_log_c is None:
+        return {}
+    return {path: normalised(c).detach() for path, c in zip(plan.arch.linears, T.linear_log_c, strict=True)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Dense pass: targets and per-channel statistics in one forward
+
+
+@torch.no_grad()
+def dense_pass(
+    layer: nn.Module,
+    plan: LayerPlan,
+    params: dict[str, torch.Tensor],
+    minibatches: list[tuple[torch.Tensor, dict[str, Any]]],
+    *,
+    device: torch.device,
+    want_H: bool,
+) -> tuple[list[torch.Tensor], dict[str, GroupStats]]:
+    """The dense layer's outputs per minibatch and the input statistics of its four groups."""
+    a = plan.arch
+    leaders = {"attn": a.q, "o": a.o, "mlp": a.mlp_in[0], "down": a.mlp_out}
+    acc: dict[str, GroupStats] = {}
+
+    def hook_for(group: str):
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            X = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float32)  # [tokens, in]
+            st = acc.get(group)
+            if st is None:
+                z = torch.zeros(X.shape[1], dtype=torch.float32, device=X.device)
+                H = (
+                    torch.zeros(X.shape[1], X.shape[1], dtype=torch.float32, device=X.device)
+                    if want_H
+                    else None
+                )
+                st = acc[group] = GroupStats(0, z, z.clone(), z.clone(), H, X[:0].abs())
+            st.n += X.shape[0]
+            st.sum += X.sum(0)
+            st.sq_sum += X.square().sum(0)
+            st.abs_sum += X.abs().sum(0)
+            if st.H is not None:
+                st.H.addmm_(X.T, X)
+            room = _MEDIAN_ROWS - st.sample.shape[0]
+            if room > 0:
+                st.sample = torch.cat([st.sample, X[:: max(1, X.shape[0] // room)][:room].abs()])
+
+        return hook
+
+    handles = [layer.get_submodule(p).register_forward_pre_hook(hook_for(g)) for g, p in leaders.items()]
+    try:
+        targets = [_forward(layer, params, h, kw) for h, kw in minibatches]
+    finally:
+        for h in handles:
+            h.remove()
+    return targets, acc
+
+
+# ------------------------------------------------------------------------------------------------
+# Initialisation from calibration statistics
+
+
+def init_transform(
+    plan: LayerPlan, stats: dict[str, GroupStats], spec: InductionSpec, pruner: str, *, device: torch.device
+) -> Transform:
+    """Scales s_j = stat_j ** alpha (stat: mean |x_j|, median |x_j| or rms, per ``spec.init``),
+    shifts d = per-channel mean (centring: the bias correction (W * ~M) d then removes the mean
+    part of the pruning error); the q/k pair starts at 1."""
+    T = Transform.identity(
+        plan, device=device, shifts=spec.shifts, qk=spec.qk_scale, per_linear=spec.per_linear
+    )
+    kind, alpha = init_choice(spec, pruner)
+    if kind != "one" and alpha != 0.0:
+        logs = {g: alpha * _channel_stat(st, kind).clamp_min(1e-12).log() for g, st in stats.items()}
+        T.attn_log_s.copy_(logs["attn"])
+        T.mlp_log_s.copy_(logs["mlp"])
+        # o's input channels are q-head channels; the scale is per kv channel: mean of the logs.
+        T.o_log_s.copy_(logs["o"].reshape(plan.n_kv, plan.groups, plan.head_dim).mean(1))
+        if T.down_log_s is not None:
+            T.down_log_s.copy_(logs["down"])
+    for d, group in ((T.attn_d, "attn"), (T.mlp_d, "mlp")):
+        if d is not None:
+            d.copy_(stats[group].sum / stats[group].n)
+    if T.o_d is not None:
+        mean_o = (
+            stats["o"].sum / stats["o"].n
+        )  # [n_heads * hd]: a kv channel's value seen through each q head
+        T.o_d.copy_(mean_o.reshape(plan.n_kv, plan.groups, plan.head_dim).mean(1))
+    return T
+
+
+# Measured defaults (docs/induction.md, "Initialisation"): which statistic and exponent start the
+# scales, per pruner, when spec.init is "auto".
+AUTO_INIT: dict[str, tuple[str, float]] = {
+    "magnitude": ("rms", 1.0),
+    "wanda": ("one", 0.0),
+    "sparsegpt": ("one", 0.0),
+}
+
+
+def init_choice(spec: InductionSpec, pruner: str) -> tuple[str, float]:
+    kind = getattr(spec, "init", "auto")
+    if kind == "auto":
+        return AUTO_INIT[pruner]
+    return kind, float(getattr(spec, "init_alpha", 1.0))
+
+
+def _channel_stat(st: GroupStats, kind: str) -> torch.Tensor:
+    if kind == "mean":
+        return st.abs_sum / st.n
+    if kind == "median":
+        return st.sample.median(dim=0).values
+    if kind == "rms":
+        return (st.sq_sum / st.n).sqrt()
+    raise ValueError(f"unknown init statistic {kind!r}")
+
+
+def _identity_like(T: Transform) -> Transform:
+    """All scales 1 and all shifts 0: folding it changes nothing, pruning after it is plain pruning."""
+    out = T.clone()
+    for t in out.tensors():
+        t.zero_()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The trainer
+
+
+class _Trainer:
+    def __init__(
+        self,
+        layer: nn.Module,
+        plan: LayerPlan,
+        params: dict[str, torch.Tensor],
+        stats: dict[str, GroupStats],
+        target: LayerTarget,
+        pruner: str,
+        spec: InductionSpec,
+        dampening: float,
+        blocksize: int,
+    ) -> None:
+        self.layer, self.plan, self.params, self.stats = layer, plan, params, stats
+        self.target, self.pruner, self.spec, self.dampening = target, pruner, spec, dampening
+        self.blocksize = blocksize
+        self.tau = float(spec.temperature)
+        # SparseGPT selects per block of columns (same share of each row in each block).
+        self.segment = blocksize if pruner == "sparsegpt" and not target.is_nm else None
+        self.linears = plan.arch.linears
+        self._fixed_cols: dict[str, torch.Tensor | None] = {}
+        self._chain: dict[str, torch.Tensor] = {}  # SparseGPT: the update chain A per input group
+        self._L0: dict[tuple[str, str], torch.Tensor] = {}
+        self._power: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._sigma0: dict[str, float] = {}
+
+    # -- scores and pruned parameters -------------------------------------------------------------
+
+    def refresh(self, T: Transform) -> None:
+        """Recompute the per-channel score factors that do not change within an epoch: SparseGPT's
+        1/[Hinv]_jj of the shifted H (a Cholesky per group; only the shifts change it)."""
+        if self.pruner != "sparsegpt":
+            return
+        shifts = input_shifts(self.plan, T)
+        if self._fixed_cols and all(d is None for d in shifts.values()):
+            return  # without shifts H never changes
+        for group, st in self.stats.items():
+            H = st.centred_H(shifts[group]) * (2.0 / st.n)
+            f = inverse_hessian_factor(H, dampening=self.dampening)
+            self._fixed_cols[group] = 1.0 / f.Hinv.diagonal()  # [in]
+            self._chain[group] = obs_chain(f.Hinv)  # [in, in]
+        self._L0.clear()
+
+    def base_col(self, group: str, d: torch.Tensor | None) -> torch.Tensor | None:
+        """[in] the pruner's per-channel factor of its score in |w| units, or None (magnitude)."""
+        if self.pruner == "magnitude":
+            return None
+        if self.pruner == "wanda":
+            return self.stats[group].centred_sq(d).sqrt()  # ||X_j - d_j||
+        return self._fixed_cols[group]
+
+    def _log_scores(self, path: str, group: str, d: torch.Tensor | None) -> torch.Tensor:
+        """[out, in] log of the pruner's score before the scale; cached unless a shift moves it."""
+        if d is not None and self.pruner == "wanda":
+            return log_base_scores(self.params[f"{path}.weight"], self.base_col(group, d))
+        key = (path, self.pruner)
+        if key not in self._L0:
+            self._L0[key] = log_base_scores(self.params[f"{path}.weight"], self.base_col(group, d))
+        return self._L0[key]
+
+    def pruned_params(self, T: Transform, *, mode: str | None = None) -> dict[str, torch.Tensor]:
+        """The pruned block's linears in original coordinates: W_eff = W * M (magnitude, Wanda) or
+        SparseGPT's compensated weights for mask M, and b + (W - W_eff) d where a shift exists."""
+        c, d = importance(self.plan, T), input_shifts(self.plan, T)
+        out: dict[str, torch.Tensor] = {}
+        for path in self.linears:
+            group = self.plan.group_of(path)
+            W = self.params[f"{path}.weight"]  # [out, in]
+            L = self._log_scores(path, group, d[group]) + c[path].log()  # [out, in]
+            M = keep_mask(L, self.target, mode=mode or self.spec.mask, tau=self.tau, segment=self.segment)
+            if self.pruner == "sparsegpt":  # the compensating update, differentiable in M
+                W_eff = sparsegpt_weights(W, M, self._chain[group], SPARSEGPT_HOPS)
+            else:
+                W_eff = W * M
+            out[f"{path}.weight"] = W_eff
+            shift = d[group]
+            if shift is not None:
+                out[f"{path}.bias"] = self.params[f"{path}.bias"] + (W - W_eff) @ shift  # [out]
+        return out
+
+    # -- the objective ----------------------------------------------------------------------------
+
+    def loss(
+        self,
+        T: Transform,
+        hidden: torch.Tensor,
+        kwargs: dict[str, Any],
+        Y: torch.Tensor,
+        *,
+        mode: str | None = None,
+    ) -> torch.Tensor:
+        """Relative MSE of the pruned block (mask ``mode``, default the spec's) against Y."""
+        overrides = self.pruned_params(T, mode=mode)
+        return _rel_mse(_forward(self.layer, {**self.params, **overrides}, hidden, kwargs), Y)
+
+    def regulariser(self, T: Transform) -> torch.Tensor:
+        """Mean over linears of (sigma_max(folded W) / sigma_max(W))^2: the spectral norm of each
+        scaled weight relative to the original, one warm-started power iteration per step."""
+        rows, cols = self._row_scales(T), input_scales(self.plan, T)
+        terms = []
+        for path in self.linears:
+            W = self.params[f"{path}.weight"]
+            r = rows.get(path)
+            Wp = W * cols[self.plan.group_of(path)]  # [out, in]
+            if r is not None:
+                Wp = Wp * r.unsqueeze(1)
+            if path not in self._sigma0:
+                self._sigma0[path] = _spectral(W, self._power, path, _POWER_ITERS_INIT).item()
+                _spectral(Wp.detach(), self._power, path, _POWER_ITERS_INIT)
+            terms.append((_spectral(Wp, self._power, path, 1) / self._sigma0[path]).square())
+        return torch.stack(terms).mean()
+
+    def _row_scales(self, T: Transform) -> dict[str, torch.Tensor]:
+        a, plan = self.plan.arch, self.plan
+        rows: dict[str, torch.Tensor] = {a.v: 1.0 / normalised(T.o_log_s).reshape(-1)}
+        if T.down_log_s is not None:
+            rows[a.mlp_in[-1]] = 1.0 / normalised(T.down_log_s)
+        pair = qk_row_scales(plan, T)
+        if pair is not None:
+            rows[a.q], rows[a.k] = pair
+        return rows
+
+    # -- training and the final choice ------------------------------------------------------------
+
+    def fit(
+        self,
+        T0: Transform,
+        minibatches: list[tuple[torch.Tensor, dict[str, Any]]],
+        targets: list[torch.Tensor],
+        generator: torch.Generator | None,
+    ) -> tuple[Transform, list[float]]:
+        T = T0.clone().requires_grad_(True)
+        opt = torch.optim.Adam(T.tensors(), lr=self.spec.lr)
+        losses: list[float] = []
+        for _epoch in range(self.spec.epochs):
+            self.refresh(T)
+            order = torch.randperm(len(minibatches), generator=generator).tolist()
+            for i in order:
+                hidden, kwargs = minibatches[i]
+                opt.zero_grad(set_to_none=True)
+                mse = self.loss(T, hidden, kwargs, targets[i])
+                objective = mse + self.spec.reg * self.regulariser(T) if self.spec.reg > 0 else mse
+                objective.backward()
+                opt.step()
+                losses.append(float(mse.detach()))
+        return T.requires_grad_(False), losses
+
+    @torch.no_grad()
+    def choose(
+        self,
+        candidates: dict[str, Transform],
+        minibatches: list[tuple[torch.Tensor, dict[str, Any]]],
+        targets: list[torch.Tensor],
+    ) -> tuple[tuple[str, Transform], dict[str, float]]:
+        """Loss of each candidate after REAL pruning on the check subset; the lowest wins (ties go
+        to the later, trained one), so induction never does worse than plain pruning there."""
+        idx = _check_subset(len(minibatches))
+        losses: dict[str, float] = {}
+        for name, T in candidates.items():
+            same = next((k for k in losses if _equal(candidates[k], T)), None)
+            if same is not None:  # e.g. init == identity: no need to run it twice
+                losses[name] = losses[same]
+                continue
+            losses[name] = self.pruned_loss(T, [minibatches[i] for i in idx], [targets[i] for i in idx])
+        best = min(losses, key=lambda k: (losses[k], -list(candidates).index(k)))
+        return (best, candidates[best]), losses
+
+    def pruned_loss(
+        self,
+        T: Transform,
+        minibatches: list[tuple[torch.Tensor, dict[str, Any]]],
+        targets: list[torch.Tensor],
+    ) -> float:
+        """Relative MSE of the block pruned as the pruner will prune it after folding ``T``.
+
+        Magnitude and Wanda: the hard mask of training is the pruner's mask (exact). SparseGPT:
+        its mask and update depend on the sweep, so the folded weights are pruned by
+        ``core.pruners.sparsegpt`` itself, with the folded Hessian S^-1 H S^-1 and ``col_weight``."""
+        if self.pruner == "sparsegpt":
+            params = self._sparsegpt_folded(T)
+        else:
+            self.refresh(T)
+            params = {**self.params, **self.pruned_params(T, mode="ste")}  # "ste" forward = hard mask
+        num = den = 0.0
+        for (hidden, kwargs), Y in zip(minibatches, targets, strict=True):
+            Y_hat = _forward(self.layer, params, hidden, kwargs)
+            num += float((Y_hat - Y).square().sum())
+            den += float(Y.square().sum())
+        return num / max(den, 1e-30)
+
+    def _sparsegpt_folded(self, T: Transform) -> dict[str, torch.Tensor]:
+        """The layer's parameters with ``T`` folded and every linear pruned by SparseGPT."""
+        P = {**self.params, **fold_params(self.plan, self.params, T)}
+        s, d, c = input_scales(self.plan, T), input_shifts(self.plan, T), importance(self.plan, T)
+        factors: dict[str, HinvFactor] = {}
+        for path in self.linears:
+            g = self.plan.group_of(path)
+            st = self.stats[g]
+            H = st.centred_H(d[g]) / torch.outer(s[g], s[g]) * (2.0 / st.n)  # [in, in] of (X - d) / s
+            if g not in factors:
+                factors[g] = inverse_hessian_factor(H, dampening=self.dampening)
+            r = sparsegpt(
+                P[f"{path}.weight"], H, self.target, blocksize=self.blocksize, dampening=self.dampening,
+                col_weight=c[path], factor=factors[g],
+            )  # fmt: skip
+            P[f"{path}.weight"] = r.W
+        return P
+
+
+def _rel_mse(Y_hat: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    return (Y_hat - Y).square().sum() / Y.square().sum().clamp_min(1e-30)
+
+
+def _spectral(
+    W: torch.Tensor, state: dict[str, tuple[torch.Tensor, torch.Tensor]], key: str, iters: int
+) -> torch.Tensor:
+    """sigma_max(W) by power iteration; u, v carried over between calls (no gradient through them)."""
+    with torch.no_grad():
+        Wd = W.detach()
+        if key in state:
+            u, v = state[key]
+        else:
+            v = torch.ones(W.shape[1], dtype=W.dtype, device=W.device) / math.sqrt(W.shape[1])
+            u = torch.nn.functional.normalize(Wd @ v, dim=0)
+        for _ in range(iters):
+            u = torch.nn.functional.normalize(Wd @ v, dim=0)
+            v = torch.nn.functional.normalize(Wd.T @ u, dim=0)
+        state[key] = (u, v)
+    return u @ W @ v
+
+
+def _equal(A: Transform, B: Transform) -> bool:
+    return all(torch.equal(a, b) for a, b in zip(A.tensors(), B.tensors(), strict=True))
+
+
+def _check_subset(n: int) -> list[int]:
+    """Every 8th minibatch (at least one): candidates are compared on about an eighth of the data,
+    so that the comparison costs a fraction of a forward pass per candidate."""
+    return list(range(0, n, 8))
+
+
+def _mean(xs: Iterable[float]) -> float:
+    values = list(xs)
+    return sum(values) / max(len(values), 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Running the layer
+
+
+def _forward(
+    layer: nn.Module, params: dict[str, torch.Tensor], hidden: torch.Tensor, kwargs: dict[str, Any]
+) -> torch.Tensor:
+    """The layer's output with ``params`` in place of its own (nothing is written to the module)."""
+    out = functional_call(layer, params, (hidden,), kwargs, strict=False)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _minibatches(
+    batches: list[Any], size: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
+    """Cut each walker batch into pieces of at most ``size`` sequences, on ``device``. Tensors in
+    kwargs whose first dimension is the batch size are cut alongside; broadcast ones are shared."""
+    for batch in batches:
+        # A KV cache would grow with every forward (and keep the graph alive): never pass one.
+        kwargs = {k: v for k, v in batch.kwargs.items() if k not in _CACHE_KWARGS}
+        if "use_cache" in kwargs:
+            kwargs["use_cache"] = False
+        memo: dict[int, Any] = {}
+        kwargs = _cut(kwargs, batch.hidden.shape[0], None, device, memo)
+        b = batch.hidden.shape[0]
+        for i in range(0, b, size):
+            j = min(i + size, b)
+            whole = (i, j) == (0, b)
+            yield batch.hidden[i:j].to(device), kwargs if whole else _cut(kwargs, b, (i, j), device, {})
+
+
+def _cut(obj: Any, b: int, rows: tuple[int, int] | None, device: torch.device, memo: dict[int, Any]) -> Any:
+    """``obj`` with tensors on ``device`` and, if ``rows`` is given, batch-sized tensors sliced."""
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if isinstance(obj, torch.Tensor):
+        out: Any = obj.to(device)
+        if rows is not None and obj.dim() > 0 and obj.shape[0] == b:
+            out = out[rows[0] : rows[1]]
+    elif isinstance(obj, dict):
+        out = {k: _cut(v, b, rows, device, memo) for k, v in obj.items()}
+    elif isinstance(obj, (tuple, list)):
+        out = type(obj)(_cut(v, b, rows, device, memo) for v in obj)
+    else:
+        return obj
+    memo[id(obj)] = out
+    return out
+
+
+def _info(
+    plan: LayerPlan,
+    chosen: tuple[str, Transform],
+    checks: dict[str, float],
+    spec: InductionSpec,
+    pruner: str,
+    steps: int,
+    seconds: float,
+) -> dict[str, Any]:
+    name, T = chosen
+    s = input_scales(plan, T)
+    shifts = {g: d is not None for g, d in input_shifts(plan, T).items()}
+    kind, alpha = init_choice(spec, pruner)
+    return {
+        "chosen": name,
+        "check_losses": {k: round(v, 8) for k, v in checks.items()},
+        "losses_per": "step",
+        "steps": steps,
+        "init": {"statistic": kind, "alpha": alpha},
+        "mask": spec.mask,
+        "scales": {g: _summary(v) for g, v in s.items()},
+        "shifts": [g for g, used in shifts.items() if used],
+        "qk_pair": T.qk_log_a is not None,
+        "down_scale": T.down_log_s is not None,
+        "per_linear": T.linear_log_c is not None,
+        "params": sum(t.numel() for t in T.tensors()),
+        "seconds": round(seconds, 4),
+    }
+
+
+def _summary(v: torch.Tensor) -> dict[str, float]:
+    v = v.detach().float()
+    return {
+        "mean": round(float(v.mean()), 6),
+        "min": round(float(v.min()), 6),
+        "max": round(float(v.max()), 6),
+    }

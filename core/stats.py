@@ -1,0 +1,61 @@
+"""Input statistics of one linear layer, accumulated over calibration batches.
+
+The walker feeds every batch a linear sees into ``InputStats.update``; the pruners then read
+Wanda's per-channel norm ``col_norm`` and SparseGPT's ``hessian``. Sums (not means) are kept so
+that the result does not depend on how the calibration set was cut into batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from core.errors import SystemFault
+
+
+@dataclass
+class InputStats:
+    """Statistics of one linear layer's input X (rows are tokens), float32 sums."""
+
+    n: int  # rows (tokens) seen
+    sq_sum: torch.Tensor  # [in] sum over tokens of x_j^2
+    H: torch.Tensor | None  # [in, in] sum over tokens of x x^T; None when not wanted
+
+    @classmethod
+    def new(cls, in_features: int, *, device: torch.device | str, want_hessian: bool) -> InputStats:
+        sq_sum = torch.zeros(in_features, dtype=torch.float32, device=device)
+        H = (
+            torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+            if want_hessian
+            else None
+        )
+        return cls(n=0, sq_sum=sq_sum, H=H)
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add a batch ``x`` of shape [..., in] (any float dtype, any device)."""
+        in_features = self.sq_sum.shape[0]
+        if x.shape[-1] != in_features:
+            raise SystemFault(
+                f"InputStats expects inputs with {in_features} features, got shape {tuple(x.shape)}"
+            )
+        X = (
+            x.detach().reshape(-1, in_features).to(device=self.sq_sum.device, dtype=torch.float32)
+        )  # [rows, in]
+        self.n += X.shape[0]
+        self.sq_sum += X.square().sum(dim=0)  # [in]
+        if self.H is not None:
+            self.H.addmm_(X.T, X)  # [in, in] += X^T X
+
+    @property
+    def col_norm(self) -> torch.Tensor:
+        """[in] Wanda's ||X_j||_2 over every token seen."""
+        return self.sq_sum.sqrt()
+
+    def hessian(self) -> torch.Tensor:
+        """[in, in] SparseGPT's H = 2/n X^T X (a new tensor; the sums stay untouched)."""
+        if self.H is None:
+            raise SystemFault("InputStats was created with want_hessian=False: no Hessian was accumulated")
+        if self.n == 0:
+            raise SystemFault("InputStats has seen no inputs: the Hessian is undefined")
+        return self.H * (2.0 / self.n)

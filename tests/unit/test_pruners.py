@@ -1,0 +1,290 @@
+"""Magnitude, Wanda and SparseGPT on small random layers: exact masks, N:M, error, retries."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.errors import FactorizationError, SpecError, SystemFault
+from core.pruners import (
+    inverse_hessian_factor,
+    magnitude_scores,
+    prune_weight,
+    reconstruction_error,
+    sparsegpt,
+    wanda_scores,
+)
+from core.sparsity import LayerTarget, nm_ok, sparsity_of, unstructured_mask
+from core.stats import InputStats
+
+pytestmark = pytest.mark.unit
+
+PRUNERS = ("magnitude", "wanda", "sparsegpt")
+OUT, IN = 24, 80  # 0.5 * 80 and 0.7 * 80 are integers; 80 is a multiple of 4 and 8
+BLOCK = 32  # several SparseGPT blocks, the last one partial
+
+
+def layer(out: int = OUT, inp: int = IN, tokens: int = 512, seed: int = 0) -> tuple[torch.Tensor, InputStats]:
+    """A random weight and the stats of correlated inputs with a few large-norm outlier channels."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(inp, inp, generator=g) / torch.arange(1, inp + 1).sqrt().unsqueeze(
+        1
+    )  # decaying spectrum
+    X = torch.randn(tokens, inp, generator=g) @ mix + 0.1 * torch.randn(
+        tokens, inp, generator=g
+    )  # [tokens, in]
+    X[:, torch.randperm(inp, generator=g)[:3]] *= 20.0
+    W = torch.randn(out, inp, generator=g) * torch.exp(0.5 * torch.randn(out, 1, generator=g))  # rows vary
+    stats = InputStats.new(inp, device="cpu", want_hessian=True)
+    stats.update(X)
+    return W, stats
+
+
+def run(W: torch.Tensor, pruner: str, target: LayerTarget, stats: InputStats, **kw):
+    return prune_weight(W, pruner, target, None if pruner == "magnitude" else stats, blocksize=BLOCK, **kw)
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.7])
+@pytest.mark.parametrize("pruner", PRUNERS)
+def test_unstructured_ratio_is_exact_per_layer(pruner: str, ratio: float) -> None:
+    W, stats = layer()
+    res = run(W, pruner, LayerTarget(ratio), stats)
+    assert sparsity_of(res.W) == ratio
+    assert int((res.W == 0).sum()) == round(ratio * W.numel())
+    assert torch.equal(res.keep, res.W != 0)
+    assert res.W.shape == W.shape and res.W.dtype == W.dtype
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.7])
+@pytest.mark.parametrize("pruner", ["magnitude", "wanda", "sparsegpt-row"])
+def test_unstructured_ratio_is_exact_per_row(pruner: str, ratio: float) -> None:
+    W, stats = layer()
+    if pruner == "sparsegpt-row":
+        res = sparsegpt(W, stats.hessian(), LayerTarget(ratio), blocksize=BLOCK, selection="row")
+    else:
+        res = run(W, pruner, LayerTarget(ratio), stats)
+    assert ((res.W == 0).sum(dim=1) == round(ratio * IN)).all()
+    assert torch.equal(res.keep, res.W != 0)
+
+
+@pytest.mark.parametrize("selection", ["layer", "row", "block"])
+@pytest.mark.parametrize("ratio", [0.5, 0.7])
+def test_every_sparsegpt_selection_is_exact_per_layer(selection: str, ratio: float) -> None:
+    W, stats = layer()
+    res = sparsegpt(W, stats.hessian(), LayerTarget(ratio), blocksize=BLOCK, selection=selection)  # type: ignore[arg-type]
+    assert int((res.W == 0).sum()) == round(ratio * W.numel())
+    assert torch.equal(res.keep, res.W != 0)
+
+
+def test_layer_selection_lets_rows_differ() -> None:
+    """Rows of very different norms: the layer-wide counts prune the small rows harder."""
+    W, stats = layer()
+    W[: OUT // 2] *= 0.01
+    res = sparsegpt(W, stats.hessian(), LayerTarget(0.5), blocksize=BLOCK)
+    zeros = (res.W == 0).sum(dim=1)
+    assert zeros[: OUT // 2].float().mean() > zeros[OUT // 2 :].float().mean()
+    assert int(zeros.sum()) == OUT * IN // 2
+
+
+@pytest.mark.parametrize(("n", "m"), [(2, 4), (4, 8), (1, 4), (3, 8)])
+@pytest.mark.parametrize("pruner", PRUNERS)
+def test_every_nm_group_obeys_the_pattern(pruner: str, n: int, m: int) -> None:
+    W, stats = layer()
+    res = run(W, pruner, LayerTarget(1 - n / m, n, m), stats)
+    assert nm_ok(res.W, n, m)
+    assert nm_ok(res.keep, n, m)
+    groups = (res.W != 0).reshape(OUT, IN // m, m).sum(dim=-1)
+    assert (groups == n).all()  # random weights: exactly n survivors per group
+
+
+def test_sparsegpt_nm_with_a_block_that_is_not_a_multiple_of_m() -> None:
+    W, stats = layer()
+    res = sparsegpt(W, stats.hessian(), LayerTarget(5 / 8, 3, 8), blocksize=12)
+    assert nm_ok(res.W, 3, 8)
+
+
+@pytest.mark.parametrize("pruner", PRUNERS)
+def test_nm_rejects_an_input_size_that_is_not_a_multiple_of_m(pruner: str) -> None:
+    W, stats = layer(inp=18)
+    with pytest.raises(SpecError):
+        run(W, pruner, LayerTarget(0.5, 2, 4), stats)
+
+
+def test_wanda_with_equal_activation_norms_is_row_wise_magnitude() -> None:
+    W, _ = layer()
+    stats = InputStats.new(IN, device="cpu", want_hessian=False)
+    stats.update(torch.full((5, IN), 0.3))
+    for target in (LayerTarget(0.5), LayerTarget(0.5, 2, 4)):
+        wanda = prune_weight(W, "wanda", target, stats)
+        magnitude = prune_weight(W, "magnitude", target, None)
+        assert torch.equal(wanda.keep, magnitude.keep)
+        assert torch.equal(wanda.W, magnitude.W)
+    assert torch.equal(magnitude_scores(W), W.abs())
+    torch.testing.assert_close(wanda_scores(W, stats.col_norm), W.abs() * 0.3 * 5**0.5)
+
+
+@pytest.mark.parametrize("target", [LayerTarget(0.5), LayerTarget(0.5, 2, 4), LayerTarget(0.7)])
+def test_sparsegpt_reconstructs_better_than_wanda(target: LayerTarget) -> None:
+    W, stats = layer(out=64, inp=96, tokens=1024, seed=1)
+    H = stats.hessian()
+    e_sparsegpt = reconstruction_error(W, run(W, "sparsegpt", target, stats).W, H)
+    e_wanda = reconstruction_error(W, run(W, "wanda", target, stats).W, H)
+    e_magnitude = reconstruction_error(W, run(W, "magnitude", target, stats).W, H)
+    assert 0 < e_sparsegpt < 0.8 * e_wanda
+    assert e_wanda < e_magnitude
+
+
+def test_sparsegpt_update_is_the_optimal_compensation() -> None:
+    """Pruning only the first input of every row (forced by col_weight) leaves every other weight
+    free to move: SparseGPT's update must then be the least-squares optimum
+    q = w_rest + H_rest^-1 H_rest,0 w_0 (zero dampening), in every block."""
+    W, stats = layer(out=6, inp=48, tokens=512, seed=2)
+    H = stats.hessian()
+    col_weight = torch.full((48,), 1e3)
+    col_weight[0] = 1e-3
+    res = sparsegpt(W, H, LayerTarget(1 / 48), blocksize=16, dampening=0.0, col_weight=col_weight)
+    assert not res.keep[:, 0].any() and res.keep[:, 1:].all()
+    Hd, Wd = H.double(), W.double()
+    expected = Wd[:, 1:] + torch.linalg.solve(Hd[1:, 1:], Hd[1:, :1] @ Wd[:, :1].T).T  # [out, in-1]
+    torch.testing.assert_close(res.W[:, 1:].double(), expected, rtol=1e-3, atol=1e-3 * float(W.abs().max()))
+    e_sgpt = reconstruction_error(W, res.W, H)
+    assert e_sgpt < 0.5 * reconstruction_error(W, W * res.keep, H)  # compensation helps
+
+
+@pytest.mark.parametrize("pruner", PRUNERS)
+@pytest.mark.parametrize("target", [LayerTarget(0.5), LayerTarget(0.5, 2, 4)])
+def test_col_weight_none_equals_ones(pruner: str, target: LayerTarget) -> None:
+    W, stats = layer()
+    plain = run(W, pruner, target, stats)
+    ones = run(W, pruner, target, stats, col_weight=torch.ones(IN))
+    assert torch.equal(plain.keep, ones.keep)
+    assert torch.equal(plain.W, ones.W)
+
+
+@pytest.mark.parametrize("pruner", PRUNERS)
+@pytest.mark.parametrize("target", [LayerTarget(0.7), LayerTarget(0.5, 2, 4)])
+def test_col_weight_boosting_a_channel_keeps_more_of_it(pruner: str, target: LayerTarget) -> None:
+    W, stats = layer()
+    # the input channel with the fewest survivors in the plain run
+    plain = run(W, pruner, target, stats)
+    j = int(plain.keep.sum(dim=0).argmin())
+    col_weight = torch.ones(IN)
+    col_weight[j] = 100.0
+    boosted = run(W, pruner, target, stats, col_weight=col_weight)
+    assert boosted.keep[:, j].sum() > plain.keep[:, j].sum()
+    assert boosted.keep[:, j].sum() >= 0.9 * OUT
+    assert sparsity_of(boosted.W) == sparsity_of(plain.W)  # the budget is unchanged
+
+
+def test_sparsegpt_handles_dead_inputs() -> None:
+    W, stats = layer()
+    H = stats.hessian()
+    H[5, :] = 0.0
+    H[:, 5] = 0.0
+    res = sparsegpt(W, H, LayerTarget(0.5), blocksize=BLOCK)
+    assert torch.isfinite(res.W).all()
+    assert (res.W[:, 5] == 0).all() and not res.keep[:, 5].any()
+    assert sparsity_of(res.W) == 0.5
+
+
+def test_sparsegpt_keeps_the_dtype_and_does_not_touch_its_inputs() -> None:
+    W, stats = layer()
+    H = stats.hessian()
+    W16, H_before = W.to(torch.bfloat16), H.clone()
+    res = sparsegpt(W16, H, LayerTarget(0.5), blocksize=BLOCK)
+    assert res.W.dtype == torch.bfloat16
+    assert torch.equal(H, H_before)
+    assert sparsity_of(res.W) == 0.5
+    assert res.damp == 0.01 and res.retries == 0
+
+
+def indefinite_hessian(min_eig: float, dim: int = 16) -> torch.Tensor:
+    """A symmetric H with mean diagonal 1 and smallest eigenvalue ``min_eig``."""
+    Q, _ = torch.linalg.qr(
+        torch.randn(dim, dim, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    )
+    eig = torch.linspace(min_eig, 2.0 - min_eig, dim, dtype=torch.float64)  # mean 1
+    return (Q * eig @ Q.T).float()
+
+
+def test_factorisation_retry_is_recorded() -> None:
+    # smallest eigenvalue -0.05: damp 0 fails, then 0.01 fails, then 0.1 works
+    H = indefinite_hessian(-0.05)
+    W = torch.randn(4, 16, generator=torch.Generator().manual_seed(5))
+    res = sparsegpt(W, H, LayerTarget(0.5), dampening=0.0)
+    assert res.retries == 2
+    assert res.damp == pytest.approx(0.1)
+    assert sparsity_of(res.W) == 0.5
+
+
+@pytest.mark.parametrize("kind", ["negative_definite", "nan"])
+def test_factorisation_failure_raises(kind: str) -> None:
+    H = -torch.eye(16) if kind == "negative_definite" else torch.full((16, 16), float("nan"))
+    W = torch.randn(4, 16)
+    with pytest.raises(FactorizationError, match="could not factorise"):
+        sparsegpt(W, H, LayerTarget(0.5), dampening=0.0, max_retries=3)
+    with pytest.raises(FactorizationError):
+        inverse_hessian_factor(H, dampening=0.0, max_retries=0)
+
+
+def test_shared_factor_gives_the_same_result() -> None:
+    W, stats = layer()
+    H = stats.hessian()
+    factor = inverse_hessian_factor(H)
+    a = sparsegpt(W, H, LayerTarget(0.5), blocksize=BLOCK)
+    b = sparsegpt(W, H, LayerTarget(0.5), blocksize=BLOCK, factor=factor)
+    assert torch.equal(a.W, b.W)
+
+
+def test_row_selection_prunes_rows_independently() -> None:
+    """With per-row selection a row's result does not depend on the other rows, so linears that
+    share an input (q/k/v, gate/up) may be pruned in one call on their stacked weights."""
+    W, stats = layer()
+    H = stats.hessian()
+    both = sparsegpt(W, H, LayerTarget(0.5), blocksize=BLOCK, selection="row").W
+    top = sparsegpt(W[:10], H, LayerTarget(0.5), blocksize=BLOCK, selection="row").W
+    torch.testing.assert_close(both[:10], top, rtol=0, atol=1e-5)
+    assert torch.equal(both[:10] == 0, top == 0)
+
+
+def test_reconstruction_error() -> None:
+    g = torch.Generator().manual_seed(6)
+    X = torch.randn(8, 40, generator=g, dtype=torch.float64)  # [in, tokens]
+    W = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    W_new = W * (torch.rand(5, 8, generator=g) > 0.5)
+    H = X @ X.T
+    expected = float(((W - W_new) @ X).square().sum() / (W @ X).square().sum())
+    assert reconstruction_error(W, W_new, H) == pytest.approx(expected, rel=1e-9)
+    assert reconstruction_error(W, W_new, 3.0 * H) == pytest.approx(expected, rel=1e-9)
+    assert reconstruction_error(W, W, H) == 0.0
+
+
+def test_prune_weight_rejects_bad_calls() -> None:
+    W, stats = layer()
+    with pytest.raises(SpecError):
+        prune_weight(W, "random", LayerTarget(0.5), stats)
+    with pytest.raises(SystemFault):
+        prune_weight(W, "wanda", LayerTarget(0.5), None)
+    with pytest.raises(SystemFault):
+        prune_weight(W, "sparsegpt", LayerTarget(0.5), None)
+
+
+def test_magnitude_prunes_the_smallest_weights_of_each_row() -> None:
+    W, _ = layer()
+    res = prune_weight(W, "magnitude", LayerTarget(0.5), None)
+    assert torch.equal(res.keep, unstructured_mask(W.abs(), 0.5))
+    assert torch.equal(res.W, W * res.keep)
+
+
+def test_hinv_factor_is_the_upper_cholesky_factor_of_the_damped_inverse() -> None:
+    """The factor equals the textbook cholesky -> cholesky_inverse -> cholesky(upper) route."""
+    _, stats = layer()
+    H = stats.hessian()
+    factor = inverse_hessian_factor(H, dampening=0.01)
+    Hd = H.double() + 0.01 * H.diagonal().double().mean() * torch.eye(IN, dtype=torch.float64)
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(Hd)), upper=True)
+    assert torch.equal(factor.Hinv, factor.Hinv.triu())
+    torch.testing.assert_close(factor.Hinv.double(), U, rtol=1e-4, atol=1e-5 * float(U.abs().max()))
+    Hinv = torch.linalg.inv(Hd)
+    UtU = factor.Hinv.double().T @ factor.Hinv.double()
+    torch.testing.assert_close(UtU, Hinv, rtol=1e-3, atol=1e-5 * float(Hinv.abs().max()))

@@ -1,0 +1,231 @@
+"""The worker's job runner with the engine replaced by a stub: status outcomes, retries, progress
+throttling and monotonicity, cancel checks, dataset resolution. The real engine runs in
+tests/integration."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from common.db import session_scope, upgrade
+from common.jobs import set_status
+from common.keys import create_key
+from common.models import Artifact, Dataset, Job, JobEvent
+from common.settings import Settings
+from common.states import JobStatus
+from common.storage import LocalStorage
+from core.errors import Cancelled, DatasetUnavailable, SpecError, SystemFault
+from core.progress import Progress
+from worker import runner
+from worker.runner import Reporter, RetryLater, backoff, resolve_inputs, run
+
+pytestmark = pytest.mark.unit
+
+SPEC = {"model": "smollm2-135m", "sparsity": 0.5}
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> Settings:
+    s = Settings(data_dir=tmp_path, device="cpu", max_retries=1, retry_backoff=0.0, progress_interval=0.0)
+    upgrade(s.resolved_database_url)
+    return s
+
+
+def make_job(settings: Settings, spec: dict[str, Any] | None = None) -> str:
+    with session_scope(settings.resolved_database_url) as s:
+        key = create_key(s, "acme", "ci")
+        job = Job(team_id=key.row.team_id, api_key_id=key.row.id, submitted_by="ci", spec=spec or SPEC)
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def load(settings: Settings, job_id: str) -> tuple[Job, list[JobEvent], list[Artifact]]:
+    with session_scope(settings.resolved_database_url) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        events = list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+        arts = list(s.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)))
+        s.expunge_all()
+        return job, events, arts
+
+
+def stub(monkeypatch: pytest.MonkeyPatch, body: Callable[[dict[str, Any], Path, Reporter], None]) -> None:
+    def fake(
+        spec_dict: dict[str, Any], device: str, out_dir: Path, reporter: Reporter, settings: Settings
+    ) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        body(spec_dict, out_dir, reporter)
+
+    monkeypatch.setattr(runner, "_compress", fake)
+
+
+def good_run(spec: dict[str, Any], out: Path, rep: Reporter) -> None:
+    for stage, f in [("load", 0.0), ("load", 0.05), ("prune", 0.3), ("prune", 0.2), ("export", 1.0)]:
+        rep(Progress(stage=stage, fraction=f, layer=1, layers=2))
+    (out / "hf").mkdir()
+    (out / "hf" / "config.json").write_text("{}")
+    report = {
+        "perplexity": {"dense": {"pydoc": 10.0}, "sparse": {"pydoc": 12.0}},
+        "sparsity": {"overall": 0.5},
+        "sizes": {},
+        "timings": {"total": 1.0},
+        "layers": [],
+        "other": 1,
+    }
+    (out / "report.json").write_text(json.dumps(report))
+
+
+def test_success_uploads_and_records(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    stub(monkeypatch, good_run)
+    job_id = make_job(settings)
+    assert run(job_id, settings) == "succeeded"
+    job, events, arts = load(settings, job_id)
+    assert (job.status, job.progress, job.attempts, job.device) == ("succeeded", 1.0, 1, "cpu")
+    assert job.results is not None and set(job.results) == {
+        "perplexity",
+        "sparsity",
+        "sizes",
+        "timings",
+        "layers",
+    }
+    assert job.results["perplexity"]["sparse"] == {"pydoc": 12.0}
+    assert [a.name for a in arts] == ["hf/config.json", "report.json"]
+    store = LocalStorage(settings.resolved_artifacts_dir)
+    assert store.exists(f"jobs/{job_id}/report.json") and arts[0].size == 2
+    stages = [e.stage for e in events if e.type == "stage"]
+    assert stages == ["load", "prune", "export"]  # one event per stage change
+    statuses = [(e.data or {}).get("to") for e in events if e.type == "status"]
+    assert statuses == ["running", "succeeded"]
+    assert run(job_id, settings) == "skipped"  # a redelivered message for a finished job
+
+
+def test_progress_is_monotonic_and_throttled(settings: Settings) -> None:
+    job_id = make_job(settings)
+    url = settings.resolved_database_url
+    with session_scope(url) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        set_status(s, job, JobStatus.RUNNING)
+    rep = Reporter(
+        url=url, job_id=job_id, interval=3600.0, check_interval=0.0, deadline=float("inf"), floor=0.1
+    )
+    rep(Progress("prune", 0.05))  # first report: a stage change, written, but never below the floor
+    assert load(settings, job_id)[0].progress == pytest.approx(0.1)
+    rep(Progress("prune", 0.5))  # same stage within the interval: not written
+    assert load(settings, job_id)[0].progress == pytest.approx(0.1)
+    rep(Progress("evaluate_sparse", 0.4))  # new stage: written, but not lower than 0.5 already seen
+    job = load(settings, job_id)[0]
+    assert (job.stage, job.progress) == ("evaluate_sparse", pytest.approx(0.5))
+
+
+def test_should_stop_reads_cancel_flag_and_deadline(settings: Settings) -> None:
+    job_id = make_job(settings)
+    url = settings.resolved_database_url
+    rep = Reporter(url=url, job_id=job_id, interval=0.0, check_interval=0.0, deadline=float("inf"))
+    assert rep.should_stop() is False
+    with session_scope(url) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        job.cancel_requested = True
+    assert rep.should_stop() is True
+    late = Reporter(url=url, job_id=job_id, interval=0.0, check_interval=10.0, deadline=0.0)
+    assert late.should_stop() is True and late.timed_out
+
+
+def test_user_error_fails_at_once(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    def bad(spec: dict[str, Any], out: Path, rep: Reporter) -> None:
+        raise SpecError("no such thing", param="method.pruner")
+
+    stub(monkeypatch, bad)
+    job_id = make_job(settings)
+    assert run(job_id, settings) == "failed"
+    job = load(settings, job_id)[0]
+    assert (job.error_code, job.error_message, job.attempts) == (
+        "invalid_spec",
+        "method.pruner: no such thing",
+        1,
+    )
+
+
+def test_system_fault_retries_then_fails(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    def crash(spec: dict[str, Any], out: Path, rep: Reporter) -> None:
+        raise SystemFault("GPU fell off the bus")
+
+    stub(monkeypatch, crash)
+    job_id = make_job(settings)
+    with pytest.raises(RetryLater):
+        run(job_id, settings, retries_done=0)
+    job, events, _ = load(settings, job_id)
+    assert job.status == "queued" and "retrying" in events[-1].message
+    assert run(job_id, settings, retries_done=1) == "failed"  # max_retries=1: this was the last attempt
+    job = load(settings, job_id)[0]
+    assert job.error_code == "system_error" and "gave up after 2 attempts" in (job.error_message or "")
+    assert job.attempts == 2
+
+
+def test_cancelled_run_and_cancelled_while_queued(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def stopping(spec: dict[str, Any], out: Path, rep: Reporter) -> None:
+        raise Cancelled("cancelled between layers")
+
+    stub(monkeypatch, stopping)
+    job_id = make_job(settings)
+    assert run(job_id, settings) == "cancelled"
+    queued = make_job(settings)
+    with session_scope(settings.resolved_database_url) as s:
+        job = s.get(Job, queued)
+        assert job is not None
+        set_status(s, job, JobStatus.CANCELLED)
+    assert run(queued, settings) == "skipped"
+    assert load(settings, queued)[0].attempts == 0
+
+
+def test_backoff_doubles() -> None:
+    assert [backoff(i, 30.0) for i in range(4)] == [30.0, 60.0, 120.0, 240.0]
+    assert backoff(20, 30.0) == 3600.0
+
+
+def test_resolve_inputs_fetches_team_datasets(settings: Settings, tmp_path: Path) -> None:
+    store = LocalStorage(settings.resolved_artifacts_dir)
+    url = settings.resolved_database_url
+    with session_scope(url) as s:
+        key = create_key(s, "acme", "ci")
+        other = create_key(s, "rival", "x")
+        team, rival = key.row.team_id, other.row.team_id
+        s.add(
+            Dataset(
+                id="ds_" + "a" * 24,
+                team_id=team,
+                name="d",
+                filename="d.txt",
+                format="txt",
+                size=5,
+                sha256="0" * 64,
+                records=1,
+                storage_key="datasets/d.txt",
+            )
+        )
+    import io
+
+    store.put_stream("datasets/d.txt", io.BytesIO(b"hello"))
+    spec: dict[str, Any] = {
+        "model": "smollm2-135m",
+        "sparsity": 0.5,
+        "calibration": {"source": "ds_" + "a" * 24},
+        "evaluation": {"sources": ["pydoc", "ds_" + "a" * 24]},
+    }
+    out = resolve_inputs(spec, team, settings, store, tmp_path / "in")
+    local = out["calibration"]["source"]
+    assert Path(local).read_text() == "hello" and out["evaluation"]["sources"] == ["pydoc", local]
+    assert spec["calibration"]["source"] == "ds_" + "a" * 24  # the row's spec is not modified
+    with pytest.raises(DatasetUnavailable):
+        resolve_inputs(spec, rival, settings, store, tmp_path / "in2")
+    with pytest.raises(SpecError):
+        resolve_inputs({**spec, "model": "/etc"}, team, settings, store, tmp_path / "in3")

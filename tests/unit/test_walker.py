@@ -1,0 +1,263 @@
+"""The layer walker on tiny llama / qwen2 / opt models: exactness, statistics, hooks, cancellation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from core.arch import arch_for, decoder_layers, input_groups, layer_linears
+from core.errors import Cancelled
+from core.evaluate import output_head
+from core.stats import InputStats
+from core.walker import LayerBatch, capture_inputs, collect_stats, run_layer, walk
+from tests.tiny import ARCHES, VOCAB, tiny_model
+
+pytestmark = pytest.mark.unit
+
+SIZES = (3, 3, 2)  # the last batch has a different size
+SEQ = 16
+
+
+def _ids(seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (sum(SIZES), SEQ), generator=torch.Generator().manual_seed(seed))
+
+
+def _reference(model: nn.Module, arch, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input of the final norm, logits) from one plain forward of the whole model."""
+    seen: list[torch.Tensor] = []
+    norm = output_head(model, arch)[0]
+    handle = norm.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    try:
+        with torch.no_grad():
+            logits = model(ids).logits
+    finally:
+        handle.remove()
+    return seen[0], logits
+
+
+def _head(model: nn.Module, arch, hidden: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        for module in output_head(model, arch):
+            hidden = module(hidden)
+    return hidden
+
+
+@pytest.mark.parametrize("name", ARCHES)
+def test_walk_without_visitor_reproduces_the_full_model(name):
+    model = tiny_model(name)
+    arch = arch_for(model)
+    ids = _ids()
+    final = walk(
+        model,
+        arch,
+        capture_inputs(model, arch, ids.split(list(SIZES)), device="cpu"),
+        device="cpu",
+        visit=None,
+    )
+
+    assert [b.hidden.shape[0] for b in final] == list(SIZES)
+    hidden = torch.cat([b.hidden for b in final])  # [b, seq, hidden]
+    want_hidden, want_logits = _reference(model, arch, ids)
+    torch.testing.assert_close(hidden, want_hidden, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(_head(model, arch, hidden), want_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_per_layer_kwargs_follow_sliding_window_layers():
+    # Qwen2 with sliding-window layers gives layer 1 a different mask than layer 0.
+    torch.manual_seed(0)
+    config = tiny_model("qwen2").config
+    config.use_sliding_window, config.sliding_window, config.max_window_layers = True, 4, 1
+    config.layer_types = ["full_attention", "sliding_attention"]
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(config).eval()
+    arch = arch_for(model)
+    ids = _ids(1)
+    batches = capture_inputs(model, arch, ids.split(list(SIZES)), device="cpu")
+    assert len(batches[0].layer_kwargs) == 2
+    final = walk(model, arch, batches, device="cpu", visit=None)
+    _, want_logits = _reference(model, arch, ids)
+    got = _head(model, arch, torch.cat([b.hidden for b in final]))
+    torch.testing.assert_close(got, want_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_capture_records_the_first_layer_inputs_and_restores_the_layers():
+    model = tiny_model("llama")
+    arch = arch_for(model)
+    layers = list(decoder_layers(model, arch))
+    ids = _ids()
+    batches = capture_inputs(model, arch, ids.split(list(SIZES)), device="cpu")
+
+    assert list(decoder_layers(model, arch)) == layers
+    with torch.no_grad():
+        embedded = model.get_input_embeddings()(ids)
+    torch.testing.assert_close(torch.cat([b.hidden for b in batches]), embedded)
+    cos, sin = batches[0].kwargs["position_embeddings"]
+    assert cos.shape[-2] == SEQ and sin.shape == cos.shape
+    assert batches[0].layer_kwargs == ()  # every layer gets the same mask and positions
+
+
+def test_capture_restores_the_layers_when_the_forward_raises():
+    model = tiny_model("opt")
+    arch = arch_for(model)
+    layers = list(decoder_layers(model, arch))
+    with pytest.raises(IndexError):
+        capture_inputs(model, arch, [torch.full((1, 4), VOCAB + 5)], device="cpu")  # ids out of range
+    assert list(decoder_layers(model, arch)) == layers
+
+
+def _inputs_without_hooks(layer: nn.Module, arch, batches: list[LayerBatch]) -> dict[str, torch.Tensor]:
+    """Every linear's input, recorded by swapping each linear for a recording wrapper (no hooks)."""
+
+    class Record(nn.Module):
+        def __init__(self, inner: nn.Linear, sink: list[torch.Tensor]) -> None:
+            super().__init__()
+            self.inner, self.sink = inner, sink
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.sink.append(x.reshape(-1, x.shape[-1]))
+            return self.inner(x)
+
+    seen: dict[str, list[torch.Tensor]] = {path: [] for path in arch.linears}
+    originals = layer_linears(layer, arch)
+    for path, linear in originals.items():
+        parent, _, attr = path.rpartition(".")
+        setattr(layer.get_submodule(parent), attr, Record(linear, seen[path]))
+    try:
+        run_layer(layer, batches, device="cpu")
+    finally:
+        for path, linear in originals.items():
+            parent, _, attr = path.rpartition(".")
+            setattr(layer.get_submodule(parent), attr, linear)
+    return {path: torch.cat(rows) for path, rows in seen.items()}
+
+
+@pytest.mark.parametrize("name", ARCHES)
+def test_collect_stats_matches_statistics_computed_by_hand(name):
+    model = tiny_model(name)
+    arch = arch_for(model)
+    batches = capture_inputs(model, arch, _ids().split(list(SIZES)), device="cpu")
+    layer = decoder_layers(model, arch)[0]
+
+    stats, outputs = collect_stats(layer, arch, batches, device="cpu", want_hessian=True)
+
+    inputs = _inputs_without_hooks(layer, arch, batches)
+    for path, X in inputs.items():
+        want = InputStats.new(X.shape[1], device="cpu", want_hessian=True)
+        want.update(X)
+        assert stats[path].n == want.n == sum(SIZES) * SEQ
+        torch.testing.assert_close(stats[path].sq_sum, want.sq_sum, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(stats[path].H, want.H, rtol=1e-5, atol=1e-4)
+    for group in input_groups(arch):
+        assert all(stats[path] is stats[group[0]] for path in group)
+    assert stats[arch.q] is not stats[arch.o] and stats[arch.o] is not stats[arch.mlp_out]
+    for got, want in zip(outputs, run_layer(layer, batches, device="cpu"), strict=True):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def _hook_count(layer: nn.Module) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._forward_hooks_with_kwargs)
+        for m in layer.modules()
+    )
+
+
+def test_collect_stats_removes_its_hooks_when_the_forward_raises(monkeypatch):
+    model = tiny_model("llama")
+    arch = arch_for(model)
+    batches = capture_inputs(model, arch, _ids().split(list(SIZES)), device="cpu")
+    layer = decoder_layers(model, arch)[0]
+    dense = run_layer(layer, batches, device="cpu")
+    down = layer.get_submodule(arch.mlp_out)
+
+    def boom(x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("down_proj failed")
+
+    monkeypatch.setattr(down, "forward", boom)
+    with pytest.raises(RuntimeError, match="down_proj failed"):
+        collect_stats(layer, arch, batches, device="cpu", want_hessian=False)
+    monkeypatch.undo()
+
+    assert _hook_count(layer) == 0
+    stats, _ = collect_stats(layer, arch, batches, device="cpu", want_hessian=False)
+    again = run_layer(layer, batches, device="cpu")  # a later forward: unaffected, feeds no stats
+    assert stats[arch.q].n == sum(SIZES) * SEQ
+    assert _hook_count(layer) == 0
+    for got, want in zip(again, dense, strict=True):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def _spy_moves(monkeypatch, layers: nn.ModuleList) -> list[tuple[int, str]]:
+    moves: list[tuple[int, str]] = []
+    for i, layer in enumerate(layers):
+        real = layer.to
+
+        def to(device, *, _i=i, _real=real):
+            moves.append((_i, str(device)))
+            return _real(device)
+
+        monkeypatch.setattr(layer, "to", to)
+    return moves
+
+
+def test_walk_raises_cancelled_between_layers_and_leaves_layers_home(monkeypatch):
+    model = tiny_model("llama", layers=3)
+    arch = arch_for(model)
+    layers = decoder_layers(model, arch)
+    moves = _spy_moves(monkeypatch, layers)
+    visited: list[int] = []
+    reported: list[tuple[int, int]] = []
+    checks = iter([False, False, True])
+
+    with pytest.raises(Cancelled, match="before layer 3 of 3"):
+        walk(
+            model,
+            arch,
+            capture_inputs(model, arch, _ids().split(list(SIZES)), device="cpu"),
+            device="cpu",
+            visit=lambda i, layer, batches: visited.append(i),
+            should_stop=lambda: next(checks),
+            on_layer=lambda i, n: reported.append((i, n)),
+        )
+    assert visited == [0, 1]
+    assert reported == [(1, 3), (2, 3)]
+    # each visited layer went to the device and back before the next one moved: one at a time
+    assert moves == [(0, "cpu"), (0, "cpu"), (1, "cpu"), (1, "cpu")]
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_walk_moves_the_layer_back_when_the_visitor_raises(monkeypatch):
+    model = tiny_model("opt")
+    arch = arch_for(model)
+    moves = _spy_moves(monkeypatch, decoder_layers(model, arch))
+
+    def visit(i: int, layer: nn.Module, batches: list[LayerBatch]) -> None:
+        raise ValueError("visitor failed")
+
+    with pytest.raises(ValueError, match="visitor failed"):
+        walk(model, arch, capture_inputs(model, arch, [_ids()], device="cpu"), device="cpu", visit=visit)
+    assert moves == [(0, "cpu"), (0, "cpu")]
+
+
+def test_visitor_changes_propagate_to_later_layers():
+    model = tiny_model("llama")
+    arch = arch_for(model)
+    ids = _ids()
+    _, dense_logits = _reference(model, arch, ids)
+
+    def zero_down(i: int, layer: nn.Module, batches: list[LayerBatch]) -> None:
+        with torch.no_grad():
+            layer.get_submodule(arch.mlp_out).weight.zero_()
+
+    final = walk(
+        model,
+        arch,
+        capture_inputs(model, arch, ids.split(list(SIZES)), device="cpu"),
+        device="cpu",
+        visit=zero_down,
+    )
+    _, want = _reference(model, arch, ids)  # the model as changed in place by the visitor
+    got = _head(model, arch, torch.cat([b.hidden for b in final]))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, dense_logits, atol=1e-3)

@@ -1,0 +1,64 @@
+"""The Celery app and its one task, ``spruce.run_job(job_id)``.
+
+Run one worker process per GPU, each seeing one device:
+
+    CUDA_VISIBLE_DEVICES=0 celery -A worker.app worker --pool solo --concurrency 1 --loglevel INFO
+    CUDA_VISIBLE_DEVICES=1 celery -A worker.app worker --pool solo --concurrency 1 --loglevel INFO -n gpu1@%h
+
+The solo pool runs the job in the worker process itself: one job at a time, CUDA initialised in
+the process that uses it (no fork after CUDA), and SIGTERM waits for the job between layers.
+Configuration (broker, queue, limits) comes from ``SPRUCE_*`` settings; see common/queue.py for
+why each Celery setting is set.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_init
+
+from common.queue import TASK_NAME, celery_config
+from common.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+celery_app = Celery("spruce")
+# A promise: settings are read when Celery first needs its configuration, not at import.
+celery_app.add_defaults(lambda: celery_config(get_settings()))
+
+
+@worker_init.connect
+def _preload_engine(**_: Any) -> None:
+    # Import torch and the engine before taking the first message, so that a job's first seconds
+    # (and its ETA) measure work, not imports.
+    import core.compress  # noqa: F401
+
+
+@celery_app.task(
+    name=TASK_NAME,  # the API sends by this name; it never imports this module
+    bind=True,
+    acks_late=True,  # redeliver if the worker dies mid-job (the job is idempotent by id)
+    reject_on_worker_lost=True,
+    ignore_result=True,  # the job row holds the outcome
+    max_retries=None,  # retries are counted against SPRUCE_MAX_RETRIES by the runner, see below
+)
+def run_job(self: Task, job_id: str) -> str:
+    """Run job ``job_id`` through the engine; the row records every outcome.
+
+    User errors fail the job at once, a cancel ends it as cancelled, and system faults are
+    retried with exponential backoff up to ``max_retries`` times before the job is failed.
+    """
+    from worker.runner import RetryLater, run
+
+    settings = get_settings()
+    try:
+        return run(job_id, settings, retries_done=self.request.retries or 0, worker=self.request.hostname)
+    except RetryLater as later:
+        # The runner already put the row back to queued with the reason; the countdown is the backoff.
+        raise self.retry(countdown=later.delay, max_retries=settings.max_retries) from later.cause
+    except SoftTimeLimitExceeded:  # only under the prefork pool; the runner handles it, this is a guard
+        log.error("job %s hit the soft time limit outside the engine", job_id)
+        return "failed"
