@@ -70,7 +70,7 @@ def input_means(layer: nn.Module, arch: ArchSpec, batches: list[LayerBatch]) -> 
 
     plan = plan_layer(layer, arch)
     params = {n: p.detach() for n, p in layer.named_parameters()}
-    mbs = list(_minibatches(batches, 8, torch.device("cpu")))
+    mbs = list(_minibatches(batches, 8))
     _, stats = dense_pass(layer, plan, params, mbs, device=torch.device("cpu"), want_H=False)
     return {path: stats[plan.group_of(path)].sum / stats[plan.group_of(path)].n for path in arch.linears}
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,15 +47,29 @@ log = logging.getLogger(__name__)
 
 _CACHE_KWARGS = ("cache", "past_key_values", "past_key_value")
 _MEDIAN_ROWS = 4096  # tokens kept per group to estimate per-channel medians (exact medians would cost memory)
-_POWER_ITERS_INIT = 20
-SPARSEGPT_HOPS = 3  # terms of the series that stands in for SparseGPT's update during training  # power iterations for the reference spectral norms (then 1 per step, warm-started)
+_POWER_ITERS_INIT = 20  # power iterations for the reference spectral norms (then 1 per step, warm-started)
+SPARSEGPT_HOPS = 3  # terms of the series that stands in for SparseGPT's update during training
 
 
 class Batch(Protocol):
-    """What the walker hands over: a layer's input and the keyword arguments of its forward."""
+    """What the walker hands over (``core.walker.LayerBatch``): a layer's input and the keyword
+    arguments of its forward."""
 
     hidden: torch.Tensor  # [b, seq, hidden]
     kwargs: dict[str, Any]
+
+
+@dataclass
+class Minibatch:
+    """A piece of a walker batch, kept where the walker stores it (one piece visits the device
+    at a time, so device memory stays one layer plus one minibatch)."""
+
+    hidden: torch.Tensor  # [b, seq, hidden]
+    kwargs: dict[str, Any]
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
+        """(hidden, kwargs) on ``device``, floating tensors in float32 (induction's precision)."""
+        return _move(self.hidden, device), _move(self.kwargs, device)
 
 
 @dataclass
@@ -103,7 +117,7 @@ class GroupStats:
 def induce_layer(
     layer: nn.Module,
     arch: ArchSpec,
-    batches: list[Any],
+    batches: Sequence[Batch],
     *,
     device: torch.device | str,
     target: LayerTarget,
@@ -127,10 +141,10 @@ def induce_layer(
     device = torch.device(device)
     plan = plan_layer(layer, arch)
     params = {n: p.detach().to(device=device, dtype=torch.float32) for n, p in layer.named_parameters()}
-    minibatches = list(_minibatches(batches, spec.batch_size, device))
+    minibatches = list(_minibatches(batches, spec.batch_size))
     targets, stats = dense_pass(layer, plan, params, minibatches, device=device, want_H=pruner == "sparsegpt")
     T0 = init_transform(plan, stats, spec, pruner, device=device)
-    trainer = _Trainer(layer, plan, params, stats, target, pruner, spec, dampening, blocksize)
+    trainer = _Trainer(layer, plan, params, stats, target, pruner, spec, dampening, blocksize, device)
     T, losses = trainer.fit(T0, minibatches, targets, generator)
     chosen, checks = trainer.choose(
         {"identity": _identity_like(T0), "init": T0, "trained": T}, minibatches, targets
@@ -176,7 +190,7 @@ def dense_pass(
     layer: nn.Module,
     plan: LayerPlan,
     params: dict[str, torch.Tensor],
-    minibatches: list[tuple[torch.Tensor, dict[str, Any]]],
+    minibatches: list[Minibatch],
     *,
     device: torch.device,
     want_H: bool,
@@ -212,7 +226,7 @@ def dense_pass(
 
     handles = [layer.get_submodule(p).register_forward_pre_hook(hook_for(g)) for g, p in leaders.items()]
     try:
-        targets = [_forward(layer, params, h, kw) for h, kw in minibatches]
+        targets = [_forward(layer, params, *mb.on(device)).to(mb.hidden.device) for mb in minibatches]
     finally:
         for h in handles:
             h.remove()
@@ -302,8 +316,10 @@ class _Trainer:
         spec: InductionSpec,
         dampening: float,
         blocksize: int,
+        device: torch.device,
     ) -> None:
         self.layer, self.plan, self.params, self.stats = layer, plan, params, stats
+        self.device = device
         self.target, self.pruner, self.spec, self.dampening = target, pruner, spec, dampening
         self.blocksize = blocksize
         self.tau = float(spec.temperature)
@@ -417,7 +433,7 @@ class _Trainer:
     def fit(
         self,
         T0: Transform,
-        minibatches: list[tuple[torch.Tensor, dict[str, Any]]],
+        minibatches: list[Minibatch],
         targets: list[torch.Tensor],
         generator: torch.Generator | None,
     ) -> tuple[Transform, list[float]]:
@@ -428,9 +444,9 @@ class _Trainer:
             self.refresh(T)
             order = torch.randperm(len(minibatches), generator=generator).tolist()
             for i in order:
-                hidden, kwargs = minibatches[i]
+                hidden, kwargs = minibatches[i].on(self.device)
                 opt.zero_grad(set_to_none=True)
-                mse = self.loss(T, hidden, kwargs, targets[i])
+                mse = self.loss(T, hidden, kwargs, targets[i].to(self.device))
                 objective = mse + self.spec.reg * self.regulariser(T) if self.spec.reg > 0 else mse
                 objective.backward()
                 opt.step()
@@ -441,7 +457,7 @@ class _Trainer:
     def choose(
         self,
         candidates: dict[str, Transform],
-        minibatches: list[tuple[torch.Tensor, dict[str, Any]]],
+        minibatches: list[Minibatch],
         targets: list[torch.Tensor],
     ) -> tuple[tuple[str, Transform], dict[str, float]]:
         """Loss of each candidate after REAL pruning on the check subset; the lowest wins (ties go
@@ -460,7 +476,7 @@ class _Trainer:
     def pruned_loss(
         self,
         T: Transform,
-        minibatches: list[tuple[torch.Tensor, dict[str, Any]]],
+        minibatches: list[Minibatch],
         targets: list[torch.Tensor],
     ) -> float:
         """Relative MSE of the block pruned as the pruner will prune it after folding ``T``.
@@ -474,8 +490,9 @@ class _Trainer:
             self.refresh(T)
             params = {**self.params, **self.pruned_params(T, mode="ste")}  # "ste" forward = hard mask
         num = den = 0.0
-        for (hidden, kwargs), Y in zip(minibatches, targets, strict=True):
-            Y_hat = _forward(self.layer, params, hidden, kwargs)
+        for mb, Y in zip(minibatches, targets, strict=True):
+            Y = Y.to(self.device)
+            Y_hat = _forward(self.layer, params, *mb.on(self.device))
             num += float((Y_hat - Y).square().sum())
             den += float(Y.square().sum())
         return num / max(den, 1e-30)
@@ -548,41 +565,42 @@ def _forward(
     return out[0] if isinstance(out, tuple) else out
 
 
-def _minibatches(
-    batches: list[Any], size: int, device: torch.device
-) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
-    """Cut each walker batch into pieces of at most ``size`` sequences, on ``device``. Tensors in
-    kwargs whose first dimension is the batch size are cut alongside; broadcast ones are shared."""
+def _minibatches(batches: Sequence[Batch], size: int) -> Iterator[Minibatch]:
+    """Cut each walker batch into pieces of at most ``size`` sequences. Tensors in kwargs whose
+    first dimension is the batch size are cut alongside; broadcast ones are shared. A KV cache is
+    dropped: it would grow with every forward and keep the autograd graph alive."""
     for batch in batches:
-        # A KV cache would grow with every forward (and keep the graph alive): never pass one.
         kwargs = {k: v for k, v in batch.kwargs.items() if k not in _CACHE_KWARGS}
         if "use_cache" in kwargs:
             kwargs["use_cache"] = False
-        memo: dict[int, Any] = {}
-        kwargs = _cut(kwargs, batch.hidden.shape[0], None, device, memo)
         b = batch.hidden.shape[0]
         for i in range(0, b, size):
             j = min(i + size, b)
-            whole = (i, j) == (0, b)
-            yield batch.hidden[i:j].to(device), kwargs if whole else _cut(kwargs, b, (i, j), device, {})
+            if (i, j) == (0, b):
+                yield Minibatch(batch.hidden, kwargs)
+            else:
+                yield Minibatch(batch.hidden[i:j], _cut(kwargs, b, i, j))
 
 
-def _cut(obj: Any, b: int, rows: tuple[int, int] | None, device: torch.device, memo: dict[int, Any]) -> Any:
-    """``obj`` with tensors on ``device`` and, if ``rows`` is given, batch-sized tensors sliced."""
-    if id(obj) in memo:
-        return memo[id(obj)]
+def _cut(obj: Any, b: int, i: int, j: int) -> Any:
     if isinstance(obj, torch.Tensor):
-        out: Any = obj.to(device)
-        if rows is not None and obj.dim() > 0 and obj.shape[0] == b:
-            out = out[rows[0] : rows[1]]
-    elif isinstance(obj, dict):
-        out = {k: _cut(v, b, rows, device, memo) for k, v in obj.items()}
-    elif isinstance(obj, (tuple, list)):
-        out = type(obj)(_cut(v, b, rows, device, memo) for v in obj)
-    else:
-        return obj
-    memo[id(obj)] = out
-    return out
+        return obj[i:j] if obj.dim() > 0 and obj.shape[0] == b else obj
+    if isinstance(obj, dict):
+        return {k: _cut(v, b, i, j) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_cut(v, b, i, j) for v in obj)
+    return obj
+
+
+def _move(obj: Any, device: torch.device) -> Any:
+    """``obj`` with every tensor on ``device``; floating tensors in float32."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device=device, dtype=torch.float32 if obj.is_floating_point() else obj.dtype)
+    if isinstance(obj, dict):
+        return {k: _move(v, device) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_move(v, device) for v in obj)
+    return obj
 
 
 def _info(

@@ -23,6 +23,7 @@ from tests.tiny import ARCHES, VOCAB, tiny_config, tiny_model
 
 pytestmark = pytest.mark.unit
 
+CPU = torch.device("cpu")
 TARGETS = {"50%": LayerTarget(0.5), "2:4": LayerTarget(0.5, 2, 4)}
 
 
@@ -114,12 +115,10 @@ def _trainer(model, pruner: str, target: LayerTarget, **spec_kw):
     batches = batches_for(model, arch)
     plan = plan_layer(layer, arch)
     params = {n: p.detach() for n, p in layer.named_parameters()}
-    mbs = list(_minibatches(batches, spec.batch_size, torch.device("cpu")))
-    targets, stats = dense_pass(
-        layer, plan, params, mbs, device=torch.device("cpu"), want_H=pruner == "sparsegpt"
-    )
-    trainer = _Trainer(layer, plan, params, stats, target, pruner, spec, 0.01, 16)
-    return trainer, init_transform(plan, stats, spec, pruner, device=torch.device("cpu")), mbs, targets
+    mbs = list(_minibatches(batches, spec.batch_size))
+    targets, stats = dense_pass(layer, plan, params, mbs, device=CPU, want_H=pruner == "sparsegpt")
+    trainer = _Trainer(layer, plan, params, stats, target, pruner, spec, 0.01, 16, CPU)
+    return trainer, init_transform(plan, stats, spec, pruner, device=CPU), mbs, targets
 
 
 @pytest.mark.parametrize("mask", ["ste", "soft"])
@@ -128,7 +127,7 @@ def test_gradient_reaches_the_scales_through_the_mask(pruner: str, mask: str) ->
     trainer, T, mbs, targets = _trainer(tiny_model("llama"), pruner, TARGETS["2:4"], mask=mask)
     T.requires_grad_(True)
     trainer.refresh(T)
-    trainer.loss(T, *mbs[0], targets[0]).backward()
+    trainer.loss(T, *mbs[0].on(CPU), targets[0]).backward()
     for name in ("attn_log_s", "o_log_s", "mlp_log_s", "down_log_s"):
         grad = getattr(T, name).grad
         assert grad is not None and float(grad.abs().sum()) > 0, name
@@ -141,7 +140,7 @@ def test_query_key_pair_cannot_change_the_pruned_block() -> None:
     assert T2.qk_log_a is not None
     T2.qk_log_a.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        a, b = trainer.loss(T, *mbs[0], targets[0]), trainer.loss(T2, *mbs[0], targets[0])
+        a, b = trainer.loss(T, *mbs[0].on(CPU), targets[0]), trainer.loss(T2, *mbs[0].on(CPU), targets[0])
     assert float(a) == pytest.approx(float(b), rel=1e-6)
 
 
@@ -218,14 +217,17 @@ def test_result_records_settings_curve_and_time() -> None:
     json.dumps(r.info)  # the report stores it as JSON
 
 
-def test_magnitude_needs_no_col_weights() -> None:
+def test_magnitude_col_weights_hold_only_the_per_linear_part() -> None:
+    """Magnitude reads the folded weight, so the group scales need no col_weight; only the
+    per-linear importance (not foldable) travels as col_weight."""
     model = tiny_model("llama")
     arch = arch_for(model)
-    layer = decoder_layers(model, arch)[0]
-    spec = InductionSpec(enabled=True, epochs=1)
-    r = induce_layer(layer, arch, batches_for(model, arch), device="cpu", target=TARGETS["50%"],
-                     pruner="magnitude", spec=spec)  # fmt: skip
-    assert r.col_weights == {}
+    batches = batches_for(model, arch)
+    for per_linear, expected in ((False, set()), (True, set(arch.linears))):
+        layer = copy.deepcopy(decoder_layers(model, arch)[0])
+        spec = InductionSpec(enabled=True, epochs=1, per_linear=per_linear)
+        r = induce_layer(layer, arch, batches, device="cpu", target=TARGETS["50%"], pruner="magnitude", spec=spec)
+        assert set(r.col_weights) == expected
 
 
 def test_group_stats_centre_from_sums() -> None:
