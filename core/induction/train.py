@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 _CACHE_KWARGS = ("cache", "past_key_values", "past_key_value")
 _MEDIAN_ROWS = 4096  # tokens kept per group to estimate per-channel medians (exact medians would cost memory)
 _POWER_ITERS_INIT = 20  # power iterations for the reference spectral norms (then 1 per step, warm-started)
+_MARGIN = 0.005  # relative loss gain a transform needs on held-out data to replace plain pruning
 SPARSEGPT_HOPS = 3  # terms of the series that stands in for SparseGPT's update during training
 
 
@@ -440,9 +441,11 @@ class _Trainer:
         T = T0.clone().requires_grad_(True)
         opt = torch.optim.Adam(T.tensors(), lr=self.spec.lr)
         losses: list[float] = []
+        held_out = set(check_subset(len(minibatches)))
+        train = [i for i in range(len(minibatches)) if i not in held_out] or sorted(held_out)
         for _epoch in range(self.spec.epochs):
             self.refresh(T)
-            order = torch.randperm(len(minibatches), generator=generator).tolist()
+            order = [train[k] for k in torch.randperm(len(train), generator=generator).tolist()]
             for i in order:
                 hidden, kwargs = minibatches[i].on(self.device)
                 opt.zero_grad(set_to_none=True)
@@ -460,9 +463,11 @@ class _Trainer:
         minibatches: list[Minibatch],
         targets: list[torch.Tensor],
     ) -> tuple[tuple[str, Transform], dict[str, float]]:
-        """Loss of each candidate after REAL pruning on the check subset; the lowest wins (ties go
-        to the later, trained one), so induction never does worse than plain pruning there."""
-        idx = _check_subset(len(minibatches))
+        """Loss of each candidate after REAL pruning on the held-out check subset. A candidate
+        replaces plain pruning (identity) only if it beats it by more than ``_MARGIN`` (relative);
+        among those the lowest wins. So induction never does worse than plain pruning there, and a
+        gain within noise is not taken."""
+        idx = check_subset(len(minibatches))
         losses: dict[str, float] = {}
         for name, T in candidates.items():
             same = next((k for k in losses if _equal(candidates[k], T)), None)
@@ -470,7 +475,9 @@ class _Trainer:
                 losses[name] = losses[same]
                 continue
             losses[name] = self.pruned_loss(T, [minibatches[i] for i in idx], [targets[i] for i in idx])
-        best = min(losses, key=lambda k: (losses[k], -list(candidates).index(k)))
+        bar = losses["identity"] * (1.0 - _MARGIN)
+        better = [k for k in candidates if k != "identity" and losses[k] < bar]
+        best = min(better, key=lambda k: (losses[k], -list(candidates).index(k))) if better else "identity"
         return (best, candidates[best]), losses
 
     def pruned_loss(
@@ -542,9 +549,10 @@ def _equal(A: Transform, B: Transform) -> bool:
     return all(torch.equal(a, b) for a, b in zip(A.tensors(), B.tensors(), strict=True))
 
 
-def _check_subset(n: int) -> list[int]:
-    """Every 8th minibatch (at least one): candidates are compared on about an eighth of the data,
-    so that the comparison costs a fraction of a forward pass per candidate."""
+def check_subset(n: int) -> list[int]:
+    """Every 8th minibatch (at least one), held out of training: candidates are compared on about
+    an eighth of the data, unseen by the optimiser, for a fraction of a forward pass each.
+    (With a single minibatch it is also the training data: nothing else exists.)"""
     return list(range(0, n, 8))
 
 

@@ -147,7 +147,7 @@ def test_query_key_pair_cannot_change_the_pruned_block() -> None:
 def test_training_moves_the_mask() -> None:
     trainer, T0, mbs, targets = _trainer(tiny_model("llama"), "wanda", TARGETS["2:4"], lr=0.1, epochs=2)
     T, losses = trainer.fit(T0, mbs, targets, torch.Generator().manual_seed(0))
-    assert len(losses) == 2 * len(mbs)
+    assert len(losses) == 2 * (len(mbs) - 1)  # every 8th minibatch is held out for the check
     before, after = trainer.pruned_params(T0), trainer.pruned_params(T)
     moved = sum(int(((before[k] != 0) != (after[k] != 0)).sum()) for k in before if k.endswith("weight"))
     assert moved > 0
@@ -183,15 +183,18 @@ def test_reported_loss_is_the_pruners_loss_after_folding(arch_name: str, pruner:
 @pytest.mark.parametrize("target", ["50%", "2:4"])
 @pytest.mark.parametrize("pruner", ["magnitude", "wanda"])
 def test_induction_lowers_the_pruned_error(pruner: str, target: str) -> None:
+    """On its calibration data. One minibatch, so the guard's check is that same data: a random
+    tiny model has no structure for a learned importance to carry over to unseen tokens (on the
+    real model it does: docs/induction.md)."""
     model = tiny_model("llama", hidden=64)
     arch = arch_for(model)
     layer = decoder_layers(model, arch)[1]
-    batches = batches_for(model, arch, samples=8)
+    batches = batches_for(model, arch, samples=8, bs=8)
     Y = run_layer(layer, batches, device="cpu")
     plain = copy.deepcopy(layer)
     prune_layer(plain, arch, batches, pruner, TARGETS[target])
     base = rel_mse(Y, run_layer(plain, batches, device="cpu"))
-    spec = InductionSpec(enabled=True, epochs=2, lr=0.1, batch_size=2)
+    spec = InductionSpec(enabled=True, epochs=2, lr=0.1, batch_size=8)
     result = induce_layer(
         layer, arch, batches, device="cpu", target=TARGETS[target], pruner=pruner, spec=spec,
         generator=torch.Generator().manual_seed(0),
@@ -210,7 +213,8 @@ def test_result_records_settings_curve_and_time() -> None:
     spec = InductionSpec(enabled=True, epochs=2, batch_size=2)
     r = induce_layer(layer, arch, batches_for(model, arch), device="cpu", target=TARGETS["2:4"],
                      pruner="wanda", spec=spec)  # fmt: skip
-    assert len(r.losses) == 2 * 4 and all(x >= 0 for x in r.losses)  # 8 sequences / 2 per step, 2 epochs
+    # 8 sequences / 2 per step = 4 minibatches, one held out for the check; 2 epochs
+    assert len(r.losses) == 2 * 3 and all(x >= 0 for x in r.losses)
     assert r.seconds > 0
     # the guard folds the best of identity / init / trained on the check subset
     assert r.final_loss == pytest.approx(min(r.info["check_losses"].values()), abs=1e-8)
