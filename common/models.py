@@ -98,7 +98,11 @@ class ApiKey(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_team_created", "team_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_jobs_team_created", "team_id", "created_at", "id"),
+        # A retried POST with the same Idempotency-Key finds its job (per team: keys are the client's).
+        UniqueConstraint("team_id", "idempotency_key"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
     team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
@@ -117,6 +121,11 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200), default=None)  # hostname of the last runner
+    # The running worker refreshes this; a running job whose heartbeat is old has lost its worker.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    resumes: Mapped[int] = mapped_column(Integer, default=0)  # times it continued from a checkpoint
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    request_hash: Mapped[str | None] = mapped_column(String(64), default=None)  # sha256 of the body
     device: Mapped[str | None] = mapped_column(String(32), default=None)
 
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)
