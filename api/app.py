@@ -10,9 +10,11 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
-from api import datasets, errors, health, jobs
+from api import datasets, errors, health, idempotency, jobs
 from api.deps import ServiceContext
+from api.limits import BodyLimit
 from api.schemas import JobCreate
 from common.settings import Settings, get_settings
 
@@ -33,9 +35,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app, body_models={"/v1/jobs": JobCreate})
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(jobs.downloads)
     app.include_router(datasets.router)
     _include_dashboard(app)
+    _add_middleware(app, app.state.ctx.settings)
     return app
+
+
+def _add_middleware(app: FastAPI, settings: Settings) -> None:
+    app.add_middleware(BodyLimit, upload_mb=settings.max_upload_mb)
+    # Added last, so outermost: even a 413 or 429 carries the CORS headers a browser needs to
+    # read it. Without SPRUCE_CORS_ORIGINS no CORS header is ever sent: other origins' pages
+    # cannot read any answer (the dashboard is same-origin and needs none).
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", idempotency.HEADER],
+            expose_headers=["Retry-After", idempotency.REPLAYED, "X-Checksum-Sha256", "Content-Disposition"],
+            allow_credentials=False,  # bearer keys, never cookies
+            max_age=600,
+        )
 
 
 def _include_dashboard(app: FastAPI) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Annotated, BinaryIO
@@ -12,13 +13,17 @@ from fastapi import APIRouter, File, Form, UploadFile
 from sqlalchemy import select
 
 from api.deps import CallerDep, CtxDep, SessionDep
-from api.errors import ApiError, not_found
+from api.errors import COMMON, ApiError, not_found
 from api.schemas import DatasetList, DatasetOut
 from common.models import Dataset, new_id
+from common.storage import StorageError
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=COMMON)
 
 FORMATS = {".txt": "txt", ".jsonl": "jsonl"}
+MAX_FILENAME = 200  # datasets.name defaults to the file name and holds 200 characters
 CHUNK = 1 << 20
 
 
@@ -42,13 +47,20 @@ def _invalid(message: str, param: str = "file") -> ApiError:
 
 
 def copy_limited(src: BinaryIO, dest: BinaryIO, limit: int) -> tuple[int, str]:
-    """Copy at most ``limit`` bytes; returns (size, sha256). Raises 413 beyond the limit."""
+    """Copy at most ``limit`` bytes; returns (size, sha256). Raises 413 beyond the limit.
+
+    (api.limits.BodyLimit already refuses a request body over the limit before it is parsed;
+    this is the exact check on the file itself.)
+    """
     h, size = hashlib.sha256(), 0
     while chunk := src.read(CHUNK):
         size += len(chunk)
         if size > limit:
             raise ApiError(
-                413, "payload_too_large", f"the file is larger than {limit // (1 << 20)} MiB", "file"
+                413,
+                "payload_too_large",
+                f"the upload is larger than this service's limit of {limit // (1 << 20)} MiB (SPRUCE_MAX_UPLOAD_MB)",
+                "file",
             )
         h.update(chunk)
         dest.write(chunk)
@@ -61,6 +73,8 @@ def count_records(path: Path, fmt: str) -> int:
     try:
         with open(path, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
+                if "\x00" in line:  # valid UTF-8, but text files hold no NULs: a binary file
+                    raise _invalid(f"line {lineno} holds a NUL byte: this is not a text file")
                 if not line.strip():
                     continue
                 if fmt == "jsonl":
@@ -78,7 +92,15 @@ def count_records(path: Path, fmt: str) -> int:
     return records
 
 
-@router.post("", status_code=201, response_model=DatasetOut)
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetOut,
+    responses={
+        400: {"description": "the multipart body does not parse"},
+        413: {"description": "larger than SPRUCE_MAX_UPLOAD_MB"},
+    },
+)
 def upload_dataset(
     file: Annotated[
         UploadFile, File(description="a .txt file, or a .jsonl file with one JSON object per line")
@@ -86,9 +108,12 @@ def upload_dataset(
     session: SessionDep,
     ctx: CtxDep,
     caller: CallerDep,
-    name: Annotated[str | None, Form(max_length=200)] = None,
+    # Postgres text cannot hold a NUL character: refused here (422), not at the INSERT (500).
+    name: Annotated[str | None, Form(max_length=200, pattern=r"^[^\x00]*$")] = None,
 ) -> DatasetOut:
     filename = PurePosixPath((file.filename or "").replace("\\", "/")).name
+    if len(filename) > MAX_FILENAME or any(ord(c) < 32 for c in filename):
+        raise _invalid(f"the file name must be at most {MAX_FILENAME} printable characters")
     fmt = FORMATS.get(PurePosixPath(filename).suffix.lower())
     if fmt is None:
         raise _invalid(f"{filename or 'the file'!r}: only .txt and .jsonl files are accepted")
@@ -112,7 +137,16 @@ def upload_dataset(
         storage_key=key,
     )
     session.add(ds)
-    session.commit()
+    try:
+        session.commit()
+    except Exception:
+        # No row, no file: an upload the database never recorded must not linger in storage.
+        session.rollback()
+        try:
+            ctx.storage.delete_prefix(f"datasets/{caller.team_id}/{ds_id}")
+        except StorageError as exc:
+            log.warning("could not remove the unrecorded upload %s: %s", ds_id, exc)
+        raise
     return dataset_out(ds)
 
 
@@ -124,7 +158,11 @@ def list_datasets(session: SessionDep, caller: CallerDep) -> DatasetList:
     return DatasetList(data=[dataset_out(d) for d in rows])
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut)
+@router.get(
+    "/{dataset_id}",
+    response_model=DatasetOut,
+    responses={404: {"description": "no such dataset in your team"}},
+)
 def read_dataset(dataset_id: str, session: SessionDep, caller: CallerDep) -> DatasetOut:
     ds = session.get(Dataset, dataset_id)
     if ds is None or ds.team_id != caller.team_id:

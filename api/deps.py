@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
 from typing import Annotated, Any
 
+import anyio
 from fastapi import Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
-from common.db import session_factory
+from api.limits import MemoryLimiter, Rate, RateLimiter, RedisLimiter, retry_after_header
+from api.links import signing_key
+from common.db import POOL_CAPACITY, session_factory
 from common.keys import authenticate
 from common.models import utcnow
 from common.queue import make_celery
@@ -41,6 +45,27 @@ class ServiceContext:
     def celery(self) -> Any:
         return make_celery(self.settings, name="spruce-api")
 
+    @cached_property
+    def limiter(self) -> RateLimiter | None:
+        """Per-key request budget: shared through Redis when the broker is Redis, else per process."""
+        s = self.settings
+        if s.rate_limit_per_minute == 0:
+            return None
+        rate = Rate(s.rate_limit_per_minute, s.rate_limit_burst)
+        if s.broker_url.startswith(("redis://", "rediss://")):
+            return RedisLimiter(s.broker_url, rate)
+        return MemoryLimiter(rate)
+
+    @cached_property
+    def db_slots(self) -> anyio.Semaphore:
+        """Requests using the database at once in this process (see get_session). anyio's, not
+        asyncio's: it binds to no event loop, and test clients run one loop per client."""
+        return anyio.Semaphore(POOL_CAPACITY)
+
+    @cached_property
+    def signing_key(self) -> bytes:
+        return signing_key(self.settings)
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -59,12 +84,22 @@ def get_ctx(request: Request) -> ServiceContext:
 CtxDep = Annotated[ServiceContext, Depends(get_ctx)]
 
 
-def get_session(ctx: CtxDep) -> Iterator[Session]:
-    session = session_factory(ctx.database_url)()
-    try:
-        yield session
-    finally:
-        session.close()
+async def get_session(ctx: CtxDep) -> AsyncIterator[Session]:
+    """A session for one request, admitted only while a pooled connection is free for it.
+
+    Sync routes and dependencies run in a pool of worker threads, and one request hops between
+    threads (auth, route, response validation) while its session keeps its connection. Without
+    admission, 100 concurrent requests deadlocked one process: every thread blocked waiting for a
+    connection while the requests holding all connections waited for a thread. The semaphore is
+    awaited on the event loop (no thread held) and bounds the sessions to the pool's capacity,
+    so checking out a connection never blocks.
+    """
+    async with ctx.db_slots:
+        session = session_factory(ctx.database_url)()
+        try:
+            yield session
+        finally:
+            await run_in_threadpool(session.close)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -74,8 +109,26 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "invalid_api_key", message, headers={"WWW-Authenticate": "Bearer"})
 
 
+def check_rate(ctx: ServiceContext, key_id: str) -> None:
+    """429 with Retry-After once the key has spent its budget (see api.limits)."""
+    limiter = ctx.limiter
+    if limiter is None:
+        return
+    wait = limiter.hit(key_id)
+    if wait > 0:
+        s = ctx.settings
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"too many requests with this API key: the limit is {s.rate_limit_per_minute} per minute "
+            f"in bursts of up to {s.rate_limit_burst}; retry in {retry_after_header(wait)} s",
+            headers={"Retry-After": retry_after_header(wait)},
+        )
+
+
 def get_caller(
     session: SessionDep,
+    ctx: CtxDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Caller:
     if not authorization:
@@ -86,6 +139,7 @@ def get_caller(
     key = authenticate(session, secret.strip())
     if key is None:
         raise _unauthorized("invalid or revoked API key")
+    check_rate(ctx, key.id)
     now = utcnow()
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         key.last_used_at = now

@@ -9,8 +9,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from common.storage import StorageUnavailable
 from core.errors import SpecError
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,21 @@ _STATUS_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
+    429: "rate_limited",
     503: "service_unavailable",
+}
+
+# FastAPI's 400 detail when reading the body fails before validation (fastapi.routing).
+FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
+
+# A dependency that is down: clients retry after this many seconds (the Retry-After header).
+RETRY_AFTER_DOWN = "5"
+
+# Every authenticated route may answer these (OpenAPI `responses` of the /v1 routers).
+COMMON: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing or invalid API key"},
+    429: {"description": "this key's request budget is spent; see Retry-After"},
+    503: {"description": "the database, broker or object storage is down; the body names which"},
 }
 
 
@@ -133,11 +149,46 @@ def install(app: FastAPI, body_models: dict[str, type[BaseModel]]) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == FASTAPI_BODY_PARSE_ERROR:
+            # Bytes that are not UTF-8 where JSON was declared, a broken multipart form: as with
+            # any other body that does not parse, a 422 (documented on every route with a body).
+            return error_response(
+                422, "invalid_body", "the body could not be parsed (not UTF-8 JSON, or a broken form)"
+            )
         code = _STATUS_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return error_response(exc.status_code, code, message, None, getattr(exc, "headers", None))
+
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        # Connection refused, a server that went away, a pool that cannot reconnect: the request
+        # wrote nothing (its transaction died with the connection), so it is safe to retry.
+        if not (isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated):
+            return await _unexpected(request, exc)
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, _first_line(exc))
+        return error_response(
+            503,
+            "database_unavailable",
+            "the database is unreachable; nothing was changed, retry later",
+            headers={"Retry-After": RETRY_AFTER_DOWN},
+        )
+
+    @app.exception_handler(StorageUnavailable)
+    async def _storage(request: Request, exc: StorageUnavailable) -> JSONResponse:
+        log.warning("storage unavailable on %s %s: %s", request.method, request.url.path, _first_line(exc))
+        return error_response(
+            503,
+            "storage_unavailable",
+            "object storage is unreachable; nothing was recorded, retry later",
+            headers={"Retry-After": RETRY_AFTER_DOWN},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "internal_error", "internal server error")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0][:200] if text else ''}"

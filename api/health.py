@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.deps import CallerDep, CtxDep, SessionDep
-from api.errors import error_response
+from api.errors import COMMON, error_response
 from api.schemas import Me, ModelList, ModelOut
 from api.validation import MODEL_ALIASES, local_models
 from common.db import get_engine
@@ -64,7 +64,7 @@ def readyz(ctx: CtxDep) -> Any:
     return JSONResponse({"status": "ok", "checks": checks})
 
 
-@router.get("/v1/me", response_model=Me)
+@router.get("/v1/me", response_model=Me, responses=COMMON)
 def me(caller: CallerDep) -> Me:
     """Who the key belongs to: the dashboard signs in by calling this."""
     return Me(
@@ -76,7 +76,7 @@ def me(caller: CallerDep) -> Me:
     )
 
 
-@router.get("/v1/models", response_model=ModelList)
+@router.get("/v1/models", response_model=ModelList, responses=COMMON)
 def models(ctx: CtxDep, caller: CallerDep, session: SessionDep) -> ModelList:
     """Suggested models: the built-in alias and model folders under the allowed roots.
 

@@ -3,35 +3,50 @@
 from __future__ import annotations
 
 import logging
+import time
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.deps import CallerDep, CtxDep, SessionDep
-from api.errors import ApiError, not_found, spec_error
-from api.schemas import ArtifactList, ArtifactOut, EventList, EventOut, JobCreate, JobList, JobOut
+from api import idempotency
+from api.deps import CallerDep, CtxDep, SessionDep, check_rate
+from api.errors import COMMON, RETRY_AFTER_DOWN, ApiError, not_found, spec_error
+from api.links import check_link, signed_path
+from api.schemas import (
+    ArtifactLink,
+    ArtifactList,
+    ArtifactOut,
+    EventList,
+    EventOut,
+    JobCreate,
+    JobList,
+    JobOut,
+)
 from api.validation import check_limits, check_model_ref, check_sources
 from common.jobs import StaleStatus, add_event, get_job, set_status
-from common.models import Artifact, Dataset, Job, JobEvent
+from common.models import ApiKey, Artifact, Dataset, Job, JobEvent
 from common.queue import enqueue
 from common.states import JobStatus
-from common.storage import LocalStorage, StorageError
+from common.storage import LocalStorage, Storage, StorageError
 from core.errors import SpecError
 from core.spec import CompressionSpec
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=COMMON)
+downloads = APIRouter(prefix="/v1/downloads", tags=["jobs"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "missing or invalid API key"},
     404: {"description": "no such job in your team"},
 }
+BROKER_DOWN = "broker_unavailable"
 
 
 def job_out(job: Job, team_name: str) -> JobOut:
@@ -85,29 +100,99 @@ def _validate(body: JobCreate, session: Session, ctx: CtxDep, caller: CallerDep)
     return submitted
 
 
-@router.post("", status_code=201, response_model=JobOut, responses={**ERRORS, 422: {}, 503: {}})
-def create_job(body: JobCreate, session: SessionDep, ctx: CtxDep, caller: CallerDep) -> JobOut:
-    """Validate the body, record a queued job, then enqueue it (the row exists before the message)."""
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias=idempotency.HEADER,
+        pattern=idempotency.PATTERN,
+        description="a client-chosen key (1-200 printable ASCII characters, no spaces): a retry "
+        "with the same key and body returns the same job instead of creating another",
+    ),
+]
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobOut,
+    responses={**ERRORS, 409: {"description": "the Idempotency-Key was used with another body"}, 413: {}},
+)
+def create_job(
+    body: JobCreate,
+    session: SessionDep,
+    ctx: CtxDep,
+    caller: CallerDep,
+    response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JobOut:
+    """Validate the body, record a queued job, then enqueue it (the row exists before the message).
+
+    With an ``Idempotency-Key``, a retry (same key, same body) answers the job the first request
+    created (201, header ``Idempotent-Replayed: true``) and creates nothing; the same key with
+    another body is a 409. A job that was recorded but could not be enqueued (broker down) is
+    not replayed: the retry creates and enqueues a fresh job under the key.
+    """
     submitted = _validate(body, session, ctx, caller)
-    job = Job(team_id=caller.team_id, api_key_id=caller.key_id, submitted_by=caller.key_name, spec=submitted)
-    session.add(job)
-    session.flush()
-    add_event(session, job.id, "status", "job created", data={"to": JobStatus.QUEUED.value})
-    session.commit()
+    request_hash = idempotency.request_hash(submitted) if idempotency_key else None
+    for _ in range(3):  # each pass either answers or saw a concurrent change to the key's job
+        if idempotency_key:
+            existing = idempotency.find(session, caller.team_id, idempotency_key)
+            if existing is not None:
+                idempotency.check_same_request(existing, idempotency_key, request_hash)
+                if not _never_enqueued(existing):
+                    response.headers[idempotency.REPLAYED] = "true"
+                    return job_out(existing, caller.team_name)
+                idempotency.release(session, existing, idempotency_key)
+                session.commit()
+                log.info("job %s was never enqueued; a retry creates a new job for its key", existing.id)
+        job = Job(
+            team_id=caller.team_id,
+            api_key_id=caller.key_id,
+            submitted_by=caller.key_name,
+            spec=submitted,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+        )
+        session.add(job)
+        try:
+            session.flush()
+            add_event(session, job.id, "status", "job created", data={"to": JobStatus.QUEUED.value})
+            session.commit()
+        except IntegrityError:
+            # The unique (team_id, idempotency_key) constraint: a concurrent request with the same
+            # key committed first. Its job is the answer (read it on the next pass).
+            session.rollback()
+            if not idempotency_key or idempotency.find(session, caller.team_id, idempotency_key) is None:
+                raise
+            continue
+        return _enqueue(job, session, ctx, caller)
+    raise ApiError(
+        409,
+        "idempotency_conflict",
+        f"{idempotency.HEADER}: requests with this key keep racing each other; retry",
+        idempotency.HEADER,
+    )
+
+
+def _never_enqueued(job: Job) -> bool:
+    return job.status == JobStatus.FAILED and job.error_code == BROKER_DOWN and job.started_at is None
+
+
+def _enqueue(job: Job, session: Session, ctx: CtxDep, caller: CallerDep) -> JobOut:
     try:
         enqueue(ctx.celery, ctx.settings, job.id)
     except Exception as exc:  # kombu's OperationalError and friends: the broker is unreachable
         log.error("could not enqueue %s: %s", job.id, exc)
         message = f"the job queue is unreachable ({exc}); job {job.id} was recorded and marked failed, submit again later"
         try:
-            set_status(
-                session, job, JobStatus.FAILED, "could not enqueue", error=("broker_unavailable", message)
-            )
+            set_status(session, job, JobStatus.FAILED, "could not enqueue", error=(BROKER_DOWN, message))
             session.commit()
         except StaleStatus:  # a worker got the message after all (the send raised late)
             session.rollback()
             return job_out(job, caller.team_name)
-        raise ApiError(503, "broker_unavailable", message, extra={"job": job.id}) from exc
+        raise ApiError(
+            503, BROKER_DOWN, message, headers={"Retry-After": RETRY_AFTER_DOWN}, extra={"job": job.id}
+        ) from exc
     return job_out(job, caller.team_name)
 
 
@@ -197,6 +282,27 @@ def artifact_url(job_id: str, name: str) -> str:
     return f"/v1/jobs/{job_id}/artifacts/{quote(name)}"
 
 
+def safe_name(name: str) -> bool:
+    """An artifact name as the worker stores them: relative, '/'-separated, no '.' or '..' parts.
+
+    The lookup goes by the job's rows, so a bad name finds nothing anyway; refusing it first
+    keeps a traversal attempt from ever reaching storage.
+    """
+    return (
+        0 < len(name) <= 500
+        and "\\" not in name
+        and not any(ord(c) < 32 for c in name)
+        and all(part not in ("", ".", "..") for part in name.split("/"))
+    )
+
+
+def find_artifact(session: Session, job_id: str, name: str) -> Artifact:
+    row = session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
+    if row is None:
+        raise not_found("artifact")
+    return row
+
+
 @router.get("/{job_id}/artifacts", response_model=ArtifactList, responses=ERRORS)
 def list_artifacts(job_id: str, session: SessionDep, caller: CallerDep) -> ArtifactList:
     """Every file the job produced: ``hf/...``, ``compact/...``, ``report.json``."""
@@ -215,38 +321,117 @@ def list_artifacts(job_id: str, session: SessionDep, caller: CallerDep) -> Artif
     return ArtifactList(data=data)
 
 
+def link_filename(job_id: str, name: str) -> str:
+    """What a browser saves a linked artifact as: the job id and the name, flattened."""
+    return f"{job_id}-{name.replace('/', '_')}"
+
+
 @router.get(
     "/{job_id}/artifacts/{name:path}",
     responses={
         **ERRORS,
-        200: {"content": {"application/octet-stream": {}}},
+        200: {
+            "description": "the file, or with redirect=false a link to it",
+            "model": ArtifactLink,
+            "content": {"application/octet-stream": {}},
+        },
         307: {"description": "presigned URL"},
+        410: {"description": "recorded but missing from storage"},
     },
     response_class=Response,
 )
 def download_artifact(
-    job_id: str, name: str, session: SessionDep, ctx: CtxDep, caller: CallerDep
+    job_id: str,
+    name: str,
+    request: Request,
+    session: SessionDep,
+    ctx: CtxDep,
+    caller: CallerDep,
+    redirect: Annotated[
+        bool,
+        Query(
+            description="false: answer JSON {url, expires_at}, a short-lived link that needs no API "
+            "key (a presigned S3 URL, or a signed URL of this API), for browsers"
+        ),
+    ] = True,
 ) -> Response:
     """The file itself: streamed, or a 307 redirect to a presigned URL when storage is S3."""
     team_job(session, job_id, caller.team_id)
-    row = session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
-    if row is None:
+    if not safe_name(name):
         raise not_found("artifact")
-    filename = PurePosixPath(row.name).name
+    row = find_artifact(session, job_id, name)
     storage = ctx.storage
+    if not redirect:
+        return _link(request, ctx, caller, row, storage)
+    filename = PurePosixPath(row.name).name
     url = storage.presigned_url(row.storage_key, filename)
     if url is not None:
         return RedirectResponse(url, status_code=307)
+    return send_artifact(storage, row, filename)
+
+
+def _link(request: Request, ctx: CtxDep, caller: CallerDep, row: Artifact, storage: Storage) -> JSONResponse:
+    filename = link_filename(row.job_id, row.name)
+    expiry = ctx.settings.s3_presign_expiry
+    url = storage.presigned_url(row.storage_key, filename, expires_in=expiry)
+    if url is None:  # local storage, or S3 without presigning: a signed URL of this API
+        expiry = ctx.settings.download_link_expiry
+        expires = int(time.time()) + expiry
+        path = signed_path(ctx.signing_key, row.job_id, row.name, caller.key_id, expires)
+        url = str(request.base_url).rstrip("/") + path
+    expires_at = datetime.fromtimestamp(int(time.time()) + expiry, UTC)
+    link = ArtifactLink(url=url, expires_at=expires_at, expires_in=expiry)
+    return JSONResponse(link.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
+
+
+def send_artifact(storage: Storage, row: Artifact, filename: str) -> Response:
+    """Stream the artifact's bytes from storage (a file response for the local backend)."""
     headers = {"X-Checksum-Sha256": row.sha256}
     if isinstance(storage, LocalStorage):
         path = storage.local_path(row.storage_key)
         if not path.is_file():
-            raise ApiError(410, "artifact_missing", f"{name} is recorded but missing from storage")
+            raise ApiError(410, "artifact_missing", f"{row.name} is recorded but missing from storage")
         return FileResponse(path, filename=filename, media_type="application/octet-stream", headers=headers)
     try:
         chunks = storage.open_stream(row.storage_key)
     except StorageError as exc:
-        raise ApiError(410, "artifact_missing", f"{name} is recorded but missing from storage") from exc
+        if exc.__class__ is not StorageError:  # StorageUnavailable: a 503, not a missing file
+            raise
+        raise ApiError(410, "artifact_missing", f"{row.name} is recorded but missing from storage") from exc
     headers["Content-Length"] = str(row.size)
     headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     return StreamingResponse(chunks, media_type="application/octet-stream", headers=headers)
+
+
+@downloads.get(
+    "/{job_id}/{name:path}",
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        403: {"description": "the link is forged, expired, or its key was revoked"},
+        404: {"description": "no such artifact"},
+        410: {"description": "recorded but missing from storage"},
+        429: COMMON[429],
+        503: COMMON[503],
+    },
+    response_class=Response,
+)
+def signed_download(
+    job_id: str,
+    name: str,
+    session: SessionDep,
+    ctx: CtxDep,
+    key: Annotated[str | None, Query(description="the id of the key the link was made for")] = None,
+    expires: Annotated[int | None, Query(description="unix time the link stops working")] = None,
+    signature: Annotated[str | None, Query(max_length=100)] = None,
+) -> Response:
+    """A link from ``GET /v1/jobs/{id}/artifacts/{name}?redirect=false``: no API key needed."""
+    problem = check_link(ctx.signing_key, job_id, name, key, expires, signature, time.time())
+    if problem is not None:
+        raise ApiError(403, problem.code, problem.message)
+    api_key = session.get(ApiKey, key)
+    job = get_job(session, job_id)
+    if api_key is None or api_key.revoked_at is not None or job is None or job.team_id != api_key.team_id:
+        raise ApiError(403, "invalid_signature", "the key this link was made for is no longer valid")
+    check_rate(ctx, api_key.id)
+    row = find_artifact(session, job_id, name)
+    return send_artifact(ctx.storage, row, link_filename(job_id, name))

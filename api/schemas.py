@@ -163,6 +163,15 @@ class ArtifactOut(BaseModel):
     url: str
 
 
+class ArtifactLink(BaseModel):
+    """A short-lived download link that needs no API key (``?redirect=false``)."""
+
+    object: Literal["job.artifact.link"] = "job.artifact.link"
+    url: str
+    expires_at: datetime
+    expires_in: int = Field(description="seconds the link stays valid from now")
+
+
 class DatasetOut(BaseModel):
     id: str
     object: Literal["dataset"] = "dataset"

@@ -25,6 +25,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+# Connections per process: the pool keeps POOL_SIZE open and opens up to MAX_OVERFLOW more under
+# load. The API admits at most POOL_CAPACITY requests to the database at once (api.deps), so no
+# request ever waits for a connection while holding a worker thread.
+POOL_SIZE = 5
+MAX_OVERFLOW = 10
+POOL_CAPACITY = POOL_SIZE + MAX_OVERFLOW
+
+
 @lru_cache(maxsize=16)
 def get_engine(url: str) -> Engine:
     """One engine (and connection pool) per database URL per process."""
@@ -32,10 +40,21 @@ def get_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # An in-memory database lives in one connection (SingletonThreadPool): no pool to size.
+        pool: dict[str, Any] = (
+            {}
+            if ":memory:" in url or url.endswith("://")
+            else {"pool_size": POOL_SIZE, "max_overflow": MAX_OVERFLOW}
+        )
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # connect_timeout: a database host that drops packets (rather than refusing) must turn into
+    # a quick 503, not a request that hangs for the kernel's TCP timeout.
+    connect_args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW, connect_args=connect_args
+    )
 
 
 @lru_cache(maxsize=16)

@@ -70,12 +70,17 @@ def authenticate(session: Session, secret: str) -> ApiKey | None:
 
 
 def revoke(session: Session, prefix_or_id: str) -> list[ApiKey]:
-    """Revoke the key with this id, or every active key with this display prefix; returns them."""
-    rows = session.scalars(
-        select(ApiKey).where(
-            or_(ApiKey.id == prefix_or_id, ApiKey.prefix == prefix_or_id), ApiKey.revoked_at.is_(None)
-        )
-    ).all()
+    """Revoke the key with this id, or every active key with this display prefix; returns them.
+
+    The argument may also be the whole secret (a leaked key pasted as is) or the prefix as
+    ``spruce keys list`` prints it, trailing dots included. Takes effect on the next request:
+    keys are looked up on every request, never cached.
+    """
+    ref = prefix_or_id.strip().rstrip(".")
+    match = [ApiKey.id == ref, ApiKey.prefix == ref]
+    if ref.startswith(KEY_PREFIX) and len(ref) > DISPLAY_CHARS:
+        match.append(ApiKey.key_hash == hash_secret(ref))
+    rows = session.scalars(select(ApiKey).where(or_(*match), ApiKey.revoked_at.is_(None))).all()
     now = utcnow()
     for row in rows:
         row.revoked_at = now

@@ -17,6 +17,10 @@ MODEL_ALIASES: tuple[str, ...] = ("smollm2-135m",)  # core.models.ALIASES (torch
 DATASET_ID = re.compile(r"^ds_[0-9a-f]{24}$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,95})(?:/[A-Za-z0-9](?:[A-Za-z0-9._-]{0,95}))?$")
 _S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](?:/\S*)?$")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# Where the service writes every team's files in its own bucket; a model URI may not point there
+# (the API checks team ownership on downloads, the worker's S3 copy would not).
+SERVICE_AREAS: tuple[str, ...] = ("jobs", "datasets")
 
 
 def looks_like_path(ref: str) -> bool:
@@ -28,14 +32,21 @@ def check_model_ref(ref: str, settings: Settings) -> None:
     """Allow the alias, hub ids, s3:// URIs, and local paths under the allowed roots only."""
     if ref.lower() in MODEL_ALIASES:
         return
+    if "\x00" in ref or len(ref) > 1024:
+        raise SpecError("not a model reference (too long, or a NUL character)", param="model")
     if ref.startswith("s3://"):
-        if not _S3_URI.match(ref):
-            raise SpecError("not a valid s3://bucket/prefix URI", param="model")
+        check_s3_model(ref, settings)
         return
+    scheme = _SCHEME.match(ref)
+    if scheme:  # file://, http://, hf://...: the engine would read them, so name what is allowed
+        raise SpecError(
+            f"{scheme.group(1)}:// is not an accepted model source: use a hub id, an s3:// URI "
+            "or an absolute path under SPRUCE_MODEL_ROOTS",
+            param="model",
+        )
     if looks_like_path(ref):
-        path = Path(ref).expanduser()
         roots = settings.resolved_model_roots
-        if path.is_absolute() and any(path.resolve().is_relative_to(root) for root in roots):
+        if _under_roots(ref, roots):
             return
         allowed = ", ".join(str(r) for r in roots) or "none configured"
         raise SpecError(
@@ -49,3 +60,51 @@ def check_model_ref(ref: str, settings: Settings) -> None:
         )
     if not settings.allow_hub_models:
         raise SpecError("this service does not load models from the Hugging Face hub", param="model")
+
+
+def _under_roots(ref: str, roots: list[Path]) -> bool:
+    """``ref`` is absolute and, with symlinks and '..' resolved, lies under one of ``roots``."""
+    try:
+        path = Path(ref).expanduser()
+        if not path.is_absolute():
+            return False
+        real = path.resolve()
+    except (OSError, RuntimeError):  # an unknown ~user, a symlink loop, a name too long
+        return False
+    return any(real.is_relative_to(root) for root in roots)
+
+
+def _key_under(key: str, prefix: str) -> bool:
+    """Whether the object key (or key prefix) ``key`` lies at or below ``prefix``, by segments."""
+    return not prefix or key == prefix or key.startswith(prefix + "/")
+
+
+def check_s3_model(ref: str, settings: Settings) -> None:
+    """An s3:// model URI: well formed, under SPRUCE_MODEL_S3_ROOTS when set, never the service's files."""
+    if not _S3_URI.match(ref):
+        raise SpecError("not a valid s3://bucket/prefix URI", param="model")
+    bucket, _, key = ref[len("s3://") :].partition("/")
+    key = key.removesuffix("/")
+    if key and any(p in ("", ".", "..") for p in key.split("/")):
+        raise SpecError("s3:// URIs may not hold empty, '.' or '..' path segments", param="model")
+    if settings.storage == "s3" and bucket == settings.s3_bucket:
+        base = settings.s3_prefix.strip("/")
+        for area in SERVICE_AREAS:
+            own = f"{base}/{area}" if base else area
+            # Below a service area, or above one (a whole-bucket URI would copy every team's files).
+            if _key_under(key, own) or _key_under(own, key):
+                raise SpecError(
+                    f"s3://{bucket}/{own}/ holds this service's job and dataset files; "
+                    "a model must be stored elsewhere",
+                    param="model",
+                )
+    roots = settings.model_s3_roots
+    if roots and not any(_s3_under(bucket, key, root) for root in roots):
+        raise SpecError(
+            f"s3:// models must lie under SPRUCE_MODEL_S3_ROOTS ({', '.join(roots)})", param="model"
+        )
+
+
+def _s3_under(bucket: str, key: str, root: str) -> bool:
+    root_bucket, _, root_key = root.removeprefix("s3://").partition("/")
+    return bucket == root_bucket and bool(key) and _key_under(key, root_key.strip("/"))

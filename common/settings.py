@@ -46,14 +46,27 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr | None = None
     s3_presign: bool = True  # downloads answer 307 to a presigned URL instead of streaming through the API
     s3_presign_expiry: int = Field(default=3600, gt=0)
+    # Links the dashboard follows without a bearer header: a presigned S3 URL, or (local storage,
+    # or S3 with presign off) an API URL signed with HMAC-SHA256 under this secret. Empty: a
+    # random secret kept in <data_dir>/signing.key (set it when several API hosts share no disk).
+    signing_secret: SecretStr | None = None
+    download_link_expiry: int = Field(default=300, gt=0, description="seconds a signed API link is valid")
 
     # What a job may ask for.
     model_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    # s3:// model URIs must lie under one of these "s3://bucket/prefix" roots (empty: any bucket
+    # the credentials read, except the service's own jobs/ and datasets/ areas).
+    model_s3_roots: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allow_hub_models: bool = True
     max_samples: int = Field(default=1024, ge=1)
     max_seq_len: int = Field(default=4096, ge=8)
     max_eval_windows: int = Field(default=1000, ge=1)
-    max_upload_mb: int = Field(default=1024, ge=1)
+    max_upload_mb: int = Field(default=256, ge=1)
+
+    # Who may call, how often (docs/service.md, "Security and limits").
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: no CORS headers
+    rate_limit_per_minute: int = Field(default=6000, ge=0, description="requests per key; 0: no limit")
+    rate_limit_burst: int = Field(default=1000, ge=1, description="requests a key may send at once")
 
     # Worker.
     device: str | None = None  # None: cuda when available, else cpu
@@ -74,6 +87,28 @@ class Settings(BaseSettings):
     cancel_check_interval: float = Field(
         default=1.0, ge=0, description="seconds between reads of the cancel flag"
     )
+    # Reliability (docs/service.md, "Reliability").
+    dry_run: bool = Field(
+        default=False, description="walk each job through its stages without loading a model"
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="deliveries a job may start before it is failed as worker_lost"
+    )
+    heartbeat_interval: float = Field(
+        default=10.0, gt=0, description="seconds between a running job's heartbeat writes"
+    )
+    heartbeat_timeout: float = Field(
+        default=120.0, gt=0, description="a running job silent this long has lost its worker"
+    )
+    sweep_interval: float = Field(
+        default=30.0, gt=0, description="seconds between each worker's sweeps for stuck jobs"
+    )
+    visibility_timeout: int = Field(
+        default=900, gt=0, description="Redis: seconds before an unacked message is delivered again"
+    )
+    checkpoints: bool = Field(
+        default=True, description="save each finished layer so a lost job resumes where it stopped"
+    )
 
     @field_validator("model_roots", mode="before")
     @classmethod
@@ -81,6 +116,14 @@ class Settings(BaseSettings):
         # SPRUCE_MODEL_ROOTS=/models:/mnt/shared, like PATH
         if isinstance(value, str):
             return [Path(p) for p in value.split(os.pathsep) if p.strip()]
+        return value
+
+    @field_validator("cors_origins", "model_s3_roots", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        # SPRUCE_CORS_ORIGINS=https://a.example,https://b.example
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
         return value
 
     @property

@@ -6,12 +6,13 @@ Keys are '/'-separated paths such as ``jobs/<id>/hf/config.json``. The API strea
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, ParamSpec, Protocol, TypeVar
 
 from common.settings import Settings
 
@@ -22,6 +23,14 @@ CHUNK = 1 << 20
 
 class StorageError(Exception):
     """The store cannot be reached, or a key is missing or malformed."""
+
+
+class StorageUnavailable(StorageError):
+    """The store did not answer (refused, timed out, a 5xx, a full disk): worth retrying later."""
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class Storage(Protocol):
@@ -41,7 +50,9 @@ class Storage(Protocol):
 
     def delete_prefix(self, prefix: str) -> None: ...
 
-    def presigned_url(self, key: str, filename: str | None = None) -> str | None: ...
+    def presigned_url(
+        self, key: str, filename: str | None = None, expires_in: int | None = None
+    ) -> str | None: ...
 
     def check(self) -> None: ...
 
@@ -76,11 +87,17 @@ class LocalStorage:
 
     def put_stream(self, key: str, stream: BinaryIO) -> None:
         dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")
-        with open(tmp, "wb") as out:
-            shutil.copyfileobj(stream, out, CHUNK)
-        tmp.replace(dest)  # readers never see half a file
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as out:
+                shutil.copyfileobj(stream, out, CHUNK)
+            tmp.replace(dest)  # readers never see half a file
+        except OSError as exc:  # a full disk, a read-only or vanished mount
+            tmp.unlink(missing_ok=True)
+            raise StorageUnavailable(
+                f"cannot write {key!r} under {self.root}: {exc.strerror or exc}"
+            ) from exc
 
     def open_stream(self, key: str) -> Iterator[bytes]:
         path = self._path(key)
@@ -120,7 +137,9 @@ class LocalStorage:
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix.rstrip("/")), ignore_errors=True)
 
-    def presigned_url(self, key: str, filename: str | None = None) -> str | None:
+    def presigned_url(
+        self, key: str, filename: str | None = None, expires_in: int | None = None
+    ) -> str | None:
         return None  # the API streams local files itself
 
     def local_path(self, key: str) -> Path:
@@ -135,6 +154,30 @@ class LocalStorage:
             probe.unlink()
         except OSError as exc:
             raise StorageError(f"artifact folder {self.root} is not writable: {exc}") from exc
+
+
+def _s3_errors(method: Callable[P, R]) -> Callable[P, R]:
+    """Turn "the server did not answer" into ``StorageUnavailable`` (the API answers 503 for it).
+
+    Connection failures and timeouts (after botocore's own retries) and 5xx answers mean the
+    store is down or overloaded; a 4xx (no such key, access denied) stays a ``ClientError``.
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from botocore.exceptions import ClientError, HTTPClientError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+
+        try:
+            return method(*args, **kwargs)
+        except (BotoConnectionError, HTTPClientError) as exc:
+            raise StorageUnavailable(f"object storage is unreachable: {exc}") from exc
+        except ClientError as exc:
+            if int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)) >= 500:
+                raise StorageUnavailable(f"object storage failed: {exc}") from exc
+            raise
+
+    return wrapper
 
 
 class S3Storage:
@@ -187,13 +230,16 @@ class S3Storage:
         check_key(key.rstrip("/"))
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    @_s3_errors
     def put_file(self, key: str, path: Path) -> None:
         # upload_file switches to multipart above 8 MiB: checkpoints are many GB.
         self._client().upload_file(str(path), self.bucket, self._key(key))
 
+    @_s3_errors
     def put_stream(self, key: str, stream: BinaryIO) -> None:
         self._client().upload_fileobj(stream, self.bucket, self._key(key))
 
+    @_s3_errors
     def open_stream(self, key: str) -> Iterator[bytes]:
         from botocore.exceptions import ClientError
 
@@ -203,10 +249,12 @@ class S3Storage:
             raise StorageError(f"no object {key!r}: {exc}") from exc
         return iter(obj["Body"].iter_chunks(CHUNK))
 
+    @_s3_errors
     def download(self, key: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._client().download_file(self.bucket, self._key(key), str(path))
 
+    @_s3_errors
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
@@ -216,9 +264,11 @@ class S3Storage:
             return False
         return True
 
+    @_s3_errors
     def size(self, key: str) -> int:
         return int(self._client().head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
 
+    @_s3_errors
     def list(self, prefix: str) -> list[str]:
         full = self._key(prefix) if prefix else self.prefix
         strip = len(self.prefix) + 1 if self.prefix else 0
@@ -228,20 +278,28 @@ class S3Storage:
             out.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
         return sorted(out)
 
+    @_s3_errors
     def delete_prefix(self, prefix: str) -> None:
         keys = self.list(prefix)
         for i in range(0, len(keys), 1000):
             batch = [{"Key": self._key(k)} for k in keys[i : i + 1000]]
             self._client().delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
 
-    def presigned_url(self, key: str, filename: str | None = None) -> str | None:
+    def presigned_url(
+        self, key: str, filename: str | None = None, expires_in: int | None = None
+    ) -> str | None:
+        """A GET URL valid for ``expires_in`` seconds (default: the presign expiry setting).
+
+        Signing is local (no request to the server): the URL carries X-Amz-Date and
+        X-Amz-Expires, and the server refuses it once that time has passed.
+        """
         if not self.presign:
             return None
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
         if filename:
             params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
         url: str = self._client(self.public_endpoint_url).generate_presigned_url(
-            "get_object", Params=params, ExpiresIn=self.presign_expiry
+            "get_object", Params=params, ExpiresIn=expires_in or self.presign_expiry
         )
         return url
 
@@ -251,7 +309,7 @@ class S3Storage:
         try:
             self._client().head_bucket(Bucket=self.bucket)
         except (BotoCoreError, ClientError) as exc:
-            raise StorageError(f"bucket {self.bucket!r} is not reachable: {exc}") from exc
+            raise StorageUnavailable(f"bucket {self.bucket!r} is not reachable: {exc}") from exc
 
 
 def build_storage(settings: Settings) -> Storage:

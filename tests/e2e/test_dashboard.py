@@ -185,7 +185,7 @@ def test_submit_through_the_form_watch_it_run_and_read_the_results(page: Any, se
     assert [len(d) for d in losses] == [len(r["induction"]["losses"]) for r in results["layers"]]
     assert all(len(d) >= 3 for d in losses)  # at least one loss per epoch
 
-    # A download returns the real file (fetched with the bearer token, saved from a blob).
+    # A download returns the real file (through a short-lived signed link the API hands out).
     code, listing = service.request("GET", f"/v1/jobs/{job_id}/artifacts", service.key_a)
     assert code == 200, listing
     report_row = next(a for a in listing["data"] if a["name"] == "report.json")

@@ -1,7 +1,7 @@
 // One job: live progress and event timeline while it runs; results, charts and downloads when
 // it has succeeded; its error when it failed.
 
-import { api, artifactPath, download, listOf, sameOrigin } from "../api.js";
+import { api, artifactPath, listOf, sameOrigin } from "../api.js";
 import * as charts from "../charts.js";
 import { clear, definitionList, h, patch, progressBar, statusBadge } from "../dom.js";
 import {
@@ -33,6 +33,21 @@ export function layerRows(results) {
     relError: num(l.rel_error ?? l.relative_error ?? l.reconstruction_error),
     losses: Array.isArray(l.induction?.losses) ? l.induction.losses.map(Number) : null,
   }));
+}
+
+/**
+ * Start a browser download of `url`. A same-origin link gets `filename` from the download
+ * attribute; another origin's (presigned storage) names the file by its Content-Disposition.
+ */
+function followLink(url, filename) {
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = filename;
+  a.rel = "noopener";
+  a.hidden = true;
+  document.body.append(a);
+  a.click();
+  a.remove();
 }
 
 function num(v) {
@@ -502,15 +517,14 @@ export function mount(root, ctx) {
         button.disabled = true;
         status.textContent = `Downloading ${name}…`;
         try {
-          const url = a.url || artifactPath(id, name);
-          if (!sameOrigin(url)) {
-            // A pre-signed object-storage link: it carries its own short-lived credentials.
-            window.location.assign(url);
-            status.textContent = `Downloading ${name} from object storage…`;
-            return;
-          }
-          const bytes = await download(url, `${id}-${filename}`);
-          status.textContent = `Saved ${name} (${fmtBytes(bytes)}).`;
+          // Ask for a short-lived link that needs no API key (a presigned object-storage URL, or a
+          // signed URL of this API) and let the browser download it: the file streams to disk
+          // instead of being held in memory as a blob, whatever its size.
+          const link = await api(`${artifactPath(id, name)}?redirect=false`);
+          followLink(link.url, `${id}-${filename}`);
+          status.textContent = sameOrigin(link.url)
+            ? `Downloading ${name} (${fmtBytes(a.size ?? a.bytes)}).`
+            : `Downloading ${name} from object storage (${fmtBytes(a.size ?? a.bytes)}).`;
         } catch (e) {
           status.textContent = `Download of ${name} failed: ${e.message}`;
         } finally {
