@@ -71,6 +71,8 @@ def job_out(job: Job, team_name: str) -> JobOut:
             "team": team_name,
             "submitted_by": job.submitted_by,
             "attempts": job.attempts,
+            "resumes": job.resumes,
+            "heartbeat_at": job.heartbeat_at,
             "cancel_requested": job.cancel_requested,
         }
     )

@@ -141,6 +141,8 @@ class JobOut(BaseModel):
     team: str
     submitted_by: str
     attempts: int
+    resumes: int = Field(description="times the job continued from a checkpoint after its worker was lost")
+    heartbeat_at: datetime | None = Field(description="last sign of life from the worker running it")
     cancel_requested: bool
 
 

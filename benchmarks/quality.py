@@ -133,9 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = [(p, s, a) for p in PRUNERS for s, a in TARGETS]
     if args.only:
         wanted = set(args.only)
-        configs = [
-            (p, s, a) for p, s, a in configs if f"{p}:{s}" in wanted or f"{p}:{s}:{a}" in wanted
-        ]
+        configs = [(p, s, a) for p, s, a in configs if f"{p}:{s}" in wanted or f"{p}:{s}:{a}" in wanted]
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.induction]
     rows: list[dict[str, Any]] = []
     dense = None
@@ -148,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
             report = run_one(body, args.threads)
             dense = dense or report["perplexity"]["dense"]["pydoc"]
             rows.append(row_of(label, key, report))
-            print(f"[{time.time() - started:.0f}s] {label}: ppl {rows[-1]['ppl']:.2f}", file=sys.stderr, flush=True)
+            print(
+                f"[{time.time() - started:.0f}s] {label}: ppl {rows[-1]['ppl']:.2f}",
+                file=sys.stderr,
+                flush=True,
+            )
     print_table(rows, dense)
     if args.json:
         args.json.write_text(json.dumps({"dense": dense, "rows": rows}, indent=2))

@@ -20,13 +20,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sparsity", required=True, help="a ratio such as 0.5, or N:M such as 2:4 or 4:8")
     p.add_argument("--method", default="wanda", choices=["magnitude", "wanda", "sparsegpt"], help="pruner")
     p.add_argument("--allocation", default="uniform", choices=["uniform", "owl"])
-    p.add_argument("--calib", default="pydoc", help="'pydoc', a .txt/.jsonl path, or a dataset name (wikitext2, c4)")
+    p.add_argument(
+        "--calib", default="pydoc", help="'pydoc', a .txt/.jsonl path, or a dataset name (wikitext2, c4)"
+    )
     p.add_argument("--field", default="text", help="jsonl field holding the text")
     p.add_argument("--samples", type=int, default=32, help="calibration sequences")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--eval", action="append", default=None, metavar="SOURCE",
+        "--eval",
+        action="append",
+        default=None,
+        metavar="SOURCE",
         help="evaluation text (repeatable); 'none' skips evaluation; default: pydoc",
     )
     p.add_argument("--eval-seq-len", type=int, default=512)
@@ -35,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--batch-size", type=int, default=8, help="calibration sequences per forward pass")
     p.add_argument("--blocksize", type=int, default=128, help="SparseGPT block size")
-    p.add_argument("--dampening", type=float, default=0.01, help="SparseGPT dampening (fraction of mean diag H)")
+    p.add_argument(
+        "--dampening", type=float, default=0.01, help="SparseGPT dampening (fraction of mean diag H)"
+    )
     p.add_argument("--owl-lambda", type=float, default=0.08)
     p.add_argument("--owl-m", type=float, default=5.0)
     p.add_argument("--induction", action="store_true", help="run Sparsity Induction before pruning")
@@ -45,7 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--induction-mask", choices=["ste", "soft"], default=None)
     p.add_argument("--no-induction-shifts", action="store_true", help="scales only, no shifts")
     p.add_argument("--out", type=Path, default=None, help="folder for hf/, compact/ and report.json")
-    p.add_argument("--cache-dir", type=Path, default=None, help="model cache (default $SPRUCE_CACHE_DIR or ~/.cache/spruce)")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="model cache (default $SPRUCE_CACHE_DIR or ~/.cache/spruce)",
+    )
     p.add_argument("--json", action="store_true", help="print report.json to stdout instead of the table")
     p.set_defaults(func=run)
 
@@ -153,12 +165,16 @@ def _run_with_bar(spec: Any, args: argparse.Namespace) -> Any:
             bar.set_description_str(f"{p.stage}{where}")
             bar.update(int(p.fraction * 1000) - bar.n)
 
-        return compress(spec, device=args.device, out_dir=args.out, on_progress=on_progress, cache_dir=args.cache_dir)
+        return compress(
+            spec, device=args.device, out_dir=args.out, on_progress=on_progress, cache_dir=args.cache_dir
+        )
 
 
 def format_summary(r: dict[str, Any]) -> str:
     """A plain-text table of what matters in a report."""
-    lines = [f"model {r['model'].get('ref')}  target {r['sparsity']['target']}  pruner {r['spec']['method']['pruner']}"]
+    lines = [
+        f"model {r['model'].get('ref')}  target {r['sparsity']['target']}  pruner {r['spec']['method']['pruner']}"
+    ]
     ppl = r["perplexity"]
     for src, s in ppl["sparse"].items():
         d = ppl["dense"].get(src)

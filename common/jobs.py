@@ -4,9 +4,10 @@ and records the change as a ``job_events`` row."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -39,12 +40,15 @@ def set_status(
     message: str = "",
     *,
     error: tuple[str, str] | None = None,
+    where: Sequence[ColumnElement[bool]] = (),
     **values: Any,
 ) -> Job:
     """Move ``job`` to ``new`` or raise ``IllegalTransition`` / ``StaleStatus``; the caller commits.
 
     ``error`` is ``(code, message)`` for failed jobs; ``values`` are other columns to set in
     the same write (results, attempts...). started_at / finished_at follow the status.
+    ``where`` adds conditions to the compare-and-set: a worker passes ``Job.attempts == n`` so
+    that an attempt that lost the job (to a takeover) cannot write over its new owner.
     """
     old = job.status
     status = check_transition(old, str(new))
@@ -61,12 +65,12 @@ def set_status(
         values["error_code"], values["error_message"] = error
     result = session.execute(
         update(Job)
-        .where(Job.id == job.id, Job.status == old)
+        .where(Job.id == job.id, Job.status == old, *where)
         .values(**values)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
-        raise StaleStatus(f"job {job.id} is no longer {old!r}")
+        raise StaleStatus(f"job {job.id} is no longer {old!r}" + (" (or no longer ours)" if where else ""))
     for key, value in values.items():  # mirror the write on the object without dirtying it
         set_committed_value(job, key, value)
     data: dict[str, Any] = {"from": old, "to": status.value}

@@ -27,10 +27,21 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
             "processed_folder": str(folder / "processed"),
         }
     if settings.broker_url.startswith(("redis://", "rediss://")):
-        # With acks_late, Redis redelivers a message not acked within the visibility timeout.
-        # A job may legitimately run task_time_limit seconds, so the timeout must be longer or a
-        # second worker would start the same job while the first is still on it.
-        return {"visibility_timeout": settings.task_time_limit + 600}
+        # With acks_late, Redis puts a message back on the queue when it has not been acked within
+        # the visibility timeout: that is how the job of a worker killed with -9 is delivered again,
+        # so the timeout bounds how long such a job waits. A job that runs longer than it is
+        # delivered again while still running; the worker that gets that copy sees a fresh
+        # heartbeat and drops it (worker.runner.claim), so no second run starts. Keep it above the
+        # longest retry backoff: a retry's countdown waits as an unacked message too.
+        vt = settings.visibility_timeout
+        return {
+            "visibility_timeout": vt,
+            # kombu scans for such messages every interval x throttle seconds (default 10 x 10):
+            # scan every interval instead, a quarter of the timeout, so redelivery takes at most
+            # about 1.25 x the timeout.
+            "unacked_restore_interval": max(1, min(60, vt // 4)),
+            "unacked_restore_throttle": 1,
+        }
     return {}
 
 

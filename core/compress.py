@@ -19,6 +19,7 @@ from torch import nn
 
 from core import report as rep
 from core.arch import ArchSpec, decoder_layers, layer_linears
+from core.checkpoint import Checkpoint, CheckpointMismatch, LayerCheckpoint, ResumeState, check_fits
 from core.data import batched, calibration_ids, evaluation_ids
 from core.errors import Cancelled
 from core.evaluate import perplexity
@@ -48,7 +49,8 @@ class Report:
     @property
     def summary(self) -> dict[str, Any]:
         """The results the service stores on the job row."""
-        return {k: self.data.get(k) for k in ("perplexity", "sparsity", "sizes", "timings", "layers")}
+        keys = ("perplexity", "sparsity", "sizes", "timings", "layers", "resume")
+        return {k: self.data.get(k) for k in keys}
 
 
 class _Run:
@@ -60,7 +62,9 @@ class _Run:
         self._last = 0.0
         self.timings: dict[str, float] = {}
 
-    def progress(self, stage: str, within: float, layer: int | None = None, layers: int | None = None) -> None:
+    def progress(
+        self, stage: str, within: float, layer: int | None = None, layers: int | None = None
+    ) -> None:
         fraction = max(self._last, overall_fraction(stage, within))
         self._last = fraction
         if self._on_progress is not None:
@@ -91,6 +95,7 @@ def compress(
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     cache_dir: Path | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> Report:
     """Prune ``spec.model`` to ``spec.sparsity`` and return the report.
 
@@ -98,12 +103,17 @@ def compress(
     ``on_progress`` is called with a never-decreasing ``Progress``; ``should_stop`` is checked
     between layers and stages and ends the run with ``core.errors.Cancelled``. With ``out_dir``
     set, the HF folder (``hf/``), the compact sparse artifact (``compact/``) and ``report.json``
-    are written there.
+    are written there. With ``checkpoint`` set, every finished layer is saved to it and a run
+    that finds a saved state continues after its last layer, with the same result as a run that
+    was never interrupted (see core/checkpoint.py); the report's ``resume`` says so.
     """
     spec.validate()
     device = torch.device(device)
     run = _Run(on_progress, should_stop)
     started = time.time()
+    # One seeded generator for the whole run (induction's shuffling): its state is checkpointed,
+    # so a resumed run draws exactly what the interrupted one would have drawn.
+    generator = torch.Generator().manual_seed(spec.calibration.seed)
 
     with run.stage("load"):
         loaded = load_model(spec.model, dtype=_DTYPES[spec.dtype], cache_dir=cache_dir)
@@ -117,21 +127,30 @@ def compress(
             for src in spec.evaluation.sources
             if src != "none"
         }
+    token_shapes = [tuple(ids.shape) for ids in batched(calib, spec.batch_size)]
+    resume = _resume(checkpoint, model, arch, generator, run, token_shapes)
+    prior: dict[str, Any] = resume.last.meta if resume is not None else {}
 
-    dense_ppl: dict[str, float] = {}
-    if spec.evaluation.dense:
+    # Measured on the dense model: a resumed run's model is half pruned, so these come from the
+    # checkpoint instead of being measured again.
+    dense_ppl: dict[str, float] = dict(prior.get("dense_ppl", {}))
+    if spec.evaluation.dense and resume is None:
         with run.stage("evaluate_dense"):
             dense_ppl = _evaluate(loaded, evals, spec, device, run, "evaluate_dense")
 
-    ratios = [spec.sparsity.ratio] * n_layers
-    outliers: list[float] | None = None
-    if spec.allocation == "owl":
+    ratios: list[float] = list(prior.get("ratios", [spec.sparsity.ratio] * n_layers))
+    outliers: list[float] | None = prior.get("outliers")
+    if spec.allocation == "owl" and resume is None:
         with run.stage("allocate"):
             outliers = _outlier_ratios(loaded, calib, spec, device, run)
             ratios = owl_ratios(outliers, spec.sparsity.ratio, spec.owl_lambda)
 
+    saver = None
+    if checkpoint is not None:
+        fixed = {"dense_ppl": dense_ppl, "ratios": ratios, "outliers": outliers, "resumes": _resumes(resume)}
+        saver = _Saver(checkpoint, model, arch, generator, run, fixed, started, prior.get("elapsed", 0.0))
     with run.stage("prune"):
-        layer_rows, fact = _prune_layers(loaded, calib, ratios, spec, device, run)
+        layer_rows, fact = _prune_layers(loaded, calib, ratios, spec, device, run, generator, resume, saver)
     peak_after_prune = rep.peak_rss_bytes()
 
     with run.stage("evaluate_sparse"):
@@ -150,6 +169,8 @@ def compress(
         factorization=fact,
         device=str(device),
     )
+    data["resumed"] = resume is not None
+    data["resume"] = _resume_report(resume)
     data["sizes"] = {"dense_bytes": dense_bytes(model)}
     if out_dir is not None:
         with run.stage("export"):
@@ -160,7 +181,7 @@ def compress(
             )
     _split_prune_timing(run.timings, layer_rows)
     data["timings"] = {k: round(v, 3) for k, v in run.timings.items()}
-    data["timings"]["total"] = round(time.time() - started, 3)
+    data["timings"]["total"] = round(time.time() - started + prior.get("elapsed", 0.0), 3)
     data["peak_rss_after_prune_bytes"] = peak_after_prune
     data["peak_rss_bytes"] = rep.peak_rss_bytes()
     report = Report(data)
@@ -168,6 +189,102 @@ def compress(
         rep.write(report.to_dict(), Path(out_dir) / "report.json")
     run.progress("export", 1.0)
     return report
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+
+
+def _resume(
+    checkpoint: Checkpoint | None,
+    model: nn.Module,
+    arch: ArchSpec,
+    generator: torch.Generator,
+    run: _Run,
+    token_shapes: list[tuple[int, ...]],
+) -> ResumeState | None:
+    """Load the checkpoint's finished layers into ``model`` and its generator state; None: start fresh.
+
+    ``token_shapes`` are this run's calibration batches [b, seq]: the saved hidden states must match.
+    """
+    if checkpoint is None:
+        return None
+    state = checkpoint.load()
+    if state is None:
+        return None
+    layers = decoder_layers(model, arch)
+    try:
+        check_fits(state, len(layers), [{k: v.shape for k, v in m.state_dict().items()} for m in layers])
+        if [tuple(h.shape[:2]) for h in state.last.hidden] != token_shapes:
+            raise CheckpointMismatch("its hidden states were computed on other calibration batches")
+    except CheckpointMismatch as exc:
+        # Not a silent fallback: the run is correct from scratch, and the log says why it restarted.
+        log.warning("ignoring the checkpoint (%s); starting from the first layer", exc)
+        return None
+    with torch.no_grad():
+        for layer, weights in zip(layers, state.weights, strict=False):
+            layer.load_state_dict(weights)
+    generator.set_state(state.last.generator)
+    for stage, seconds in state.last.meta.get("timings", {}).items():
+        run.timings[stage] = run.timings.get(stage, 0.0) + seconds
+    log.info("resuming after layer %d of %d", state.next_layer, len(layers))
+    return state
+
+
+def _resumes(resume: ResumeState | None) -> list[dict[str, int]]:
+    """Every resume of this run so far: the layer each continued at (0-based)."""
+    if resume is None:
+        return []
+    return [*resume.last.meta.get("resumes", []), {"from_layer": resume.next_layer}]
+
+
+def _resume_report(resume: ResumeState | None) -> dict[str, Any] | None:
+    if resume is None:
+        return None
+    history = _resumes(resume)
+    return {"from_layer": resume.next_layer, "count": len(history), "history": history}
+
+
+class _Saver:
+    """Builds the ``LayerCheckpoint`` of a finished layer and hands it to the checkpoint."""
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        model: nn.Module,
+        arch: ArchSpec,
+        generator: torch.Generator,
+        run: _Run,
+        fixed: dict[str, Any],
+        started: float,
+        elapsed_before: float,
+    ) -> None:
+        self.checkpoint, self.model, self.arch, self.generator = checkpoint, model, arch, generator
+        self.run, self.fixed, self.started, self.elapsed_before = run, fixed, started, elapsed_before
+        self.prune_started = time.perf_counter()
+
+    def __call__(
+        self, i: int, outputs: list[torch.Tensor], rows: list[dict[str, Any]], fact: list[dict[str, Any]]
+    ) -> None:
+        layers = decoder_layers(self.model, self.arch)
+        timings = dict(self.run.timings)
+        timings["prune"] = timings.get("prune", 0.0) + time.perf_counter() - self.prune_started
+        meta = {
+            **self.fixed,
+            "rows": rows,
+            "fact": fact,
+            "timings": timings,
+            "elapsed": self.elapsed_before + time.time() - self.started,
+        }
+        self.checkpoint.save(
+            LayerCheckpoint(
+                index=i,
+                layers=len(layers),
+                weights=dict(layers[i].state_dict()),
+                hidden=outputs,
+                generator=self.generator.get_state(),
+                meta=meta,
+            )
+        )
 
 
 def _split_prune_timing(timings: dict[str, float], rows: list[dict[str, Any]]) -> None:
@@ -229,7 +346,9 @@ def _outlier_ratios(
     def visit(i: int, layer: nn.Module, batches: list[LayerBatch]) -> None:
         stats, _ = collect_stats(layer, arch, batches, device=device, want_hessian=False)
         linears = layer_linears(layer, arch)
-        scores = [wanda_scores(lin.weight.data.float(), stats[name].col_norm) for name, lin in linears.items()]
+        scores = [
+            wanda_scores(lin.weight.data.float(), stats[name].col_norm) for name, lin in linears.items()
+        ]
         found.append(outlier_ratio(scores, spec.owl_m))
 
     batches = _calibration_batches(loaded, calib, spec, device)
@@ -252,11 +371,19 @@ def _prune_layers(
     spec: CompressionSpec,
     device: torch.device,
     run: _Run,
+    generator: torch.Generator,
+    resume: ResumeState | None = None,
+    save: _Saver | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Walk the decoder layers once: (induce), collect statistics, prune, propagate."""
+    """Walk the decoder layers once: (induce), collect statistics, prune, propagate.
+
+    With ``resume``, layers before ``resume.next_layer`` are already pruned (their report rows come
+    from the checkpoint) and the walk starts there, on the saved hidden states.
+    """
     arch = loaded.arch
-    rows: list[dict[str, Any]] = []
-    fact: list[dict[str, Any]] = []
+    meta = resume.last.meta if resume is not None else {}
+    rows: list[dict[str, Any]] = list(meta.get("rows", []))
+    fact: list[dict[str, Any]] = list(meta.get("fact", []))
     dense_out: list[list[torch.Tensor]] = []
     needs_stats = spec.pruner != "magnitude"
 
@@ -268,7 +395,14 @@ def _prune_layers(
             from core.induction import induce_layer  # torch-heavy training code, only when asked for
 
             result = induce_layer(
-                layer, arch, batches, device=device, target=target, pruner=spec.pruner, spec=spec.induction
+                layer,
+                arch,
+                batches,
+                device=device,
+                target=target,
+                pruner=spec.pruner,
+                spec=spec.induction,
+                generator=generator,
             )
             col_weights = result.col_weights
             row["induction"] = rep.induction_row(result)
@@ -294,8 +428,14 @@ def _prune_layers(
         del row["_visit_end"]
         row["rel_error"] = _relative_error(dense_out.pop(), outputs)
         row["sparsity"] = _layer_sparsity(row["linears"])
+        if save is not None:
+            save(i, outputs, rows, fact)
 
     batches = _calibration_batches(loaded, calib, spec, device)
+    start = 0
+    if resume is not None:
+        start = resume.next_layer
+        batches = _resumed_batches(batches, resume, start)
     walk(
         loaded.model,
         arch,
@@ -305,8 +445,17 @@ def _prune_layers(
         should_stop=run.stop_fn(),
         on_layer=lambda i, n: run.progress("prune", i / n, i, n),
         on_outputs=on_outputs,
+        start=start,
     )
     return rows, fact
+
+
+def _resumed_batches(batches: list[LayerBatch], resume: ResumeState, start: int) -> list[LayerBatch]:
+    """The inputs of layer ``start``: the saved hidden states with this run's captured kwargs."""
+    hidden = resume.last.hidden
+    if [h.shape for h in hidden] != [b.hidden.shape for b in batches]:  # _resume checked [b, seq] already
+        raise CheckpointMismatch("the checkpoint's hidden states do not fit this run's calibration batches")
+    return [b.advance(h.to(b.hidden.device), start) for b, h in zip(batches, hidden, strict=True)]
 
 
 def _prune_linears(
@@ -377,4 +526,3 @@ def _sparsity_summary(model: nn.Module, arch: ArchSpec, spec: CompressionSpec) -
         "nm_ok": pattern if spec.sparsity.is_nm else None,
         "pruned_params": total,
     }
-

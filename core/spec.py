@@ -243,7 +243,14 @@ def _section(body: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _number(
-    section: dict[str, Any], key: str, default: float, where: str, *, lo: float, hi: float, integer: bool = False
+    section: dict[str, Any],
+    key: str,
+    default: float,
+    where: str,
+    *,
+    lo: float,
+    hi: float,
+    integer: bool = False,
 ) -> float:
     value = section.get(key, default)
     param = f"{where}.{key}"

@@ -130,6 +130,7 @@ def walk(
     should_stop: Callable[[], bool] | None = None,
     on_layer: Callable[[int, int], None] | None = None,
     on_outputs: Callable[[int, list[Tensor]], None] | None = None,
+    start: int = 0,
 ) -> list[LayerBatch]:
     """Pass ``batches`` through every decoder layer in turn, one layer on ``device`` at a time.
 
@@ -138,11 +139,14 @@ def walk(
     the next layer's inputs (``on_outputs(i, outputs)`` sees them first, e.g. to measure the
     pruned layer's error); the layer moves back; ``on_layer(i + 1, n)`` reports progress.
     Returns the inputs of the final norm. Pass the only reference to ``batches`` (not a kept list)
-    so that each layer's inputs are freed as soon as its outputs exist.
+    so that each layer's inputs are freed as soon as its outputs exist. ``start`` > 0 resumes a
+    walk: layers before it are skipped and ``batches`` must be the inputs of layer ``start``.
     """
     layers = decoder_layers(model, arch)
     n = len(layers)
     for i, layer in enumerate(layers):
+        if i < start:
+            continue
         if should_stop is not None and should_stop():
             raise Cancelled(f"cancelled before layer {i + 1} of {n}")
         home = _device_of(layer)

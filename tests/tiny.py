@@ -54,22 +54,36 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_config(arch: str = "llama", *, layers: int = 2, hidden: int = 64):
-    common = dict(vocab_size=VOCAB, num_hidden_layers=layers, hidden_size=hidden, max_position_embeddings=1024)
+    common = dict(
+        vocab_size=VOCAB, num_hidden_layers=layers, hidden_size=hidden, max_position_embeddings=1024
+    )
     if arch == "llama":
         return LlamaConfig(
-            **common, intermediate_size=hidden * 2, num_attention_heads=4, num_key_value_heads=2,
+            **common,
+            intermediate_size=hidden * 2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
             tie_word_embeddings=False,
         )
     if arch == "qwen2":
         return Qwen2Config(
-            **common, intermediate_size=hidden * 2, num_attention_heads=4, num_key_value_heads=2,
+            **common,
+            intermediate_size=hidden * 2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
             tie_word_embeddings=True,
         )
     if arch == "opt":
         return OPTConfig(
-            vocab_size=VOCAB, num_hidden_layers=layers, hidden_size=hidden, ffn_dim=hidden * 2,
-            num_attention_heads=4, max_position_embeddings=1024, word_embed_proj_dim=hidden,
-            do_layer_norm_before=True, enable_bias=True,
+            vocab_size=VOCAB,
+            num_hidden_layers=layers,
+            hidden_size=hidden,
+            ffn_dim=hidden * 2,
+            num_attention_heads=4,
+            max_position_embeddings=1024,
+            word_embed_proj_dim=hidden,
+            do_layer_norm_before=True,
+            enable_bias=True,
         )
     raise ValueError(f"unknown tiny arch {arch!r}")
 
@@ -88,7 +102,9 @@ def tiny_model(arch: str = "llama", *, layers: int = 2, hidden: int = 64, seed: 
     return model.eval()
 
 
-def tiny_model_dir(root: Path, arch: str = "llama", *, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
+def tiny_model_dir(
+    root: Path, arch: str = "llama", *, layers: int = 2, hidden: int = 64, seed: int = 0
+) -> Path:
     """Write a loadable Hugging Face folder (weights + tokenizer) under ``root/arch``."""
     out = Path(root) / f"tiny-{arch}-{layers}x{hidden}-s{seed}"
     if (out / "config.json").exists():

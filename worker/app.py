@@ -18,7 +18,7 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from common.queue import TASK_NAME, celery_config
 from common.settings import get_settings
@@ -33,8 +33,38 @@ celery_app.add_defaults(lambda: celery_config(get_settings()))
 @worker_init.connect
 def _preload_engine(**_: Any) -> None:
     # Import torch and the engine before taking the first message, so that a job's first seconds
-    # (and its ETA) measure work, not imports.
-    import core.compress  # noqa: F401
+    # (and its ETA) measure work, not imports. A dry-run worker never needs them.
+    if not get_settings().dry_run:
+        import core.compress  # noqa: F401
+
+
+_sweeper: list[Any] = []  # the process's Sweeper, once the worker is ready
+
+
+@worker_ready.connect
+def _start_sweeper(**_: Any) -> None:
+    # Every worker process sweeps for jobs whose worker died (worker/liveness.py says why here and
+    # not in celery beat): it needs nothing else deployed, in either run mode.
+    from common.queue import enqueue, make_celery
+    from common.storage import build_storage
+    from worker.checkpoint import discard
+    from worker.liveness import Sweeper
+
+    settings = get_settings()
+    producer = make_celery(settings, name="spruce-sweeper")  # its own connections, off the consumer's
+    storage = build_storage(settings)
+    sweeper = Sweeper(
+        settings,
+        send=lambda job_id: enqueue(producer, settings, job_id),
+        on_failed=lambda job_id: discard(storage, job_id),
+    )
+    _sweeper.append(sweeper.start())
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**_: Any) -> None:
+    while _sweeper:
+        _sweeper.pop().stop()
 
 
 @celery_app.task(

@@ -2,6 +2,8 @@
 
 Everything here is keyed by the job id and safe to run again for the same id (a redelivered
 message): claiming is a compare-and-set on the status, artifacts are replaced, not appended.
+Each attempt is numbered (``jobs.attempts``) and every write it makes is guarded by its number,
+so an attempt that lost the job to another worker cannot write over it (worker/liveness.py).
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.orm.attributes import set_committed_value
 
 from common.db import session_scope
 from common.jobs import StaleStatus, add_event, get_job, set_status
@@ -25,12 +29,15 @@ from common.refs import DATASET_ID, check_model_ref, looks_like_path
 from common.settings import Settings
 from common.states import JobStatus, is_terminal
 from common.storage import Storage, build_storage, download_s3_uri, sha256_file
+from core.checkpoint import ResumeState
 from core.errors import Cancelled, DatasetUnavailable, ModelNotFound, SpecError, SystemFault, UserError
 from core.progress import Progress
+from worker.checkpoint import StorageCheckpoint, discard, fingerprint
+from worker.liveness import Heartbeat, is_fresh, worker_lost_error
 
 log = logging.getLogger(__name__)
 
-RESULT_KEYS = ("perplexity", "sparsity", "sizes", "timings", "layers")
+RESULT_KEYS = ("perplexity", "sparsity", "sizes", "timings", "layers", "resume")
 
 
 class RetryLater(Exception):
@@ -58,11 +65,14 @@ def backoff(retries_done: int, base: float) -> float:
 # -- claiming -------------------------------------------------------------------------------------
 
 
-def claim(url: str, job_id: str, worker: str, device: str) -> Job | None:
-    """Mark the job running for this worker; None if there is nothing to run.
+def claim(url: str, job_id: str, worker: str, device: str, settings: Settings) -> Job | None:
+    """Mark the job running for this worker as a new attempt; None if there is nothing to run.
 
-    A job cancelled (or otherwise finished) while queued is skipped. A job already ``running``
-    is a redelivered message: the worker that had it died (acks_late), so this one takes over.
+    A job cancelled (or otherwise finished) while queued is skipped. A job already ``running`` is
+    a message delivered again: if its heartbeat is fresh, another worker is on it and this
+    message is dropped (no second run); if it is stale, that worker died and this one takes over.
+    Past ``max_attempts`` started deliveries the job is failed instead (``worker_lost``): a job
+    that kills its worker every time must not loop forever.
     """
     for _ in range(3):
         with session_scope(url) as session:
@@ -73,17 +83,58 @@ def claim(url: str, job_id: str, worker: str, device: str) -> Job | None:
             if is_terminal(job.status):
                 log.info("job %s is already %s; skipping", job_id, job.status)
                 return None
-            values: dict[str, Any] = {"attempts": job.attempts + 1, "worker": worker, "device": device}
+            running = job.status == JobStatus.RUNNING
+            if running and is_fresh(job, settings.heartbeat_timeout):
+                log.info(
+                    "job %s is running on %s with a fresh heartbeat; not starting a second run",
+                    job_id,
+                    job.worker,
+                )
+                return None
+            guard = (Job.attempts == job.attempts,)
             try:
-                if job.status == JobStatus.QUEUED:
-                    set_status(session, job, JobStatus.RUNNING, f"running on {worker} ({device})", **values)
-                else:
-                    session.execute(update(Job).where(Job.id == job_id).values(**values, updated_at=utcnow()))
-                    add_event(
-                        session, job_id, "status", f"redelivered: taken over by {worker}", stage=job.stage
+                if job.attempts >= settings.max_attempts:
+                    # Running: its last worker died. Queued: requeued after a worker died (a system
+                    # fault is not retried past the limit), so the cause is the same.
+                    code, message = worker_lost_error(job)
+                    log.error("job %s: %s", job_id, message)
+                    target = JobStatus.FAILED
+                    set_status(
+                        session, job, target, "failed: no attempts left", error=(code, message), where=guard
                     )
+                    return None
+                values: dict[str, Any] = {
+                    "attempts": job.attempts + 1,
+                    "worker": worker,
+                    "device": device,
+                    "heartbeat_at": utcnow(),
+                }
+                if not running:
+                    set_status(
+                        session,
+                        job,
+                        JobStatus.RUNNING,
+                        f"running on {worker} ({device})",
+                        where=guard,
+                        **values,
+                    )
+                else:
+                    lost = f"{job.worker} stopped heart-beating" if job.worker else "its worker was lost"
+                    message = f"redelivered: {lost}; taken over by {worker} (attempt {job.attempts + 1})"
+                    result: Any = session.execute(
+                        update(Job)
+                        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, *guard)
+                        .values(**values, updated_at=utcnow())
+                        .execution_options(synchronize_session=False)
+                    )
+                    if result.rowcount != 1:
+                        raise StaleStatus(f"job {job_id} changed while being taken over")
+                    add_event(session, job_id, "status", message, stage=job.stage)
+                    for key, value in values.items():  # mirror the write without dirtying the row
+                        set_committed_value(job, key, value)
             except StaleStatus:
-                continue  # the API cancelled it in the meantime: look again
+                session.rollback()
+                continue  # the API cancelled it, or another worker claimed it: look again
             session.expunge(job)
             return job
     return None
@@ -106,6 +157,8 @@ class Reporter:
     check_interval: float
     deadline: float  # time.monotonic() after which the run is stopped as too long
     floor: float = 0.0  # progress already on the row
+    attempt: int | None = None  # guards every write: a superseded attempt changes nothing
+    lost: threading.Event | None = None  # set by the heartbeat once the job is another attempt's
     stage: str | None = None
     timed_out: bool = False
     _last_write: float = 0.0
@@ -147,7 +200,9 @@ class Reporter:
         with session_scope(self.url) as session:
             # Guarded by status: a job that is no longer running keeps its final numbers.
             session.execute(
-                update(Job).where(Job.id == self.job_id, Job.status == JobStatus.RUNNING).values(**values)
+                update(Job)
+                .where(Job.id == self.job_id, Job.status == JobStatus.RUNNING, *self.guard)
+                .values(**values)
             )
             if new_stage:
                 message = f"stage {p.stage}" + (f": {p.message}" if p.message else "")
@@ -155,8 +210,15 @@ class Reporter:
                 add_event(session, self.job_id, "stage", message, stage=p.stage, data=data)
         self.stage = p.stage
 
+    @property
+    def guard(self) -> tuple[Any, ...]:
+        return () if self.attempt is None else (Job.attempts == self.attempt,)
+
     def should_stop(self) -> bool:
-        """True once a cancel was requested (read at most every ``check_interval``) or time is up."""
+        """True once a cancel was requested (read at most every ``check_interval``), time is up,
+        or the job was taken from this attempt."""
+        if self.lost is not None and self.lost.is_set():
+            return True
         now = time.monotonic()
         if now > self.deadline:
             self.timed_out = True
@@ -241,14 +303,18 @@ def results_of(out_dir: Path) -> dict[str, Any]:
     return {k: report.get(k) for k in RESULT_KEYS}
 
 
-def finish(url: str, job_id: str, status: JobStatus, message: str, **kwargs: Any) -> str:
-    """Move the job to a final (or retry) status; a job already finished elsewhere is left alone."""
+def finish(
+    url: str, job_id: str, status: JobStatus, message: str, *, attempt: int | None = None, **kwargs: Any
+) -> str:
+    """Move the job to a final (or retry) status; a job already finished elsewhere is left alone,
+    and so is one that another attempt owns by now (``attempt`` is this one's number)."""
     with session_scope(url) as session:
         job = get_job(session, job_id)
         if job is None or is_terminal(job.status):
             return job.status if job else "missing"
+        where = () if attempt is None else (Job.attempts == attempt,)
         try:
-            set_status(session, job, status, message, **kwargs)
+            set_status(session, job, status, message, where=where, **kwargs)
         except StaleStatus:
             log.warning("job %s changed while finishing; leaving it %s", job_id, job.status)
         return str(job.status)
@@ -258,16 +324,34 @@ def finish(url: str, job_id: str, status: JobStatus, message: str, **kwargs: Any
 
 
 def run(job_id: str, settings: Settings, *, retries_done: int = 0, worker: str | None = None) -> str:
-    """Run one job; returns its final status, or raises ``RetryLater`` for a retryable fault."""
-    from celery.exceptions import SoftTimeLimitExceeded
+    """Run one job; returns its final status, or raises ``RetryLater`` for a retryable fault.
 
+    Returns "skipped" when there is nothing to run (finished, or another worker is on it) and
+    "superseded" when this attempt lost the job to another one midway (it then writes nothing).
+    """
     url = settings.resolved_database_url
     worker = worker or f"{socket.gethostname()}:{os.getpid()}"
-    device = pick_device(settings)
-    job = claim(url, job_id, worker, device)
+    # A dry run never touches torch, so it never asks torch which device there is.
+    device = (settings.device or "none") if settings.dry_run else pick_device(settings)
+    job = claim(url, job_id, worker, device, settings)
     if job is None:
+        if settings.checkpoints and _failed(url, job_id):  # e.g. out of attempts: nothing will resume
+            discard(build_storage(settings), job_id)
         return "skipped"
-    log.info("job %s: attempt %d on %s", job_id, job.attempts, device)
+    log.info("job %s: attempt %d of at most %d on %s", job_id, job.attempts, settings.max_attempts, device)
+    heartbeat = Heartbeat(url, job_id, job.attempts, settings.heartbeat_interval).start()
+    try:
+        return _attempt(job, settings, worker, device, heartbeat, retries_done)
+    finally:
+        heartbeat.stop()
+
+
+def _attempt(
+    job: Job, settings: Settings, worker: str, device: str, heartbeat: Heartbeat, retries_done: int
+) -> str:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    url, job_id, attempt = settings.resolved_database_url, job.id, job.attempts
     storage = build_storage(settings)
     reporter = Reporter(
         url=url,
@@ -277,48 +361,148 @@ def run(job_id: str, settings: Settings, *, retries_done: int = 0, worker: str |
         deadline=time.monotonic() + settings.task_time_limit,
         floor=job.progress,
         stage=job.stage,
+        attempt=attempt,
+        lost=heartbeat.lost,
     )
+    checkpoint = None
+    if settings.checkpoints and not settings.dry_run:
+        checkpoint = StorageCheckpoint(
+            storage, job_id, fingerprint(job.spec), _on_resume(url, job_id, attempt)
+        )
+
+    def ended(status: str) -> str:
+        """A final status: the checkpoint has no further use (a retry keeps it to resume from)."""
+        if checkpoint is not None and is_terminal(status):
+            discard(storage, job_id)
+        return status
+
     try:
         with tempfile.TemporaryDirectory(prefix=f"spruce-{job_id}-", dir=settings.work_dir) as tmp_name:
             tmp = Path(tmp_name)
-            spec_dict = resolve_inputs(job.spec, job.team_id, settings, storage, tmp / "inputs")
-            out_dir = tmp / "out"
-            _compress(spec_dict, device, out_dir, reporter, settings)
-            artifacts = upload_outputs(out_dir, job_id, storage)
-            results = results_of(out_dir)
-        with session_scope(url) as session:
-            current = get_job(session, job_id)
-            assert current is not None
-            session.execute(delete(Artifact).where(Artifact.job_id == job_id))
-            session.add_all(artifacts)
-            set_status(
-                session,
-                current,
-                JobStatus.SUCCEEDED,
-                f"succeeded: {len(artifacts)} artifacts",
-                results=results,
-                error_code=None,
-                error_message=None,
-            )
-        return JobStatus.SUCCEEDED.value
+            if settings.dry_run:
+                artifacts, results = [], dry_run(reporter, attempt=attempt, worker=worker)
+            else:
+                spec_dict = resolve_inputs(job.spec, job.team_id, settings, storage, tmp / "inputs")
+                out_dir = tmp / "out"
+                _compress(spec_dict, device, out_dir, reporter, settings, checkpoint)
+                artifacts = upload_outputs(out_dir, job_id, storage)
+                results = results_of(out_dir)
+        if checkpoint is not None:
+            # Before the final write: a client that sees "succeeded" finds only the artifacts under
+            # jobs/<id>/. A crash right here only costs a run from scratch on redelivery.
+            discard(storage, job_id)
+        return _succeed(url, job_id, attempt, artifacts, results)
     except Cancelled:
+        if heartbeat.lost.is_set():
+            log.warning(
+                "job %s: attempt %d was superseded; leaving the job to its new owner", job_id, attempt
+            )
+            return "superseded"
         if reporter.timed_out:
             msg = f"the job ran past its time limit of {settings.task_time_limit} s"
-            return finish(url, job_id, JobStatus.FAILED, "time limit", error=("time_limit_exceeded", msg))
-        return finish(url, job_id, JobStatus.CANCELLED, "cancelled between layers")
+            status = finish(
+                url,
+                job_id,
+                JobStatus.FAILED,
+                "time limit",
+                attempt=attempt,
+                error=("time_limit_exceeded", msg),
+            )
+            return ended(status)
+        return ended(finish(url, job_id, JobStatus.CANCELLED, "cancelled between layers", attempt=attempt))
     except SoftTimeLimitExceeded:
         msg = f"the job ran past its time limit of {settings.task_time_limit} s"
-        return finish(url, job_id, JobStatus.FAILED, "time limit", error=("time_limit_exceeded", msg))
+        status = finish(
+            url, job_id, JobStatus.FAILED, "time limit", attempt=attempt, error=("time_limit_exceeded", msg)
+        )
+        return ended(status)
     except UserError as exc:
         log.info("job %s failed: %s: %s", job_id, exc.code, exc.message)
         message = f"{exc.param}: {exc.message}" if exc.param else exc.message
-        return finish(url, job_id, JobStatus.FAILED, "failed", error=(exc.code, message))
+        return ended(
+            finish(url, job_id, JobStatus.FAILED, "failed", attempt=attempt, error=(exc.code, message))
+        )
     except Exception as exc:  # SystemFault and anything unexpected: retry, then fail
-        return _system_fault(url, job_id, exc, retries_done, settings)
+        return ended(_system_fault(url, job_id, exc, retries_done, settings, attempt))
+
+
+def _failed(url: str, job_id: str) -> bool:
+    with session_scope(url) as session:
+        return session.scalar(select(Job.status).where(Job.id == job_id)) == JobStatus.FAILED
+
+
+def _succeed(url: str, job_id: str, attempt: int, artifacts: list[Artifact], results: dict[str, Any]) -> str:
+    with session_scope(url) as session:
+        current = get_job(session, job_id)
+        if current is None or current.attempts != attempt or is_terminal(current.status):
+            log.warning("job %s: attempt %d finished, but the job is no longer its own", job_id, attempt)
+            return "superseded"
+        session.execute(delete(Artifact).where(Artifact.job_id == job_id))
+        session.add_all(artifacts)
+        set_status(
+            session,
+            current,
+            JobStatus.SUCCEEDED,
+            f"succeeded: {len(artifacts)} artifacts",
+            where=(Job.attempts == attempt,),
+            results=results,
+            error_code=None,
+            error_message=None,
+        )
+    return JobStatus.SUCCEEDED.value
+
+
+def _on_resume(url: str, job_id: str, attempt: int) -> Any:
+    """The checkpoint's callback: count the resume on the row and say so in the job's events."""
+
+    def note(state: ResumeState) -> None:
+        k, n = state.next_layer, state.last.layers
+        where = f"continuing at layer {k + 1} of {n}" if k < n else "every layer was done; evaluating"
+        message = f"resumed from the checkpoint: {k} of {n} layers restored, {where}"
+        with session_scope(url) as session:
+            result: Any = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.attempts == attempt)
+                .values(resumes=Job.resumes + 1, message=message, updated_at=utcnow())
+            )
+            if result.rowcount == 1:
+                add_event(
+                    session, job_id, "resume", message, stage="prune", data={"from_layer": k, "layers": n}
+                )
+        log.info("job %s: %s", job_id, message)
+
+    return note
+
+
+DRY_RUN_STAGES = ("load", "calibration", "prune", "evaluate_sparse", "export")
+DRY_RUN_LAYERS = 4
+
+
+def dry_run(reporter: Reporter, *, attempt: int, worker: str) -> dict[str, Any]:
+    """Walk a job through the engine's stages without loading anything; the results it returns.
+
+    Exercises what a load test must (the queue, the claim, progress rows, stage events, the final
+    write) at no cost, so hundreds of jobs finish in seconds; ``SPRUCE_DRY_RUN=1`` turns it on.
+    """
+    from core.progress import overall_fraction  # torch-free
+
+    for stage in DRY_RUN_STAGES:
+        if reporter.should_stop():
+            raise Cancelled(f"cancelled before stage {stage!r}")
+        steps = DRY_RUN_LAYERS if stage == "prune" else 1
+        for i in range(1, steps + 1):
+            layer = (i, DRY_RUN_LAYERS) if stage == "prune" else (None, None)
+            reporter(Progress(stage, overall_fraction(stage, i / steps), layer=layer[0], layers=layer[1]))
+    return {"dry_run": True, "stages": list(DRY_RUN_STAGES), "attempt": attempt, "worker": worker}
 
 
 def _compress(
-    spec_dict: dict[str, Any], device: str, out_dir: Path, reporter: Reporter, settings: Settings
+    spec_dict: dict[str, Any],
+    device: str,
+    out_dir: Path,
+    reporter: Reporter,
+    settings: Settings,
+    checkpoint: StorageCheckpoint | None,
 ) -> None:
     from core.compress import compress  # torch and transformers: only in the worker, only when running
     from core.spec import CompressionSpec
@@ -332,14 +516,16 @@ def _compress(
         on_progress=reporter,
         should_stop=reporter.should_stop,
         cache_dir=settings.cache_dir,
+        checkpoint=checkpoint,
     )
 
 
-def _system_fault(url: str, job_id: str, exc: Exception, retries_done: int, settings: Settings) -> str:
+def _system_fault(
+    url: str, job_id: str, exc: Exception, retries_done: int, settings: Settings, attempt: int
+) -> str:
     code = exc.code if isinstance(exc, SystemFault) else "system_error"
     detail = f"{type(exc).__name__}: {exc}"
-    attempt = retries_done + 1
-    if retries_done < settings.max_retries:
+    if retries_done < settings.max_retries and attempt < settings.max_attempts:
         delay = backoff(retries_done, settings.retry_backoff)
         log.warning("job %s attempt %d failed (%s); retrying in %.0fs", job_id, attempt, detail, delay)
         status = finish(
@@ -347,10 +533,11 @@ def _system_fault(url: str, job_id: str, exc: Exception, retries_done: int, sett
             job_id,
             JobStatus.QUEUED,
             f"attempt {attempt} failed ({detail}); retrying in {delay:.0f}s",
+            attempt=attempt,
         )
         if status == JobStatus.QUEUED:
             raise RetryLater(delay, exc) from exc
         return status
     log.error("job %s failed after %d attempts: %s", job_id, attempt, detail, exc_info=exc)
     message = f"{detail} (gave up after {attempt} attempt{'s' if attempt > 1 else ''})"
-    return finish(url, job_id, JobStatus.FAILED, "failed", error=(code, message))
+    return finish(url, job_id, JobStatus.FAILED, "failed", attempt=attempt, error=(code, message))

@@ -233,7 +233,9 @@ def test_magnitude_col_weights_hold_only_the_per_linear_part() -> None:
     for per_linear, expected in ((False, set()), (True, set(arch.linears))):
         layer = copy.deepcopy(decoder_layers(model, arch)[0])
         spec = InductionSpec(enabled=True, epochs=1, per_linear=per_linear)
-        r = induce_layer(layer, arch, batches, device="cpu", target=TARGETS["50%"], pruner="magnitude", spec=spec)
+        r = induce_layer(
+            layer, arch, batches, device="cpu", target=TARGETS["50%"], pruner="magnitude", spec=spec
+        )
         assert set(r.col_weights) == expected
 
 

@@ -31,7 +31,13 @@ def _with(path: str, value: object) -> dict:
 
 @pytest.mark.parametrize(
     ("value", "ratio", "n", "m"),
-    [(0.5, 0.5, None, None), ("0.7", 0.7, None, None), ("2:4", 0.5, 2, 4), ("4:8", 0.5, 4, 8), ("1:4", 0.75, 1, 4)],
+    [
+        (0.5, 0.5, None, None),
+        ("0.7", 0.7, None, None),
+        ("2:4", 0.5, 2, 4),
+        ("4:8", 0.5, 4, 8),
+        ("1:4", 0.75, 1, 4),
+    ],
 )
 def test_sparsity_parses_ratios_and_nm(value, ratio, n, m):
     s = Sparsity.parse(value)

@@ -1,0 +1,199 @@
+"""Is the worker of a running job still alive? Heartbeats, the stale-job sweep, the attempt limit.
+
+- A running attempt writes ``jobs.heartbeat_at`` every ``SPRUCE_HEARTBEAT_INTERVAL`` seconds from a
+  background thread (``Heartbeat``), guarded by its attempt number: once another attempt owns the
+  job, the write matches no row and the old attempt learns it lost the job.
+- A job whose heartbeat is older than ``SPRUCE_HEARTBEAT_TIMEOUT`` has lost its worker. A redelivered
+  message for a job with a *fresh* heartbeat is dropped (another worker is on it); for a stale
+  one the new worker takes over (``worker.runner.claim``).
+- ``sweep`` finds stale running jobs and queues them again (or fails them once
+  ``SPRUCE_MAX_ATTEMPTS`` deliveries have started). It runs in a thread of every worker process
+  (``Sweeper``), so it works in both run modes with nothing else to deploy: the filesystem broker
+  of the default mode never redelivers a message whose worker died, and Redis does so only after
+  its visibility timeout. Several workers sweeping at once are safe: each change is a
+  compare-and-set on (status, attempts, heartbeat still stale), so one sweeper wins and the
+  others' writes match no row; a message sent by a losing sweeper is dropped by ``claim``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, select, update
+
+from common.db import session_scope
+from common.jobs import StaleStatus, set_status
+from common.models import Job, utcnow
+from common.settings import Settings
+from common.states import JobStatus
+
+log = logging.getLogger(__name__)
+
+WORKER_LOST = "worker_lost"
+
+
+def last_sign_of_life() -> ColumnElement[datetime]:
+    """The heartbeat, or the last write for a row that has none (a job claimed before heartbeats)."""
+    return func.coalesce(Job.heartbeat_at, Job.updated_at)
+
+
+def is_fresh(job: Job, timeout: float, now: datetime | None = None) -> bool:
+    """True while the job's worker has shown life within ``timeout`` seconds."""
+    seen = job.heartbeat_at or job.updated_at
+    return seen is not None and (now or utcnow()) - seen < timedelta(seconds=timeout)
+
+
+def worker_lost_error(job: Job) -> tuple[str, str]:
+    """(code, message) of a job whose workers died on every attempt: how often and where."""
+    where = f"stage {job.stage}" if job.stage else "before its first stage"
+    if job.layer is not None and job.layers:
+        where += f", layer {job.layer} of {job.layers}"
+    n = job.attempts
+    message = (
+        f"the worker running this job was lost {n} time{'s' if n != 1 else ''} "
+        f"(last on {job.worker or 'an unknown worker'}, at {where}); giving up after {n} attempts. "
+        "A job that kills its worker every time usually runs out of memory: try a smaller "
+        "batch_size or samples, or a worker with more memory."
+    )
+    return WORKER_LOST, message
+
+
+def stale(now: datetime, timeout: float) -> ColumnElement[bool]:
+    return last_sign_of_life() < now - timedelta(seconds=timeout)
+
+
+# -- heartbeat --------------------------------------------------------------------------------------
+
+
+class Heartbeat:
+    """Refreshes ``heartbeat_at`` of a running attempt until ``stop()``; ``lost`` is set once the
+    row is no longer this attempt's (taken over after a false alarm, or failed by a sweep)."""
+
+    def __init__(self, url: str, job_id: str, attempt: int, interval: float) -> None:
+        self.url, self.job_id, self.attempt, self.interval = url, job_id, attempt, interval
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job_id}", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=max(5.0, self.interval))
+
+    def beat(self) -> bool:
+        """One write; False once the job is no longer this attempt's."""
+        with session_scope(self.url) as session:
+            result: Any = session.execute(
+                update(Job)
+                .where(Job.id == self.job_id, Job.status == JobStatus.RUNNING, Job.attempts == self.attempt)
+                # updated_at stays: a heartbeat is not a change of the job a client should see.
+                .values(heartbeat_at=utcnow(), updated_at=Job.updated_at)
+                .execution_options(synchronize_session=False)
+            )
+        return bool(result.rowcount == 1)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                mine = self.beat()
+            except Exception as exc:  # the database is away for a moment: the next beat may work
+                log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
+                continue
+            if not mine:
+                self.lost.set()
+                if not self._stop.is_set():  # else the attempt itself just wrote its final status
+                    log.warning(
+                        "job %s: attempt %d no longer owns the job (taken over, or failed by a sweep); stopping",
+                        self.job_id,
+                        self.attempt,
+                    )
+                return
+
+
+# -- the sweep --------------------------------------------------------------------------------------
+
+
+def sweep(
+    settings: Settings,
+    send: Callable[[str], None],
+    now: datetime | None = None,
+    on_failed: Callable[[str], None] | None = None,
+) -> dict[str, str]:
+    """Queue again (or fail) every running job whose heartbeat is older than the timeout.
+
+    ``send(job_id)`` puts a message on the queue; ``on_failed(job_id)`` cleans up after a job this
+    sweep failed (its checkpoint). It is called before the row is changed, so a
+    broker that is down leaves the job running and stale for the next sweep instead of queued
+    with no message; a message whose compare-and-set then loses is dropped by the worker.
+    Returns ``{job_id: "requeued" | "failed"}`` for the jobs this sweep changed.
+    """
+    url = settings.resolved_database_url
+    now = now or utcnow()
+    with session_scope(url) as session:
+        jobs = session.scalars(
+            select(Job).where(Job.status == JobStatus.RUNNING, stale(now, settings.heartbeat_timeout))
+        ).all()
+        session.expunge_all()
+    done: dict[str, str] = {}
+    for job in jobs:
+        exhausted = job.attempts >= settings.max_attempts
+        if not exhausted:
+            send(job.id)
+        with session_scope(url) as session:
+            guard = (Job.attempts == job.attempts, stale(now, settings.heartbeat_timeout))
+            seen = f"last heartbeat {(job.heartbeat_at or job.updated_at).isoformat()}"
+            try:
+                if exhausted:
+                    code, message = worker_lost_error(job)
+                    set_status(
+                        session, job, JobStatus.FAILED, f"failed: {seen}", error=(code, message), where=guard
+                    )
+                else:
+                    note = (
+                        f"re-queued: no heartbeat from {job.worker} for {settings.heartbeat_timeout:.0f}s "
+                        f"({seen}); attempt {job.attempts} of {settings.max_attempts} was lost"
+                    )
+                    set_status(session, job, JobStatus.QUEUED, note, where=guard)
+            except StaleStatus:
+                continue  # another sweeper or a worker got there first
+        done[job.id] = "failed" if exhausted else "requeued"
+        log.warning("job %s: %s; %s", job.id, seen, done[job.id])
+        if exhausted and on_failed is not None:
+            on_failed(job.id)
+    return done
+
+
+class Sweeper:
+    """Runs ``sweep`` every ``SPRUCE_SWEEP_INTERVAL`` seconds (with jitter, so that the workers of
+    one deployment spread out) in a daemon thread of a worker process."""
+
+    def __init__(
+        self, settings: Settings, send: Callable[[str], None], on_failed: Callable[[str], None] | None = None
+    ) -> None:
+        self.settings, self.send, self.on_failed = settings, send, on_failed
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="stale-job-sweeper", daemon=True)
+
+    def start(self) -> Sweeper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+    def _loop(self) -> None:
+        interval = self.settings.sweep_interval
+        while not self._stop.wait(interval * random.uniform(0.8, 1.2)):
+            try:
+                sweep(self.settings, self.send, on_failed=self.on_failed)
+            except Exception as exc:  # database or broker away: try again next time
+                log.warning("stale-job sweep failed: %s", exc)
