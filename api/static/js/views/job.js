@@ -214,6 +214,14 @@ export function mount(root, ctx) {
         ["Started", fmtTime(job.started_at)],
         ["Finished", fmtTime(job.finished_at)],
         job.attempts > 1 ? ["Attempts", String(job.attempts)] : null,
+        // A worker was lost and the job went on from its per-layer checkpoint (docs/service.md).
+        job.resumes > 0
+          ? [
+              "Resumed",
+              `${job.resumes}× from a checkpoint` +
+                (job.results?.resume ? `, last from layer ${job.results.resume.from_layer + 1}` : ""),
+            ]
+          : null,
       ]),
     );
   }
