@@ -2,8 +2,8 @@
 
 Two steps, two virtualenvs (llm-compressor pins other versions; see README.md here):
 
-    .venv/bin/python benchmarks/sparsegpt_layer_compare.py ours --layer 15 --out /tmp/sgpt
-    /opt/llmc-venv/bin/python benchmarks/sparsegpt_layer_compare.py llmc --out /tmp/sgpt
+    .venv/bin/python -m benchmarks.sparsegpt_layer_compare ours --layer 15 --out /tmp/sgpt
+    /opt/llmc-venv/bin/python -m benchmarks.sparsegpt_layer_compare llmc --out /tmp/sgpt
 
 The first saves one SmolLM2 layer's weights and input Hessians (BENCHMARK.md calibration: 32 x 512
 pydoc tokens, dense inputs) and prunes them with ``core.pruners.sparsegpt``; the second prunes the
