@@ -75,6 +75,11 @@ def error_response(
     return JSONResponse(status_code=status, content=body, headers=headers)
 
 
+def unavailable(code: str, message: str, extra: dict[str, Any] | None = None) -> ApiError:
+    """503 for a dependency that is down (``code`` names which), with Retry-After."""
+    return ApiError(503, code, message, headers={"Retry-After": RETRY_AFTER_DOWN}, extra=extra)
+
+
 def not_found(what: str = "job") -> ApiError:
     # The same answer for "does not exist" and "belongs to another team": ids do not leak.
     return ApiError(404, f"{what}_not_found", f"no such {what}")
@@ -125,7 +130,7 @@ def install(app: FastAPI, body_models: dict[str, type[BaseModel]]) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.param, exc.headers, exc.extra)
+        return _as_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -166,27 +171,29 @@ def install(app: FastAPI, body_models: dict[str, type[BaseModel]]) -> None:
         if not (isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated):
             return await _unexpected(request, exc)
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path, _first_line(exc))
-        return error_response(
-            503,
-            "database_unavailable",
-            "the database is unreachable; nothing was changed, retry later",
-            headers={"Retry-After": RETRY_AFTER_DOWN},
+        return _as_response(
+            unavailable(
+                "database_unavailable", "the database is unreachable; nothing was changed, retry later"
+            )
         )
 
     @app.exception_handler(StorageUnavailable)
     async def _storage(request: Request, exc: StorageUnavailable) -> JSONResponse:
         log.warning("storage unavailable on %s %s: %s", request.method, request.url.path, _first_line(exc))
-        return error_response(
-            503,
-            "storage_unavailable",
-            "object storage is unreachable; nothing was recorded, retry later",
-            headers={"Retry-After": RETRY_AFTER_DOWN},
+        return _as_response(
+            unavailable(
+                "storage_unavailable", "object storage is unreachable; nothing was recorded, retry later"
+            )
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "internal_error", "internal server error")
+
+
+def _as_response(exc: ApiError) -> JSONResponse:
+    return error_response(exc.status, exc.code, exc.message, exc.param, exc.headers, exc.extra)
 
 
 def _first_line(exc: BaseException) -> str:

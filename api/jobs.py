@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from api import idempotency
 from api.deps import CallerDep, CtxDep, SessionDep, check_rate
-from api.errors import COMMON, RETRY_AFTER_DOWN, ApiError, not_found, spec_error
+from api.errors import COMMON, ApiError, not_found, spec_error, unavailable
 from api.links import check_link, signed_path
 from api.schemas import (
     ArtifactLink,
@@ -192,9 +192,7 @@ def _enqueue(job: Job, session: Session, ctx: CtxDep, caller: CallerDep) -> JobO
         except StaleStatus:  # a worker got the message after all (the send raised late)
             session.rollback()
             return job_out(job, caller.team_name)
-        raise ApiError(
-            503, BROKER_DOWN, message, headers={"Retry-After": RETRY_AFTER_DOWN}, extra={"job": job.id}
-        ) from exc
+        raise unavailable(BROKER_DOWN, message, extra={"job": job.id}) from exc
     return job_out(job, caller.team_name)
 
 
