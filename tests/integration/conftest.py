@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,52 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
             proc.kill()
             proc.wait()
     return int(proc.returncode)
+
+
+@contextmanager
+def api_and_worker(
+    env: dict[str, str],
+    tmp: Path,
+    *,
+    worker_cmd: list[str] = WORKER_CMD,
+    api_args: tuple[str, ...] = (),
+    api_wait: float = 60.0,
+    worker_wait: float = 90.0,
+    probe_timeout: float = 2.0,
+) -> Iterator[str]:
+    """A uvicorn API and a Celery worker process on ``env``, logs in ``tmp``; yields the API's URL
+    once /readyz answers 200 and the worker says it is ready; stops both on the way out."""
+    port = free_port()
+    worker_log, api_log = tmp / "worker.log", tmp / "api.log"
+    with open(worker_log, "wb") as wl, open(api_log, "wb") as al:
+        worker = subprocess.Popen(
+            [sys.executable, *worker_cmd], cwd=ROOT, env=env, stdout=wl, stderr=subprocess.STDOUT
+        )
+        api = subprocess.Popen(
+            [sys.executable, *API_CMD, "--port", str(port), *api_args],
+            cwd=ROOT,
+            env=env,
+            stdout=al,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def api_up() -> bool:
+            assert api.poll() is None, api_log.read_text()
+            try:
+                return httpx.get(f"{url}/readyz", timeout=probe_timeout).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(api_up, api_wait, "the API")
+        wait_until(
+            lambda: worker.poll() is None and b" ready." in worker_log.read_bytes(), worker_wait, "the worker"
+        )
+        yield url
+    finally:
+        stop(api)
+        stop(worker, timeout=30)
 
 
 @pytest.fixture(scope="session")
@@ -193,35 +240,11 @@ def stack(
             "rival": create_key(session, "rival", "x").secret,
         }
 
-    port = free_port()
-    worker_log, api_log = tmp / "worker.log", tmp / "api.log"
-    with open(worker_log, "wb") as wl, open(api_log, "wb") as al:
-        worker = subprocess.Popen(
-            [sys.executable, *WORKER_CMD], cwd=ROOT, env=env, stdout=wl, stderr=subprocess.STDOUT
-        )
-        api = subprocess.Popen(
-            [sys.executable, *API_CMD, "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=al,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
+    worker_log = tmp / "worker.log"
     try:
-
-        def api_up() -> bool:
-            assert api.poll() is None, api_log.read_text()
-            try:
-                return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(api_up, 60, "the API")
-        wait_until(lambda: worker.poll() is None and b" ready." in worker_log.read_bytes(), 90, "the worker")
-        yield Stack(env=env, url=url, database_url=pg_url, s3=s3, keys=keys, worker_log=worker_log)
+        with api_and_worker(env, tmp) as url:
+            yield Stack(env=env, url=url, database_url=pg_url, s3=s3, keys=keys, worker_log=worker_log)
     finally:
-        stop(api)
-        stop(worker, timeout=30)
         if os.environ.get("SPRUCE_TEST_SHOW_LOGS"):
             print(worker_log.read_text()[-5000:])
         import redis

@@ -17,13 +17,10 @@ from __future__ import annotations
 import os
 import random
 import secrets
-import subprocess
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -34,7 +31,7 @@ from sqlalchemy import func, select
 from common.db import session_scope, upgrade
 from common.keys import create_key
 from common.models import Job, JobEvent
-from tests.integration.conftest import API_CMD, REDIS, REDIS_DB, free_port, stop, wait_until
+from tests.integration.conftest import REDIS, REDIS_DB, api_and_worker, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -103,38 +100,15 @@ def service(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     with session_scope(pg_url) as session:
         new = create_key(session, f"load-{secrets.token_hex(4)}", "load")
         key, team_id = new.secret, new.row.team_id
-    port = free_port()
-    worker_log, api_log = tmp / "worker.log", tmp / "api.log"
-    root = Path(__file__).resolve().parents[2]
-    with open(worker_log, "wb") as wl, open(api_log, "wb") as al:
-        worker = subprocess.Popen(
-            [sys.executable, *WORKER_CMD], cwd=root, env=env, stdout=wl, stderr=subprocess.STDOUT
-        )
-        api = subprocess.Popen(
-            [sys.executable, *API_CMD, "--port", str(port), "--log-level", "warning"],
-            cwd=root,
-            env=env,
-            stdout=al,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
     try:
-
-        def api_up() -> bool:
-            assert api.poll() is None, api_log.read_text()
-            try:
-                return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(api_up, 90, "the API")
-        wait_until(lambda: worker.poll() is None and b" ready." in worker_log.read_bytes(), 120, "the worker")
-        yield Service(url=url, key=key, team_id=team_id, database_url=pg_url, queue=queue)
+        with api_and_worker(
+            env, tmp, worker_cmd=WORKER_CMD, api_args=("--log-level", "warning"), api_wait=90,
+            worker_wait=120, probe_timeout=5,
+        ) as url:  # fmt: skip
+            yield Service(url=url, key=key, team_id=team_id, database_url=pg_url, queue=queue)
     finally:
-        stop(api)
-        stop(worker, timeout=30)
         if os.environ.get("SPRUCE_TEST_SHOW_LOGS"):
-            print(worker_log.read_text()[-5000:], api_log.read_text()[-5000:])
+            print((tmp / "worker.log").read_text()[-5000:], (tmp / "api.log").read_text()[-5000:])
         r = redis.Redis.from_url(f"{REDIS}/{REDIS_DB}")
         for name in r.scan_iter(f"*{queue}*"):
             r.delete(name)
