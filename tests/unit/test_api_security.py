@@ -18,13 +18,13 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from api.app import create_app
 from api.limits import MemoryLimiter, Rate
 from api.links import signature, signing_key
-from common.db import session_scope, upgrade
+from common.db import session_scope
 from common.keys import create_key, hash_secret
 from common.models import ApiKey, Artifact, Job
 from common.settings import Settings, get_settings
+from tests.unit.service import Service
 
 pytestmark = pytest.mark.unit
 
@@ -37,19 +37,7 @@ BODY: dict[str, Any] = {
 REPORT = b'{"perplexity": {"dense": {"pydoc": 12.5}}}'
 
 
-class Svc:
-    def __init__(self, tmp: Path, **overrides: Any) -> None:
-        self.settings = Settings(data_dir=tmp, **overrides)
-        self.url = self.settings.resolved_database_url
-        upgrade(self.url)
-        with session_scope(self.url) as s:
-            self.key = create_key(s, "acme", "ci").secret
-            self.other = create_key(s, "rival", "theirs").secret
-        self.client = TestClient(create_app(self.settings))
-
-    def h(self, key: str | None = None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key or self.key}"}
-
+class Svc(Service):
     def job_with_report(self) -> str:
         """A job of team acme with a report.json artifact in local storage."""
         r = self.client.post("/v1/jobs", json=BODY, headers=self.h())

@@ -10,13 +10,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from api.app import create_app
-from common.db import session_scope, upgrade
-from common.keys import create_key
+from common.db import session_scope
 from common.models import Job
-from common.settings import Settings
+from tests.unit.service import Service
 
 pytestmark = pytest.mark.unit
 
@@ -28,18 +27,7 @@ BODY: dict[str, Any] = {
 }
 
 
-class Svc:
-    def __init__(self, tmp: Path) -> None:
-        self.settings = Settings(data_dir=tmp)
-        self.url = self.settings.resolved_database_url
-        upgrade(self.url)
-        with session_scope(self.url) as s:
-            self.keys = {
-                "acme": create_key(s, "acme", "ci").secret,
-                "rival": create_key(s, "rival", "x").secret,
-            }
-        self.client = TestClient(create_app(self.settings))
-
+class Svc(Service):
     def post(
         self, key: str | None, body: dict[str, Any] | None = None, team: str = "acme", app: Any = None
     ) -> Any:
@@ -47,13 +35,6 @@ class Svc:
         if key is not None:
             headers["Idempotency-Key"] = key
         return (app or self.client).post("/v1/jobs", json=body or BODY, headers=headers)
-
-    def jobs(self) -> int:
-        with session_scope(self.url) as s:
-            return int(s.scalar(select(func.count()).select_from(Job)) or 0)
-
-    def messages(self) -> int:
-        return len(list((self.settings.broker_folder / "queue").glob("*.msg")))
 
 
 @pytest.fixture()
@@ -68,7 +49,7 @@ def test_a_retry_returns_the_same_job_and_creates_nothing(svc: Svc) -> None:
     again = svc.post("k-1", dict(reversed(list(BODY.items()))))
     assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
     assert again.json()["id"] == first.json()["id"]
-    assert (svc.jobs(), svc.messages()) == (1, 1)
+    assert (svc.count(Job), svc.queued_messages()) == (1, 1)
     # The replay shows the job as it is now, not as it was.
     svc.client.post(
         f"/v1/jobs/{first.json()['id']}/cancel", headers={"Authorization": f"Bearer {svc.keys['acme']}"}
@@ -83,19 +64,19 @@ def test_the_same_key_with_another_body_is_409(svc: Svc) -> None:
     err = r.json()["error"]
     assert err["code"] == "idempotency_key_reused" and err["param"] == "Idempotency-Key"
     assert job_id in err["message"] and "different body" in err["message"]
-    assert (svc.jobs(), svc.messages()) == (1, 1)
+    assert (svc.count(Job), svc.queued_messages()) == (1, 1)
 
 
 def test_keys_are_per_team(svc: Svc) -> None:
     mine = svc.post("shared-key").json()["id"]
     theirs = svc.post("shared-key", team="rival")
     assert theirs.status_code == 201 and theirs.json()["id"] != mine
-    assert "idempotent-replayed" not in theirs.headers and svc.jobs() == 2
+    assert "idempotent-replayed" not in theirs.headers and svc.count(Job) == 2
 
 
 def test_without_a_key_every_post_is_a_new_job(svc: Svc) -> None:
     assert svc.post(None).json()["id"] != svc.post(None).json()["id"]
-    assert svc.jobs() == 2
+    assert svc.count(Job) == 2
 
 
 @pytest.mark.parametrize("key", ["x" * 201, "has space", "tab\there", "ünïcode"])
@@ -105,7 +86,7 @@ def test_malformed_keys_are_422(svc: Svc, key: str) -> None:
         "/v1/jobs", json=BODY, headers={k.encode(): v.encode("utf-8") for k, v in headers.items()}
     )
     assert r.status_code == 422 and r.json()["error"]["param"] == "Idempotency-Key"
-    assert svc.jobs() == 0
+    assert svc.count(Job) == 0
 
 
 def test_a_job_that_never_reached_the_queue_is_submitted_again(svc: Svc) -> None:
@@ -123,7 +104,7 @@ def test_a_job_that_never_reached_the_queue_is_submitted_again(svc: Svc) -> None
     retry = svc.post("k-3")  # the broker is back (this app's broker works)
     assert retry.status_code == 201 and "idempotent-replayed" not in retry.headers
     new = retry.json()
-    assert new["id"] != lost and new["status"] == "queued" and svc.messages() == 1
+    assert new["id"] != lost and new["status"] == "queued" and svc.queued_messages() == 1
     again = svc.post("k-3")
     assert again.json()["id"] == new["id"] and again.headers["idempotent-replayed"] == "true"
     with session_scope(svc.url) as s:

@@ -4,7 +4,6 @@ traversal, no foreign schemes, not the service's own bucket areas), artifact nam
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from collections.abc import Iterator
@@ -12,17 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
-from sqlalchemy import func, select
 
-from api.app import create_app
 from api.jobs import safe_name
-from common.db import session_scope, upgrade
-from common.keys import create_key
 from common.models import Dataset, Job
 from common.refs import check_model_ref
 from common.settings import Settings
 from core.errors import SpecError
+from tests.unit.service import Service, with_field
 
 pytestmark = pytest.mark.unit
 
@@ -36,18 +31,10 @@ BODY: dict[str, Any] = {
 MIB = 1 << 20
 
 
-class Svc:
+class Svc(Service):
     def __init__(self, tmp: Path, **overrides: Any) -> None:
-        self.settings = Settings(data_dir=tmp, **overrides)
-        self.url = self.settings.resolved_database_url
-        upgrade(self.url)
-        with session_scope(self.url) as s:
-            self.key = create_key(s, "acme", "ci").secret
-        self.client = TestClient(create_app(self.settings), headers={"Authorization": f"Bearer {self.key}"})
-
-    def count(self, model: type[Any]) -> int:
-        with session_scope(self.url) as s:
-            return int(s.scalar(select(func.count()).select_from(model)) or 0)
+        super().__init__(tmp, **overrides)
+        self.client.headers["Authorization"] = f"Bearer {self.key}"  # every request is acme's
 
     def stored_datasets(self) -> list[Path]:
         root = self.settings.resolved_artifacts_dir / "datasets"
@@ -152,16 +139,6 @@ def test_upload_type_and_content_are_checked(svc: Svc, filename: str, content: b
 # --- spec bounds --------------------------------------------------------------------------------
 
 
-def _with(path: str, value: Any) -> dict[str, Any]:
-    body: dict[str, Any] = copy.deepcopy(BODY)
-    *parents, leaf = path.split(".")
-    node = body
-    for p in parents:
-        node = node.setdefault(p, {})
-    node[leaf] = value
-    return body
-
-
 @pytest.mark.parametrize(
     ("param", "value", "limit"),
     [
@@ -173,9 +150,11 @@ def _with(path: str, value: Any) -> dict[str, Any]:
 )
 def test_sizes_are_bounded_by_settings(tmp_path: Path, param: str, value: int, limit: str) -> None:
     svc = Svc(tmp_path, max_samples=64, max_seq_len=256, max_eval_windows=10)
-    err = _error(svc.client.post("/v1/jobs", json=_with(param, value)), 422)
+    err = _error(svc.client.post("/v1/jobs", json=with_field(BODY, param, value)), 422)
     assert err["param"] == param and f"limit of {limit}" in err["message"]
-    assert svc.client.post("/v1/jobs", json=_with(param, value - 1)).status_code == 201  # at the limit: fine
+    assert (
+        svc.client.post("/v1/jobs", json=with_field(BODY, param, value - 1)).status_code == 201
+    )  # at the limit: fine
 
 
 # --- model references ---------------------------------------------------------------------------
@@ -250,7 +229,7 @@ def test_s3_model_roots_restrict_s3_models() -> None:
 
 
 def test_the_api_names_the_field_for_a_bad_model(svc: Svc) -> None:
-    err = _error(svc.client.post("/v1/jobs", json=_with("model", "file:///etc/passwd")), 422)
+    err = _error(svc.client.post("/v1/jobs", json=with_field(BODY, "model", "file:///etc/passwd")), 422)
     assert err["param"] == "model" and "file://" in err["message"]
     assert svc.count(Job) == 0
 

@@ -3,7 +3,6 @@ isolation, validation errors naming the field, pagination, cancel, datasets, rea
 
 from __future__ import annotations
 
-import copy
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,12 +12,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from common.db import session_scope, upgrade
+from common.db import session_scope
 from common.jobs import set_status
 from common.keys import create_key, revoke
 from common.models import Artifact, Job
 from common.settings import Settings
 from common.states import JobStatus
+from tests.unit.service import Service, with_field
 
 pytestmark = pytest.mark.unit
 
@@ -31,24 +31,12 @@ BODY: dict[str, Any] = {
 }
 
 
-class Svc:
+class Svc(Service):
     def __init__(self, tmp: Path) -> None:
-        self.settings = Settings(data_dir=tmp, max_samples=256)
-        self.url = self.settings.resolved_database_url
-        upgrade(self.url)
-        with session_scope(self.url) as s:
-            self.key = create_key(s, "acme", "ci").secret
-            self.other = create_key(s, "rival", "theirs").secret
-        self.client = TestClient(create_app(self.settings))
-
-    def h(self, key: str | None = None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key or self.key}"}
+        super().__init__(tmp, max_samples=256)
 
     def submit(self, body: dict[str, Any] | None = None, key: str | None = None) -> Any:
         return self.client.post("/v1/jobs", json=body or BODY, headers=self.h(key))
-
-    def queued_messages(self) -> int:
-        return len(list((self.settings.broker_folder / "queue").glob("*.msg")))
 
 
 @pytest.fixture()
@@ -116,37 +104,30 @@ def test_other_team_gets_404_everywhere(svc: Svc) -> None:
     assert svc.client.get(f"/v1/jobs/{job_id}", headers=svc.h()).json()["status"] == "queued"  # untouched
 
 
-def _with(path: str, value: Any) -> dict[str, Any]:
-    body: dict[str, Any] = copy.deepcopy(BODY)
-    *parents, leaf = path.split(".")
-    node = body
-    for p in parents:
-        node = node.setdefault(p, {})
-    node[leaf] = value
-    return body
-
-
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        (_with("method.pruner", "random"), "method.pruner"),
-        (_with("method.bogus", 1), "method.bogus"),
-        (_with("method.induction.epochs", "two"), "method.induction.epochs"),
-        (_with("method.induction.epochs", 0), "method.induction.epochs"),  # engine range check
-        (_with("sparsity", "3:2"), "sparsity"),
-        (_with("sparsity", 1.5), "sparsity"),
-        (_with("sparsity", True), "sparsity"),
-        (_with("calibration.samples", "32"), "calibration.samples"),
-        (_with("calibration.samples", 257), "calibration.samples"),  # above the service limit
-        (_with("calibration.source", "/etc/passwd"), "calibration.source"),
-        (_with("calibration.source", "ds_000000000000000000000000"), "calibration.source"),
-        (_with("evaluation.sources", ["pydoc", "ds_000000000000000000000000"]), "evaluation.sources[1]"),
-        (_with("model", "/etc"), "model"),
-        (_with("model", "../../etc/passwd"), "model"),
-        (_with("model", "not a model!"), "model"),
-        (_with("extra", 1), "extra"),
+        (with_field(BODY, "method.pruner", "random"), "method.pruner"),
+        (with_field(BODY, "method.bogus", 1), "method.bogus"),
+        (with_field(BODY, "method.induction.epochs", "two"), "method.induction.epochs"),
+        (with_field(BODY, "method.induction.epochs", 0), "method.induction.epochs"),  # engine range check
+        (with_field(BODY, "sparsity", "3:2"), "sparsity"),
+        (with_field(BODY, "sparsity", 1.5), "sparsity"),
+        (with_field(BODY, "sparsity", True), "sparsity"),
+        (with_field(BODY, "calibration.samples", "32"), "calibration.samples"),
+        (with_field(BODY, "calibration.samples", 257), "calibration.samples"),  # above the service limit
+        (with_field(BODY, "calibration.source", "/etc/passwd"), "calibration.source"),
+        (with_field(BODY, "calibration.source", "ds_000000000000000000000000"), "calibration.source"),
+        (
+            with_field(BODY, "evaluation.sources", ["pydoc", "ds_000000000000000000000000"]),
+            "evaluation.sources[1]",
+        ),
+        (with_field(BODY, "model", "/etc"), "model"),
+        (with_field(BODY, "model", "../../etc/passwd"), "model"),
+        (with_field(BODY, "model", "not a model!"), "model"),
+        (with_field(BODY, "extra", 1), "extra"),
         ({k: v for k, v in BODY.items() if k != "model"}, "model"),
-        (_with("method.allocation", "owl"), "method.allocation"),  # OWL with N:M: engine semantics
+        (with_field(BODY, "method.allocation", "owl"), "method.allocation"),  # OWL with N:M: engine semantics
     ],
 )
 def test_bad_bodies_are_422_naming_the_field(svc: Svc, body: dict[str, Any], param: str) -> None:
@@ -164,10 +145,10 @@ def test_invalid_json_is_422(svc: Svc) -> None:
 
 def test_local_models_only_under_roots(svc: Svc) -> None:
     inside = svc.settings.data_dir.resolve() / "models" / "tiny"
-    assert svc.submit(_with("model", str(inside))).status_code == 201
-    assert svc.submit(_with("model", "HuggingFaceTB/SmolLM2-135M")).status_code == 201
-    assert svc.submit(_with("model", "s3://bucket/models/tiny")).status_code == 201
-    assert svc.submit(_with("model", str(inside / ".." / ".." / ".."))).status_code == 422
+    assert svc.submit(with_field(BODY, "model", str(inside))).status_code == 201
+    assert svc.submit(with_field(BODY, "model", "HuggingFaceTB/SmolLM2-135M")).status_code == 201
+    assert svc.submit(with_field(BODY, "model", "s3://bucket/models/tiny")).status_code == 201
+    assert svc.submit(with_field(BODY, "model", str(inside / ".." / ".." / ".."))).status_code == 422
 
 
 def test_list_pagination_and_filter(svc: Svc) -> None:
@@ -261,8 +242,8 @@ def test_datasets(svc: Svc) -> None:
     assert [d["id"] for d in svc.client.get("/v1/datasets", headers=svc.h()).json()["data"]] == [ds["id"]]
     assert svc.client.get("/v1/datasets", headers=svc.h(svc.other)).json()["data"] == []
     # usable by its team, unknown to another
-    assert svc.submit(_with("calibration.source", ds["id"])).status_code == 201
-    r = svc.submit(_with("evaluation.sources", [ds["id"]]), key=svc.other)
+    assert svc.submit(with_field(BODY, "calibration.source", ds["id"])).status_code == 201
+    r = svc.submit(with_field(BODY, "evaluation.sources", [ds["id"]]), key=svc.other)
     assert r.status_code == 422 and r.json()["error"]["param"] == "evaluation.sources[0]"
 
     for name, content in [
