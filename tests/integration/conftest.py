@@ -77,6 +77,28 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
     return int(proc.returncode)
 
 
+def stack_env(
+    tmp: Path, database_url: str, queue: str, s3: dict[str, str], models: dict[str, Path]
+) -> dict[str, str]:
+    """The environment of a production-shaped stack: Postgres, the shared Redis (own queue), the
+    moto S3 server, models under the tiny models' folder, CPU; state and caches under ``tmp``."""
+    return {
+        **os.environ,
+        "SPRUCE_DATA_DIR": str(tmp / "data"),
+        "SPRUCE_DATABASE_URL": database_url,
+        "SPRUCE_BROKER_URL": f"{REDIS}/{REDIS_DB}",
+        "SPRUCE_QUEUE": queue,
+        "SPRUCE_STORAGE": "s3",
+        "SPRUCE_S3_BUCKET": s3["bucket"],
+        "SPRUCE_S3_ENDPOINT_URL": s3["endpoint"],
+        "SPRUCE_S3_ACCESS_KEY_ID": "test",
+        "SPRUCE_S3_SECRET_ACCESS_KEY": "test",
+        "SPRUCE_MODEL_ROOTS": str(models["tiny"].parent),
+        "SPRUCE_DEVICE": "cpu",
+        "SPRUCE_CACHE_DIR": str(tmp / "cache"),
+    }
+
+
 @contextmanager
 def api_and_worker(
     env: dict[str, str],
@@ -213,23 +235,11 @@ def stack(
     tmp = tmp_path_factory.mktemp("stack")
     queue = f"spruce-test-{secrets.token_hex(4)}"
     env = {
-        **os.environ,
-        "SPRUCE_DATA_DIR": str(tmp / "data"),
-        "SPRUCE_DATABASE_URL": pg_url,
-        "SPRUCE_BROKER_URL": f"{REDIS}/{REDIS_DB}",
-        "SPRUCE_QUEUE": queue,
-        "SPRUCE_STORAGE": "s3",
-        "SPRUCE_S3_BUCKET": s3["bucket"],
-        "SPRUCE_S3_ENDPOINT_URL": s3["endpoint"],
-        "SPRUCE_S3_ACCESS_KEY_ID": "test",
-        "SPRUCE_S3_SECRET_ACCESS_KEY": "test",
-        "SPRUCE_MODEL_ROOTS": str(models["tiny"].parent),
-        "SPRUCE_DEVICE": "cpu",
+        **stack_env(tmp, pg_url, queue, s3, models),
         "SPRUCE_PROGRESS_INTERVAL": "0.2",
         "SPRUCE_CANCEL_CHECK_INTERVAL": "0.2",
         "SPRUCE_MAX_RETRIES": "1",
         "SPRUCE_RETRY_BACKOFF": "1",
-        "SPRUCE_CACHE_DIR": str(tmp / "cache"),
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
     }

@@ -23,7 +23,16 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from tests.integration.conftest import PG_ADMIN, REDIS, REDIS_DB, ROOT, WORKER_CMD, stop, wait_until
+from tests.integration.conftest import (
+    PG_ADMIN,
+    REDIS,
+    REDIS_DB,
+    ROOT,
+    WORKER_CMD,
+    stack_env,
+    stop,
+    wait_until,
+)
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -200,21 +209,7 @@ def fleet(s3: dict[str, str], models: dict[str, Path], tmp_path: Path) -> Iterat
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
     queue = f"spruce-faults-{secrets.token_hex(4)}"
-    env = {
-        **os.environ,
-        **FAST,
-        "SPRUCE_DATA_DIR": str(tmp_path / "data"),
-        "SPRUCE_DATABASE_URL": url,
-        "SPRUCE_BROKER_URL": f"{REDIS}/{REDIS_DB}",
-        "SPRUCE_QUEUE": queue,
-        "SPRUCE_STORAGE": "s3",
-        "SPRUCE_S3_BUCKET": s3["bucket"],
-        "SPRUCE_S3_ENDPOINT_URL": s3["endpoint"],
-        "SPRUCE_S3_ACCESS_KEY_ID": "test",
-        "SPRUCE_S3_SECRET_ACCESS_KEY": "test",
-        "SPRUCE_MODEL_ROOTS": str(models["tiny"].parent),
-        "SPRUCE_CACHE_DIR": str(tmp_path / "cache"),
-    }
+    env = {**stack_env(tmp_path, url, queue, s3, models), **FAST}
     fleet = Fleet(env=env, tmp=tmp_path, team_id=_team(url))
     try:
         yield fleet
