@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from core.spec import (
     ALLOCATIONS,
     DTYPES,
+    FIT_TARGETS,
     PRUNERS,
     Allocation,
     CompressionSpec,
@@ -70,6 +71,10 @@ class Method(BaseModel):
     owl_m: float = Field(default=_d("owl_m"))
     blocksize: int = Field(default=_d("blocksize"))
     dampening: float = Field(default=_d("dampening"))
+    fit_to: str = Field(
+        default=_d("fit_to"),
+        description=f"SparseGPT: fit the pruned layer to the dense 'model' or to the dense 'layer'; one of {FIT_TARGETS}",
+    )
 
 
 class Options(BaseModel):

@@ -48,13 +48,25 @@ TARGETS: tuple[tuple[str, str], ...] = (
 
 
 def _body(
-    pruner: str, sparsity: str, allocation: str, induction: bool, samples: int, dense: bool
+    pruner: str,
+    sparsity: str,
+    allocation: str,
+    induction: bool,
+    samples: int,
+    dense: bool,
+    seed: int = 0,
+    method: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "model": "smollm2-135m",
         "sparsity": sparsity if ":" in sparsity else float(sparsity),
-        "method": {"pruner": pruner, "allocation": allocation, "induction": {"enabled": induction}},
-        "calibration": {"source": "pydoc", "samples": samples, "seq_len": 512, "seed": 0},
+        "method": {
+            "pruner": pruner,
+            "allocation": allocation,
+            "induction": {"enabled": induction},
+            **(method or {}),
+        },
+        "calibration": {"source": "pydoc", "samples": samples, "seq_len": 512, "seed": seed},
         "evaluation": {"sources": ["pydoc"], "seq_len": 512, "max_windows": 40, "dense": dense},
     }
 
@@ -127,13 +139,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", default=None, help="pruner:sparsity[:owl], e.g. wanda:2:4")
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0, help="calibration sampling seed (BENCHMARK.md: 0)")
+    ap.add_argument(
+        "--method",
+        type=json.loads,
+        default=None,
+        help="extra method settings as JSON, e.g. '{\"dampening\": 0.1}'",
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
     configs = [(p, s, a) for p in PRUNERS for s, a in TARGETS]
     if args.only:
         wanted = set(args.only)
-        configs = [(p, s, a) for p, s, a in configs if f"{p}:{s}" in wanted or f"{p}:{s}:{a}" in wanted]
+        # "wanda:0.7" is the uniform row, "wanda:0.7:owl" the OWL one
+        configs = [
+            (p, s, a) for p, s, a in configs if (f"{p}:{s}" if a == "uniform" else f"{p}:{s}:{a}") in wanted
+        ]
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.induction]
     rows: list[dict[str, Any]] = []
     dense = None
@@ -142,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         for induction in modes:
             label = f"{pruner} {sparsity}{' owl' if allocation == 'owl' else ''}{' +SI' if induction else ''}"
             key = f"{pruner}:{sparsity}" if allocation == "uniform" else ""
-            body = _body(pruner, sparsity, allocation, induction, args.samples, dense is None)
+            body = _body(
+                pruner, sparsity, allocation, induction, args.samples, dense is None, args.seed, args.method
+            )
             report = run_one(body, args.threads)
             dense = dense or report["perplexity"]["dense"]["pydoc"]
             rows.append(row_of(label, key, report))

@@ -76,7 +76,8 @@ def token_spans(tokenizer) -> tuple[list[int], list[int]]:
 def calibration_rows(span: list[int]) -> list[list[int]]:
     import torch
 
-    offsets = torch.randint(0, len(span) - SEQ_LEN, (SAMPLES,), generator=torch.Generator().manual_seed(SEED))
+    seed = int(os.environ.get("SPRUCE_REF_SEED", SEED))  # --seed, passed to the worker process
+    offsets = torch.randint(0, len(span) - SEQ_LEN, (SAMPLES,), generator=torch.Generator().manual_seed(seed))
     return [span[o : o + SEQ_LEN] for o in offsets.tolist()]
 
 
@@ -264,8 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run magnitude through oneshot as-is (shows that it leaves the weights dense)",
     )
+    ap.add_argument("--seed", type=int, default=SEED, help="calibration sampling seed (BENCHMARK.md: 0)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if not args.worker:  # the worker inherits the variable (its own --seed stays the default)
+        os.environ["SPRUCE_REF_SEED"] = str(args.seed)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     if args.worker:

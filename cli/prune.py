@@ -43,6 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dampening", type=float, default=0.01, help="SparseGPT dampening (fraction of mean diag H)"
     )
+    p.add_argument(
+        "--fit-to",
+        choices=["auto", "model", "layer"],
+        default="auto",
+        help="SparseGPT: fit each pruned layer to the dense model's outputs or to the dense layer's "
+        "(auto: model)",
+    )
     p.add_argument("--owl-lambda", type=float, default=0.08)
     p.add_argument("--owl-m", type=float, default=5.0)
     p.add_argument("--induction", action="store_true", help="run Sparsity Induction before pruning")
@@ -88,6 +95,7 @@ def spec_body(args: argparse.Namespace) -> dict[str, Any]:
             "induction": induction,
             "blocksize": args.blocksize,
             "dampening": args.dampening,
+            "fit_to": args.fit_to,
             "owl_lambda": args.owl_lambda,
             "owl_m": args.owl_m,
         },

@@ -30,7 +30,7 @@ from core.progress import Progress, ProgressFn, StopFn, overall_fraction
 from core.pruners import prune_weight, reconstruction_error, wanda_scores
 from core.sparsity import LayerTarget, nm_ok, sparsity_of
 from core.spec import CompressionSpec
-from core.walker import LayerBatch, capture_inputs, collect_stats, run_layer, walk
+from core.walker import LayerBatch, capture_inputs, collect_paired_stats, collect_stats, run_layer, walk
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def _resume(
     layers = decoder_layers(model, arch)
     try:
         check_fits(state, len(layers), [{k: v.shape for k, v in m.state_dict().items()} for m in layers])
-        if [tuple(h.shape[:2]) for h in state.last.hidden] != token_shapes:
+        if [tuple(h.shape[:2]) for h in state.last.hidden[: len(token_shapes)]] != token_shapes:
             raise CheckpointMismatch("its hidden states were computed on other calibration batches")
     except CheckpointMismatch as exc:
         # Not a silent fallback: the run is correct from scratch, and the log says why it restarted.
@@ -386,6 +386,9 @@ def _prune_layers(
     fact: list[dict[str, Any]] = list(meta.get("fact", []))
     dense_out: list[list[torch.Tensor]] = []
     needs_stats = spec.pruner != "magnitude"
+    # fit_to="model": the dense model's own activations walk alongside the pruned model's.
+    paired = spec.fits_dense_model
+    dense_stream: list[torch.Tensor] = []
 
     def visit(i: int, layer: nn.Module, batches: list[LayerBatch]) -> None:
         target = LayerTarget.from_sparsity(spec.sparsity, None if spec.sparsity.is_nm else ratios[i])
@@ -408,7 +411,12 @@ def _prune_layers(
             row["induction"] = rep.induction_row(result)
             row["induction_seconds"] = result.seconds
         start = time.perf_counter()
-        if needs_stats:
+        if paired:
+            stats, outputs, dense_next = collect_paired_stats(
+                layer, arch, batches, dense_stream, device=device
+            )
+            dense_stream[:] = dense_next
+        elif needs_stats:
             stats, outputs = collect_stats(
                 layer, arch, batches, device=device, want_hessian=spec.pruner == "sparsegpt"
             )
@@ -429,13 +437,15 @@ def _prune_layers(
         row["rel_error"] = _relative_error(dense_out.pop(), outputs)
         row["sparsity"] = _layer_sparsity(row["linears"])
         if save is not None:
-            save(i, outputs, rows, fact)
+            save(i, [*outputs, *dense_stream], rows, fact)
 
     batches = _calibration_batches(loaded, calib, spec, device)
     start = 0
     if resume is not None:
         start = resume.next_layer
-        batches = _resumed_batches(batches, resume, start)
+        batches, dense_stream = _resumed_batches(batches, resume, start, paired)
+    elif paired:
+        dense_stream = [b.hidden for b in batches]
     walk(
         loaded.model,
         arch,
@@ -450,12 +460,18 @@ def _prune_layers(
     return rows, fact
 
 
-def _resumed_batches(batches: list[LayerBatch], resume: ResumeState, start: int) -> list[LayerBatch]:
-    """The inputs of layer ``start``: the saved hidden states with this run's captured kwargs."""
+def _resumed_batches(
+    batches: list[LayerBatch], resume: ResumeState, start: int, paired: bool
+) -> tuple[list[LayerBatch], list[torch.Tensor]]:
+    """The inputs of layer ``start``: the saved hidden states with this run's captured kwargs, and
+    (``paired``) the dense model's inputs of that layer, saved after the pruned model's."""
     hidden = resume.last.hidden
-    if [h.shape for h in hidden] != [b.hidden.shape for b in batches]:  # _resume checked [b, seq] already
+    shapes = [b.hidden.shape for b in batches] * (2 if paired else 1)
+    if [h.shape for h in hidden] != shapes:  # _resume checked [b, seq] already
         raise CheckpointMismatch("the checkpoint's hidden states do not fit this run's calibration batches")
-    return [b.advance(h.to(b.hidden.device), start) for b, h in zip(batches, hidden, strict=True)]
+    resumed = [b.advance(h.to(b.hidden.device), start) for b, h in zip(batches, hidden, strict=False)]
+    dense = [h.to(b.hidden.device) for b, h in zip(batches, hidden[len(batches) :], strict=False)]
+    return resumed, dense
 
 
 def _prune_linears(

@@ -21,31 +21,43 @@ class InputStats:
     n: int  # rows (tokens) seen
     sq_sum: torch.Tensor  # [in] sum over tokens of x_j^2
     H: torch.Tensor | None  # [in, in] sum over tokens of x x^T; None when not wanted
+    # [in, in] sum over tokens of (x_dense - x) x^T: how the dense model's input to this linear
+    # differs from the pruned model's, seen from the pruned input; None unless dense targets are on.
+    G: torch.Tensor | None = None
 
     @classmethod
-    def new(cls, in_features: int, *, device: torch.device | str, want_hessian: bool) -> InputStats:
+    def new(
+        cls, in_features: int, *, device: torch.device | str, want_hessian: bool, want_cross: bool = False
+    ) -> InputStats:
         sq_sum = torch.zeros(in_features, dtype=torch.float32, device=device)
-        H = (
-            torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
-            if want_hessian
-            else None
-        )
-        return cls(n=0, sq_sum=sq_sum, H=H)
 
-    def update(self, x: torch.Tensor) -> None:
-        """Add a batch ``x`` of shape [..., in] (any float dtype, any device)."""
+        def square() -> torch.Tensor:
+            return torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+
+        return cls(
+            n=0, sq_sum=sq_sum, H=square() if want_hessian else None, G=square() if want_cross else None
+        )
+
+    def update(self, x: torch.Tensor, x_dense: torch.Tensor | None = None) -> None:
+        """Add a batch ``x`` of shape [..., in] (any float dtype, any device); with cross statistics,
+        ``x_dense`` is the dense model's input to the same linear on the same tokens."""
+        X = self._rows(x)  # [rows, in]
+        self.n += X.shape[0]
+        self.sq_sum += X.square().sum(dim=0)  # [in]
+        if self.H is not None:
+            self.H.addmm_(X.T, X)  # [in, in] += X^T X
+        if self.G is not None:
+            if x_dense is None or x_dense.shape != x.shape:
+                raise SystemFault("cross statistics need the dense input of every batch, shaped like x")
+            self.G.addmm_((self._rows(x_dense) - X).T, X)  # [in, in] += (X_d - X)^T X
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
         in_features = self.sq_sum.shape[0]
         if x.shape[-1] != in_features:
             raise SystemFault(
                 f"InputStats expects inputs with {in_features} features, got shape {tuple(x.shape)}"
             )
-        X = (
-            x.detach().reshape(-1, in_features).to(device=self.sq_sum.device, dtype=torch.float32)
-        )  # [rows, in]
-        self.n += X.shape[0]
-        self.sq_sum += X.square().sum(dim=0)  # [in]
-        if self.H is not None:
-            self.H.addmm_(X.T, X)  # [in, in] += X^T X
+        return x.detach().reshape(-1, in_features).to(device=self.sq_sum.device, dtype=torch.float32)
 
     @property
     def col_norm(self) -> torch.Tensor:
@@ -59,3 +71,11 @@ class InputStats:
         if self.n == 0:
             raise SystemFault("InputStats has seen no inputs: the Hessian is undefined")
         return self.H * (2.0 / self.n)
+
+    def cross(self) -> torch.Tensor | None:
+        """[in, in] (X_d - X)^T X on the scale of ``hessian()``; None without cross statistics."""
+        if self.G is None:
+            return None
+        if self.n == 0:
+            raise SystemFault("InputStats has seen no inputs: the cross statistics are undefined")
+        return self.G * (2.0 / self.n)

@@ -10,6 +10,7 @@ the store device, so peak device memory is one layer plus one batch of its activ
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -118,6 +119,50 @@ def collect_stats(
         for handle in handles:
             handle.remove()
     return stats, outputs
+
+
+def collect_paired_stats(
+    layer: nn.Module, arch: ArchSpec, batches: list[LayerBatch], dense: list[Tensor], *, device: Device
+) -> tuple[dict[str, InputStats], list[Tensor], list[Tensor]]:
+    """``collect_stats`` with SparseGPT's Hessian and, for the two linears that write into the
+    residual stream (o and down / fc2), the cross statistics between the pruned model's inputs
+    (``batches``) and the dense model's inputs of the same tokens.
+
+    Only the residual writers: fitting the readers (q/k/v, gate/up) to the dense model's outputs
+    made SparseGPT's layers worse against the dense model on SmolLM2, even on the calibration
+    text (their outputs pass through softmax / the activation before anything adds up, and the
+    drift they see is carried by the residual stream anyway); fitting o and down lowered it.
+
+    ``dense`` holds the dense model's input of this layer for each batch. Per batch the layer runs
+    twice with the same (not yet pruned) weights: on the dense input, where the pre-hooks only keep
+    each group's input, then on the pruned input, where they accumulate both into ``InputStats``.
+    Returns (stats, outputs on ``batches``, outputs on ``dense``: the dense model's next inputs).
+    """
+    linears = layer_linears(layer, arch)
+    stats: dict[str, InputStats] = {}
+    kept: dict[str, Tensor] = {}  # group's first linear -> its dense input of the current batch
+    handles = []
+    try:
+        for group in input_groups(arch):
+            first = linears[group[0]]
+            cross = group[0] in (arch.o, arch.mlp_out)
+            shared = InputStats.new(first.in_features, device=device, want_hessian=True, want_cross=cross)
+            for name in group:
+                stats[name] = shared
+            handles.append(first.register_forward_pre_hook(_pair_into(shared, group[0], kept, cross)))
+        outputs: list[Tensor] = []
+        dense_outputs: list[Tensor] = []
+        for batch, hidden in zip(batches, dense, strict=True):
+            kept.clear()
+            kept[_DENSE_PASS] = hidden  # a marker: the hooks only keep inputs during this pass
+            dense_outputs += run_layer(layer, [dataclasses.replace(batch, hidden=hidden)], device=device)
+            del kept[_DENSE_PASS]
+            outputs += run_layer(layer, [batch], device=device)
+        kept.clear()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return stats, outputs, dense_outputs
 
 
 def walk(
@@ -252,6 +297,25 @@ def move_module(module: nn.Module, device: Device) -> None:
 def _accumulate_into(stats: InputStats) -> Callable[[nn.Module, tuple], None]:
     def hook(module: nn.Module, args: tuple) -> None:
         stats.update(args[0])
+
+    return hook
+
+
+_DENSE_PASS = "<dense pass>"
+
+
+def _pair_into(
+    stats: InputStats, key: str, kept: dict[str, Tensor], cross: bool
+) -> Callable[[nn.Module, tuple], None]:
+    """During the dense pass: keep the input (``cross``) or ignore it; then accumulate the pruned
+    input (with the kept dense one)."""
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        if _DENSE_PASS in kept:
+            if cross:
+                kept[key] = args[0].detach()
+        else:
+            stats.update(args[0], kept.pop(key) if cross else None)
 
     return hook
 

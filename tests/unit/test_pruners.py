@@ -288,3 +288,53 @@ def test_hinv_factor_is_the_upper_cholesky_factor_of_the_damped_inverse() -> Non
     Hinv = torch.linalg.inv(Hd)
     UtU = factor.Hinv.double().T @ factor.Hinv.double()
     torch.testing.assert_close(UtU, Hinv, rtol=1e-3, atol=1e-5 * float(Hinv.abs().max()))
+
+
+def _paired_layer(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, InputStats]:
+    """W, the pruned model's inputs X, the dense model's inputs X_d (X plus a drift correlated
+    with X, as earlier pruned layers leave it) and the paired stats of the two."""
+    W, _ = layer(seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    X = torch.randn(512, IN, generator=g) @ torch.randn(IN, IN, generator=g) / IN**0.5  # [tokens, in]
+    X_d = X + 0.3 * X @ torch.randn(IN, IN, generator=g) / IN**0.5 + 0.05 * torch.randn(512, IN, generator=g)
+    paired = InputStats.new(IN, device="cpu", want_hessian=True, want_cross=True)
+    paired.update(X, X_d)
+    return W, X, X_d, paired
+
+
+def test_dense_target_with_equal_inputs_is_the_weight_itself() -> None:
+    W, _ = layer()
+    X = torch.randn(256, IN)
+    paired = InputStats.new(IN, device="cpu", want_hessian=True, want_cross=True)
+    paired.update(X, X.clone())
+    assert torch.equal(paired.cross(), torch.zeros(IN, IN))
+    a = prune_weight(W, "sparsegpt", LayerTarget(0.5), paired, blocksize=BLOCK)
+    plain = InputStats.new(IN, device="cpu", want_hessian=True)
+    plain.update(X)
+    b = prune_weight(W, "sparsegpt", LayerTarget(0.5), plain, blocksize=BLOCK)
+    assert torch.equal(a.W, b.W)
+
+
+@pytest.mark.parametrize("target", [LayerTarget(0.5), LayerTarget(0.7), LayerTarget(0.5, 2, 4)])
+def test_fitting_the_dense_model_reproduces_its_output_better(target: LayerTarget) -> None:
+    W, X, X_d, paired = _paired_layer()
+    plain = InputStats.new(IN, device="cpu", want_hessian=True)
+    plain.update(X)
+
+    to_model = prune_weight(W, "sparsegpt", target, paired, blocksize=BLOCK)
+    to_layer = prune_weight(W, "sparsegpt", target, plain, blocksize=BLOCK)
+
+    def error(W_new: torch.Tensor) -> float:  # against the dense model's output W X_d
+        return float((X_d @ W.T - X @ W_new.T).square().sum() / (X_d @ W.T).square().sum())
+
+    assert error(to_model.W) < 0.8 * error(to_layer.W)
+    assert sparsity_of(to_model.W) == pytest.approx(target.ratio, abs=1e-6)
+    if target.is_nm:
+        assert nm_ok(to_model.W, target.n, target.m)
+
+
+def test_cross_statistics_need_the_dense_input() -> None:
+    paired = InputStats.new(IN, device="cpu", want_hessian=True, want_cross=True)
+    with pytest.raises(SystemFault, match="dense input"):
+        paired.update(torch.randn(4, IN))
+    assert InputStats.new(IN, device="cpu", want_hessian=True).cross() is None

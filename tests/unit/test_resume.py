@@ -77,6 +77,8 @@ def assert_same_run(resumed: dict[str, Any], reference: dict[str, Any], out: Pat
 CASES = [
     pytest.param("llama", {"pruner": "wanda"}, [1], id="llama-wanda"),
     pytest.param("opt", {"pruner": "sparsegpt", "allocation": "owl"}, [0], id="opt-sparsegpt-owl"),
+    # fit_to="model" walks the dense model's activations too: they are saved and resumed as well.
+    pytest.param("llama", {"pruner": "sparsegpt", "fit_to": "model"}, [1], id="llama-sparsegpt-fit-model"),
     # Induction draws from the run's generator: the resumed run must continue its stream.
     pytest.param(
         "qwen2",

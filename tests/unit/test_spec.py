@@ -70,6 +70,8 @@ def test_body_round_trips():
         ("method.induction.mask", "foo", "method.induction.mask"),
         ("method.induction.enabled", "yes", "method.induction.enabled"),
         ("method.dampening", -1, "method.dampening"),
+        ("method.fit_to", "everything", "method.fit_to"),
+        ("method.fit_to", "model", "method.fit_to"),  # BODY's pruner is wanda: no weight update
         ("model", "", "model"),
         ("colour", "blue", "colour"),
         ("calibration.colour", "blue", "calibration.colour"),
@@ -90,6 +92,16 @@ def test_owl_needs_an_unstructured_ratio():
     assert err.value.param == "method.allocation"
     spec = CompressionSpec.from_dict(_with("method.allocation", "owl") | {"sparsity": 0.7})
     assert spec.allocation == "owl"
+
+
+def test_fit_to_model_is_a_sparsegpt_setting():
+    body = _with("method.pruner", "sparsegpt")
+    body["method"]["fit_to"] = "model"
+    spec = CompressionSpec.from_dict(body)
+    assert spec.fit_to == "model" and CompressionSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(SpecError, match="sparsegpt") as err:
+        CompressionSpec.from_dict(_with("method.fit_to", "model"))
+    assert err.value.param == "method.fit_to"
 
 
 def test_induction_is_valid_with_every_pruner_and_structure():

@@ -10,7 +10,7 @@ from core.arch import arch_for, decoder_layers, input_groups, layer_linears
 from core.errors import Cancelled
 from core.evaluate import output_head
 from core.stats import InputStats
-from core.walker import LayerBatch, capture_inputs, collect_stats, run_layer, walk
+from core.walker import LayerBatch, capture_inputs, collect_paired_stats, collect_stats, run_layer, walk
 from tests.tiny import ARCHES, VOCAB, tiny_model
 
 pytestmark = pytest.mark.unit
@@ -154,6 +154,39 @@ def test_collect_stats_matches_statistics_computed_by_hand(name):
     assert stats[arch.q] is not stats[arch.o] and stats[arch.o] is not stats[arch.mlp_out]
     for got, want in zip(outputs, run_layer(layer, batches, device="cpu"), strict=True):
         torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ARCHES)
+def test_paired_stats_pair_each_token_with_its_dense_input(name):
+    model = tiny_model(name)
+    arch = arch_for(model)
+    batches = capture_inputs(model, arch, _ids().split(list(SIZES)), device="cpu")
+    layer = decoder_layers(model, arch)[0]
+    g = torch.Generator().manual_seed(5)
+    dense = [b.hidden + 0.1 * torch.randn(b.hidden.shape, generator=g) for b in batches]
+
+    stats, outputs, dense_out = collect_paired_stats(layer, arch, batches, dense, device="cpu")
+
+    dense_batches = [LayerBatch(h, b.kwargs, b.layer_kwargs) for h, b in zip(dense, batches, strict=True)]
+    X = _inputs_without_hooks(layer, arch, batches)
+    X_d = _inputs_without_hooks(layer, arch, dense_batches)
+    for group in input_groups(arch):
+        path = group[0]
+        writer = path in (arch.o, arch.mlp_out)  # only the residual writers get cross statistics
+        want = InputStats.new(X[path].shape[1], device="cpu", want_hessian=True, want_cross=writer)
+        want.update(X[path], X_d[path] if writer else None)
+        assert stats[path].n == want.n
+        torch.testing.assert_close(stats[path].H, want.H, rtol=1e-5, atol=1e-4)
+        if writer:
+            torch.testing.assert_close(stats[path].G, want.G, rtol=1e-5, atol=1e-4)
+            assert float(stats[path].G.abs().max()) > 0  # the streams differ, so the cross term does
+        else:
+            assert stats[path].G is None
+    assert _hook_count(layer) == 0
+    for got, want_out in zip(outputs, run_layer(layer, batches, device="cpu"), strict=True):
+        torch.testing.assert_close(got, want_out, atol=0, rtol=0)
+    for got, want_out in zip(dense_out, run_layer(layer, dense_batches, device="cpu"), strict=True):
+        torch.testing.assert_close(got, want_out, atol=0, rtol=0)
 
 
 def _hook_count(layer: nn.Module) -> int:
