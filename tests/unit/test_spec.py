@@ -94,6 +94,23 @@ def test_owl_needs_an_unstructured_ratio():
     assert spec.allocation == "owl"
 
 
+@pytest.mark.parametrize(
+    ("pruner", "sparsity", "fit_to", "fits"),
+    [
+        ("sparsegpt", "2:4", "auto", True),
+        ("sparsegpt", 0.7, "auto", True),
+        ("sparsegpt", 0.5, "auto", False),  # measured worse at 50% (docs/pruners.md)
+        ("sparsegpt", 0.5, "model", True),
+        ("sparsegpt", "2:4", "layer", False),
+        ("wanda", "2:4", "auto", False),
+    ],
+)
+def test_auto_fit_follows_the_measured_rule(pruner, sparsity, fit_to, fits):
+    body = _with("method.pruner", pruner) | {"sparsity": sparsity}
+    body["method"]["fit_to"] = fit_to
+    assert CompressionSpec.from_dict(body).fits_dense_model is fits
+
+
 def test_fit_to_model_is_a_sparsegpt_setting():
     body = _with("method.pruner", "sparsegpt")
     body["method"]["fit_to"] = "model"
