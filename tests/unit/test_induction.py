@@ -261,3 +261,28 @@ def test_spec_rejects_bad_induction_settings(field: str, value: object) -> None:
     with pytest.raises(SpecError) as info:
         CompressionSpec.from_dict(body)
     assert info.value.param == f"method.induction.{field}"
+
+
+@pytest.mark.parametrize(
+    ("pruner", "sparsity", "applied"), [("sparsegpt", "2:4", False), ("wanda", "2:4", True)]
+)
+def test_importances_are_not_applied_when_sparsegpt_fits_the_dense_model(
+    tmp_path, pruner: str, sparsity: str, applied: bool
+) -> None:
+    from core.compress import compress
+    from tests.tiny import tiny_model_dir
+
+    model = tiny_model_dir(tmp_path / "models", "llama", layers=2, hidden=64)
+    spec = CompressionSpec.from_dict(
+        {
+            "model": str(model),
+            "sparsity": sparsity,
+            "method": {"pruner": pruner, "induction": {"enabled": True, "batch_size": 2}},
+            "calibration": {"source": "pydoc", "samples": 4, "seq_len": 32, "seed": 1},
+            "evaluation": {"sources": ["none"]},
+        }
+    )
+    assert spec.fits_dense_model is (pruner == "sparsegpt")
+    layers = compress(spec).to_dict()["layers"]
+    assert [row["induction"]["importances_applied"] for row in layers] == [applied, applied]
+    assert all(row["induction"]["info"] for row in layers)  # induction ran and folded either way
