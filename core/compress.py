@@ -394,7 +394,14 @@ def _prune_layers(
         target = LayerTarget.from_sparsity(spec.sparsity, None if spec.sparsity.is_nm else ratios[i])
         row: dict[str, Any] = {"index": i, "target": round(target.ratio, 6), "induction": None}
         col_weights: dict[str, torch.Tensor] = {}
-        if spec.induction.enabled:
+        if spec.induction.enabled and paired:
+            # SparseGPT is invariant to induction's foldable scales (docs/induction.md section 2);
+            # induction reaches it only through per-linear importances and the scale-dependence of
+            # the dampening, both learned and guarded against the paper's fit to the dense layer.
+            # With the fit to the dense model they made SparseGPT 2:4 worse (27.20 -> 28.02 with the
+            # importances, 27.77 with the folded scales alone), so induction is skipped there.
+            row["induction_skipped"] = "sparsegpt fits the dense model (method.fit_to)"
+        elif spec.induction.enabled:
             from core.induction import induce_layer  # torch-heavy training code, only when asked for
 
             result = induce_layer(
@@ -407,13 +414,8 @@ def _prune_layers(
                 spec=spec.induction,
                 generator=generator,
             )
-            # SparseGPT is invariant to the folded scales; induction reaches it only through the
-            # per-linear importances, which are learned (and guarded) against the paper's fit to the
-            # dense layer. With the fit to the dense model they made SparseGPT 2:4 worse (27.20 ->
-            # 28.02), so there the folded transform stays and the importances are not applied.
-            col_weights = {} if paired else result.col_weights
+            col_weights = result.col_weights
             row["induction"] = rep.induction_row(result)
-            row["induction"]["importances_applied"] = not paired
             row["induction_seconds"] = result.seconds
         start = time.perf_counter()
         if paired:
