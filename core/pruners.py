@@ -146,7 +146,7 @@ def sparsegpt(
     splits a group). ``factor`` reuses a factorisation
     from ``inverse_hessian_factor`` (same H) instead of computing one.
 
-    ``cross`` (``InputStats.cross()``, [in, in] = (X_d - X)^T X with X the pruned model's inputs
+    ``cross`` (``InputStats.cross()``, [out, in] = W (X_d - X)^T X with X the pruned model's inputs
     and X_d the dense model's) makes the target the dense model's output W X_d instead of W X:
     see ``dense_target``.
     """
@@ -181,7 +181,7 @@ def dense_target(
     Its ridge is stronger than SparseGPT's dampening: the correction is a regression on the
     calibration tokens, and with 0.01 it fitted them at the cost of held-out text.
     """
-    W32 = W.detach().to(torch.float32)
+    W32 = W.detach().to(torch.float32)  # cross already holds W (X_d - X)^T X: [out, in]
     A = H.detach().to(device=W.device, dtype=torch.float32).clone()  # [in, in]
     dead = A.diagonal() == 0
     A[dead, dead] = 1.0
@@ -189,7 +189,7 @@ def dense_target(
     L, info = torch.linalg.cholesky_ex(A)
     if int(info) != 0:
         raise FactorizationError("the dense-model fit could not factorise the Hessian: degenerate inputs")
-    rhs = (W32 @ cross.to(device=W.device, dtype=torch.float32)).T  # [in, out]
+    rhs = cross.to(device=W.device, dtype=torch.float32).T  # [in, out]
     return W32 + torch.cholesky_solve(rhs, L).T
 
 

@@ -21,35 +21,48 @@ class InputStats:
     n: int  # rows (tokens) seen
     sq_sum: torch.Tensor  # [in] sum over tokens of x_j^2
     H: torch.Tensor | None  # [in, in] sum over tokens of x x^T; None when not wanted
-    # [in, in] sum over tokens of (x_dense - x) x^T: how the dense model's input to this linear
-    # differs from the pruned model's, seen from the pruned input; None unless dense targets are on.
+    # [out, in] sum over tokens of (y_dense - y) x^T for a linear y = W x + b that fits the dense
+    # model (``walker.collect_paired_stats``): y_dense is the same linear's output on the dense
+    # model's input of the token, so y_dense - y = W (x_dense - x), read off the forward passes
+    # instead of multiplied again. None unless asked for.
     G: torch.Tensor | None = None
 
     @classmethod
     def new(
-        cls, in_features: int, *, device: torch.device | str, want_hessian: bool, want_cross: bool = False
+        cls,
+        in_features: int,
+        *,
+        device: torch.device | str,
+        want_hessian: bool,
+        cross_out: int | None = None,
     ) -> InputStats:
+        """``cross_out``: the linear's output size, to accumulate ``G`` too."""
         sq_sum = torch.zeros(in_features, dtype=torch.float32, device=device)
-
-        def square() -> torch.Tensor:
-            return torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
-
-        return cls(
-            n=0, sq_sum=sq_sum, H=square() if want_hessian else None, G=square() if want_cross else None
+        H = (
+            torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+            if want_hessian
+            else None
         )
+        G = (
+            None
+            if cross_out is None
+            else torch.zeros(cross_out, in_features, dtype=torch.float32, device=device)
+        )
+        return cls(n=0, sq_sum=sq_sum, H=H, G=G)
 
-    def update(self, x: torch.Tensor, x_dense: torch.Tensor | None = None) -> None:
+    def update(self, x: torch.Tensor, dy: torch.Tensor | None = None) -> None:
         """Add a batch ``x`` of shape [..., in] (any float dtype, any device); with cross statistics,
-        ``x_dense`` is the dense model's input to the same linear on the same tokens."""
+        ``dy`` [..., out] is y_dense - y of the linear on the same tokens."""
         X = self._rows(x)  # [rows, in]
         self.n += X.shape[0]
         self.sq_sum += X.square().sum(dim=0)  # [in]
         if self.H is not None:
             self.H.addmm_(X.T, X)  # [in, in] += X^T X
         if self.G is not None:
-            if x_dense is None or x_dense.shape != x.shape:
-                raise SystemFault("cross statistics need the dense input of every batch, shaped like x")
-            self.G.addmm_((self._rows(x_dense) - X).T, X)  # [in, in] += (X_d - X)^T X
+            if dy is None or dy.shape[:-1] != x.shape[:-1] or dy.shape[-1] != self.G.shape[0]:
+                raise SystemFault("cross statistics need y_dense - y of every batch, one row per token")
+            dY = dy.detach().reshape(-1, self.G.shape[0]).to(device=self.G.device, dtype=torch.float32)
+            self.G.addmm_(dY.T, X)  # [out, in] += (Y_d - Y)^T X
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         in_features = self.sq_sum.shape[0]
@@ -73,7 +86,7 @@ class InputStats:
         return self.H * (2.0 / self.n)
 
     def cross(self) -> torch.Tensor | None:
-        """[in, in] (X_d - X)^T X on the scale of ``hessian()``; None without cross statistics."""
+        """[out, in] W (X_d - X)^T X on the scale of ``hessian()``; None without cross statistics."""
         if self.G is None:
             return None
         if self.n == 0:

@@ -145,11 +145,16 @@ def collect_paired_stats(
     try:
         for group in input_groups(arch):
             first = linears[group[0]]
-            cross = group[0] in (arch.o, arch.mlp_out)
-            shared = InputStats.new(first.in_features, device=device, want_hessian=True, want_cross=cross)
+            cross = group[0] in (arch.o, arch.mlp_out)  # single-linear groups: G belongs to that linear
+            shared = InputStats.new(
+                first.in_features,
+                device=device,
+                want_hessian=True,
+                cross_out=first.out_features if cross else None,
+            )
             for name in group:
                 stats[name] = shared
-            handles.append(first.register_forward_pre_hook(_pair_into(shared, group[0], kept, cross)))
+            handles.append(first.register_forward_hook(_pair_into(shared, group[0], kept, cross)))
         outputs: list[Tensor] = []
         dense_outputs: list[Tensor] = []
         for batch, hidden in zip(batches, dense, strict=True):
@@ -306,16 +311,16 @@ _DENSE_PASS = "<dense pass>"
 
 def _pair_into(
     stats: InputStats, key: str, kept: dict[str, Tensor], cross: bool
-) -> Callable[[nn.Module, tuple], None]:
-    """During the dense pass: keep the input (``cross``) or ignore it; then accumulate the pruned
-    input (with the kept dense one)."""
+) -> Callable[[nn.Module, tuple, Tensor], None]:
+    """Forward hook. During the dense pass: keep the linear's output (``cross``) or nothing; then
+    accumulate the pruned input, with y_dense - y from the kept output (``cross``)."""
 
-    def hook(module: nn.Module, args: tuple) -> None:
+    def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
         if _DENSE_PASS in kept:
             if cross:
-                kept[key] = args[0].detach()
+                kept[key] = output.detach()
         else:
-            stats.update(args[0], kept.pop(key) if cross else None)
+            stats.update(args[0], kept.pop(key) - output.detach() if cross else None)
 
     return hook
 

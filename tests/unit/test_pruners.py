@@ -297,17 +297,17 @@ def _paired_layer(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     g = torch.Generator().manual_seed(seed + 1)
     X = torch.randn(512, IN, generator=g) @ torch.randn(IN, IN, generator=g) / IN**0.5  # [tokens, in]
     X_d = X + 0.3 * X @ torch.randn(IN, IN, generator=g) / IN**0.5 + 0.05 * torch.randn(512, IN, generator=g)
-    paired = InputStats.new(IN, device="cpu", want_hessian=True, want_cross=True)
-    paired.update(X, X_d)
+    paired = InputStats.new(IN, device="cpu", want_hessian=True, cross_out=OUT)
+    paired.update(X, (X_d - X) @ W.T)  # y_dense - y of the linear
     return W, X, X_d, paired
 
 
 def test_dense_target_with_equal_inputs_is_the_weight_itself() -> None:
     W, _ = layer()
     X = torch.randn(256, IN)
-    paired = InputStats.new(IN, device="cpu", want_hessian=True, want_cross=True)
-    paired.update(X, X.clone())
-    assert torch.equal(paired.cross(), torch.zeros(IN, IN))
+    paired = InputStats.new(IN, device="cpu", want_hessian=True, cross_out=OUT)
+    paired.update(X, X @ W.T - X @ W.T)
+    assert torch.equal(paired.cross(), torch.zeros(OUT, IN))
     a = prune_weight(W, "sparsegpt", LayerTarget(0.5), paired, blocksize=BLOCK)
     plain = InputStats.new(IN, device="cpu", want_hessian=True)
     plain.update(X)
@@ -334,7 +334,9 @@ def test_fitting_the_dense_model_reproduces_its_output_better(target: LayerTarge
 
 
 def test_cross_statistics_need_the_dense_input() -> None:
-    paired = InputStats.new(IN, device="cpu", want_hessian=True, want_cross=True)
-    with pytest.raises(SystemFault, match="dense input"):
+    paired = InputStats.new(IN, device="cpu", want_hessian=True, cross_out=OUT)
+    with pytest.raises(SystemFault, match="y_dense - y"):
         paired.update(torch.randn(4, IN))
+    with pytest.raises(SystemFault, match="y_dense - y"):
+        paired.update(torch.randn(4, IN), torch.randn(4, IN))  # [4, in] is not [4, out]
     assert InputStats.new(IN, device="cpu", want_hessian=True).cross() is None
