@@ -125,7 +125,10 @@ def submissions() -> list[Submission]:
 
 
 def submit_all(service: Service, subs: list[Submission]) -> list[Answer]:
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    # Idle pooled connections expire on the client before uvicorn's 5 s keep-alive closes them:
+    # with equal timeouts a request can go out on a connection the server is closing, which a
+    # busy machine turns into "connection reset by peer" (seen in CI); a POST is not retried.
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS, keepalive_expiry=1.0)
     headers = {"Authorization": f"Bearer {service.key}"}
     # A generous timeout: on a busy 2-core machine 100 requests at once queue behind each other.
     with httpx.Client(base_url=service.url, headers=headers, limits=limits, timeout=120) as client:
