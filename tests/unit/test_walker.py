@@ -133,12 +133,17 @@ def _inputs_without_hooks(layer: nn.Module, arch, batches: list[LayerBatch]) -> 
     return {path: torch.cat(rows) for path, rows in seen.items()}
 
 
-@pytest.mark.parametrize("name", ARCHES)
-def test_collect_stats_matches_statistics_computed_by_hand(name):
+def _first_layer(name: str) -> tuple:
+    """(arch, calibration batches of the first layer, the first layer) of a tiny ``name`` model."""
     model = tiny_model(name)
     arch = arch_for(model)
     batches = capture_inputs(model, arch, _ids().split(list(SIZES)), device="cpu")
-    layer = decoder_layers(model, arch)[0]
+    return arch, batches, decoder_layers(model, arch)[0]
+
+
+@pytest.mark.parametrize("name", ARCHES)
+def test_collect_stats_matches_statistics_computed_by_hand(name):
+    arch, batches, layer = _first_layer(name)
 
     stats, outputs = collect_stats(layer, arch, batches, device="cpu", want_hessian=True)
 
@@ -158,10 +163,7 @@ def test_collect_stats_matches_statistics_computed_by_hand(name):
 
 @pytest.mark.parametrize("name", ARCHES)
 def test_paired_stats_pair_each_token_with_its_dense_input(name):
-    model = tiny_model(name)
-    arch = arch_for(model)
-    batches = capture_inputs(model, arch, _ids().split(list(SIZES)), device="cpu")
-    layer = decoder_layers(model, arch)[0]
+    arch, batches, layer = _first_layer(name)
     g = torch.Generator().manual_seed(5)
     dense = [b.hidden + 0.1 * torch.randn(b.hidden.shape, generator=g) for b in batches]
 
