@@ -134,13 +134,14 @@ def collect_paired_stats(
     drift they see is carried by the residual stream anyway); fitting o and down lowered it.
 
     ``dense`` holds the dense model's input of this layer for each batch. Per batch the layer runs
-    twice with the same (not yet pruned) weights: on the dense input, where the pre-hooks only keep
-    each group's input, then on the pruned input, where they accumulate both into ``InputStats``.
+    twice with the same (not yet pruned) weights: on the dense input, where the hooks only keep each
+    writer's output, then on the pruned input, where they accumulate the input and, for the
+    writers, y_dense - y into ``InputStats``.
     Returns (stats, outputs on ``batches``, outputs on ``dense``: the dense model's next inputs).
     """
     linears = layer_linears(layer, arch)
     stats: dict[str, InputStats] = {}
-    kept: dict[str, Tensor] = {}  # group's first linear -> its dense input of the current batch
+    kept: dict[str, Tensor] = {}  # writer linear -> its output on the current batch's dense input
     handles = []
     try:
         for group in input_groups(arch):
