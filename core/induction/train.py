@@ -147,9 +147,10 @@ def induce_layer(
     T0 = init_transform(plan, stats, spec, pruner, device=device)
     trainer = _Trainer(layer, plan, params, stats, target, pruner, spec, dampening, blocksize, device)
     T, losses = trainer.fit(T0, minibatches, targets, generator)
-    chosen, checks = trainer.choose(
-        {"identity": _identity_like(T0), "init": T0, "trained": T}, minibatches, targets
-    )
+    candidates = {"identity": _identity_like(T0), "init": T0}
+    if losses:  # with no training step "trained" is the init itself
+        candidates["trained"] = T
+    chosen, checks = trainer.choose(candidates, minibatches, targets)
     fold_(layer, plan, chosen[1])
     seconds = time.perf_counter() - start
     info = _info(plan, chosen, checks, spec, pruner, len(losses), seconds)
@@ -629,6 +630,7 @@ def _info(
         "check_losses": {k: round(v, 8) for k, v in checks.items()},
         "losses_per": "step",
         "steps": steps,
+        "epochs": spec.epochs,
         "init": {"statistic": kind, "alpha": alpha},
         "mask": spec.mask,
         "scales": {g: _summary(v) for g, v in s.items()},

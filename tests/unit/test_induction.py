@@ -224,6 +224,22 @@ def test_result_records_settings_curve_and_time() -> None:
     json.dumps(r.info)  # the report stores it as JSON
 
 
+@pytest.mark.parametrize("pruner", ["magnitude", "wanda", "sparsegpt"])
+def test_zero_epochs_keeps_the_statistics_initialisation(pruner: str) -> None:
+    """``epochs: 0``: no training step; the guard chooses between plain pruning and the
+    statistics initialisation (no "trained" candidate, which would be the init itself)."""
+    model = tiny_model("llama")
+    arch = arch_for(model)
+    layer = decoder_layers(model, arch)[0]
+    spec = InductionSpec(enabled=True, epochs=0, batch_size=2)
+    r = induce_layer(layer, arch, batches_for(model, arch), device="cpu", target=TARGETS["50%"],
+                     pruner=pruner, spec=spec, blocksize=16)  # fmt: skip
+    assert r.info["epochs"] == 0 and r.losses == []
+    assert set(r.info["check_losses"]) == {"identity", "init"}
+    assert r.info["chosen"] in ("identity", "init")
+    assert r.final_loss <= r.info["check_losses"]["identity"]
+
+
 def test_magnitude_col_weights_hold_only_the_per_linear_part() -> None:
     """Magnitude reads the folded weight, so the group scales need no col_weight; only the
     per-linear importance (not foldable) travels as col_weight."""
@@ -253,7 +269,7 @@ def test_group_stats_centre_from_sums() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("epochs", 0), ("lr", -1.0), ("mask", "foo"), ("batch_size", 0), ("reg", -0.5), ("temperature", 0.0),
+    [("epochs", -1), ("epochs", 101), ("lr", -1.0), ("mask", "foo"), ("batch_size", 0), ("reg", -0.5), ("temperature", 0.0),
      ("init", "bogus"), ("init_alpha", 9.0)],
 )  # fmt: skip
 def test_spec_rejects_bad_induction_settings(field: str, value: object) -> None:

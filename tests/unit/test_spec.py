@@ -65,7 +65,7 @@ def test_body_round_trips():
         ("calibration.samples", 0, "calibration.samples"),
         ("calibration.samples", "many", "calibration.samples"),
         ("calibration.seq_len", 4, "calibration.seq_len"),
-        ("method.induction.epochs", 0, "method.induction.epochs"),
+        ("method.induction.epochs", -1, "method.induction.epochs"),
         ("method.induction.lr", -1.0, "method.induction.lr"),
         ("method.induction.mask", "foo", "method.induction.mask"),
         ("method.induction.enabled", "yes", "method.induction.enabled"),

@@ -194,7 +194,7 @@ export function mount(root, ctx) {
         ind?.enabled
           ? [
               "Induction",
-              `${ind.epochs ?? 2} epochs · lr ${ind.lr ?? 0.01} · reg ${ind.reg ?? 0.0001} · ${ind.mask ?? "ste"}`,
+              `${ind.epochs ?? 1} epochs · lr ${ind.lr ?? 0.05} · reg ${ind.reg ?? 0.0001} · ${ind.mask ?? "ste"}`,
             ]
           : null,
         [

@@ -79,8 +79,9 @@ export function mount(root, ctx) {
     return container;
   }
 
-  /** A number input holding the API's default, so the submitted spec is explicit. */
-  function numberInput(name, value, { step = "1", min = null } = {}) {
+  /** A number input holding the API's default (so the submitted spec is explicit), or empty with the
+   *  default as placeholder (induction: the engine's defaults apply when left empty). */
+  function numberInput(name, value, { step = "1", min = null, placeholder = value } = {}) {
     return h("input", {
       type: "number",
       name,
@@ -88,7 +89,7 @@ export function mount(root, ctx) {
       step,
       min,
       value,
-      placeholder: value,
+      placeholder,
     });
   }
 
@@ -153,9 +154,11 @@ export function mount(root, ctx) {
     name: "induction",
     id: fieldId("method.induction.enabled"),
   });
-  const epochs = numberInput("epochs", "2", { min: 1 });
-  const lr = numberInput("lr", "0.01", { step: "any" });
-  const reg = numberInput("reg", "0.0001", { step: "any" });
+  // Placeholders are the engine's defaults (core/spec.py InductionSpec); an empty field sends
+  // nothing, so the API applies them.
+  const epochs = numberInput("epochs", "", { min: 0, placeholder: "1" });
+  const lr = numberInput("lr", "", { step: "any", placeholder: "0.05" });
+  const reg = numberInput("reg", "", { step: "any", placeholder: "0.0001" });
   const mask = h(
     "select",
     { name: "mask" },
@@ -455,9 +458,9 @@ export function mount(root, ctx) {
     if (m.allocation) allocation.value = m.allocation;
     const ind = m.induction || {};
     induction.checked = Boolean(ind.enabled);
-    epochs.value = ind.epochs ?? epochs.placeholder;
-    lr.value = ind.lr ?? lr.placeholder;
-    reg.value = ind.reg ?? reg.placeholder;
+    epochs.value = ind.epochs ?? "";
+    lr.value = ind.lr ?? "";
+    reg.value = ind.reg ?? "";
     if (ind.mask) mask.value = ind.mask;
     const c = spec.calibration || {};
     if (c.source) {
