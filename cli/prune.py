@@ -53,7 +53,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--owl-lambda", type=float, default=0.08)
     p.add_argument("--owl-m", type=float, default=5.0)
     p.add_argument("--induction", action="store_true", help="run Sparsity Induction before pruning")
-    p.add_argument("--induction-epochs", type=int, default=None)
+    p.add_argument(
+        "--induction-epochs",
+        type=int,
+        default=None,
+        help="training passes per layer (default 1); 0 keeps the statistics initialisation alone",
+    )
     p.add_argument("--induction-lr", type=float, default=None)
     p.add_argument("--induction-reg", type=float, default=None)
     p.add_argument("--induction-mask", choices=["ste", "soft"], default=None)
