@@ -90,7 +90,7 @@ class InductionSpec:
     enabled: bool = False
     # Passes of training over the layer's calibration inputs. 0 keeps the statistics
     # initialisation alone (still guarded): for magnitude it keeps most of the gain at a sixth of
-    # the time (docs/induction.md, "Time").
+    # the time (docs/induction.md section 5: "Epochs" and the full-model table).
     epochs: int = 1
     lr: float = 5e-2  # Adam, on log scales
     shifts: bool = True  # shifts only where they fold into an existing bias (see docs)
