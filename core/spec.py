@@ -220,11 +220,7 @@ class CompressionSpec:
         _check(8 <= ev.seq_len <= 131_072, "evaluation.seq_len", "must be between 8 and 131072")
         _check(1 <= ev.max_windows <= 100_000, "evaluation.max_windows", "must be at least 1")
         _check(1 <= ev.batch_size <= 4096, "evaluation.batch_size", "must be at least 1")
-        _check(
-            0 <= ind.epochs <= 100,
-            "method.induction.epochs",
-            "must be between 0 and 100",
-        )
+        _check(0 <= ind.epochs <= 100, "method.induction.epochs", "must be between 0 and 100")
         _check(0.0 < ind.lr <= 1.0, "method.induction.lr", "must be in (0, 1]")
         _check(ind.reg >= 0.0, "method.induction.reg", "must be >= 0")
         _check(ind.mask in ("ste", "soft"), "method.induction.mask", "must be 'ste' or 'soft'")
