@@ -400,7 +400,8 @@ def _prune_layers(
             # the dampening, both learned and guarded against the paper's fit to the dense layer.
             # With the fit to the dense model they made SparseGPT 2:4 worse (27.20 -> 28.02 with the
             # importances, 27.77 with the folded scales alone), so induction is skipped there.
-            row["induction_skipped"] = "sparsegpt fits the dense model (method.fit_to)"
+            # The N:M channel permutation below still applies: SparseGPT is not invariant to it.
+            row["induction_skipped"] = "scales: sparsegpt fits the dense model (method.fit_to)"
         elif spec.induction.enabled:
             from core.induction import induce_layer  # torch-heavy training code, only when asked for
 
@@ -414,7 +415,7 @@ def _prune_layers(
                 spec=spec.induction,
                 generator=generator,
             )
-            col_weights = result.col_weights
+            col_weights = dict(result.col_weights)
             row["induction"] = rep.induction_row(result)
             row["induction_seconds"] = result.seconds
         start = time.perf_counter()
@@ -432,6 +433,8 @@ def _prune_layers(
             stats, outputs = {}, run_layer(layer, batches, device=device)
             row["measure_seconds"] = time.perf_counter() - start
         dense_out.append(outputs)
+        if spec.induction.enabled and spec.induction.permute and target.is_nm:
+            _permute_layer(layer, arch, target, stats, spec, col_weights, generator, row)
         row["linears"] = _prune_linears(layer, arch, target, stats, spec, col_weights, fact, i)
         row["_visit_end"] = time.perf_counter()
         rows.append(row)
@@ -479,6 +482,32 @@ def _resumed_batches(
     resumed = [b.advance(h.to(b.hidden.device), start) for b, h in zip(batches, hidden, strict=False)]
     dense = [h.to(b.hidden.device) for b, h in zip(batches, hidden[len(batches) :], strict=False)]
     return resumed, dense
+
+
+def _permute_layer(
+    layer: nn.Module,
+    arch: ArchSpec,
+    target: LayerTarget,
+    stats: dict[str, Any],
+    spec: CompressionSpec,
+    col_weights: dict[str, torch.Tensor],
+    generator: torch.Generator,
+    row: dict[str, Any],
+) -> None:
+    """Induction's N:M channel permutation (docs/induction.md): chosen from the statistics just
+    collected, folded into the layer, and applied to those statistics, so no pass is repeated."""
+    from core.induction.permute import choose_permutations, fold_permutation_, permute_inputs_
+    from core.induction.transform import plan_layer
+
+    plan = plan_layer(layer, arch)
+    perm = choose_permutations(
+        layer, plan, target, spec.pruner, stats, col_weights,
+        dampening=spec.dampening, rounds=spec.induction.permute_rounds, generator=generator,
+    )  # fmt: skip
+    fold_permutation_(layer, plan, perm)
+    permute_inputs_(plan, perm, stats, col_weights)
+    row["permutation"] = perm.info
+    row["induction_seconds"] = row.get("induction_seconds", 0.0) + perm.info["seconds"]
 
 
 def _prune_linears(

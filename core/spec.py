@@ -102,6 +102,10 @@ class InductionSpec:
     init: str = "auto"  # initial scales: auto (per pruner, measured) | one | mean | median | rms
     init_alpha: float = 1.0  # exponent: s_j = statistic_j ** init_alpha (unless init is auto or one)
     per_linear: bool = True  # also learn a per-linear importance (passed as col_weight, not folded)
+    # N:M only: permute the inputs of o and down so each group of M holds channels that do not
+    # compete (core/induction/permute.py); exact, and the one transform SparseGPT is not invariant to.
+    permute: bool = True
+    permute_rounds: int = 100  # rounds of the swap search per permuted input
 
 
 @dataclass(frozen=True)
@@ -232,6 +236,9 @@ class CompressionSpec:
             "must be one of auto, one, mean, median, rms",
         )
         _check(-4.0 <= ind.init_alpha <= 4.0, "method.induction.init_alpha", "must be between -4 and 4")
+        _check(
+            0 <= ind.permute_rounds <= 10000, "method.induction.permute_rounds", "must be between 0 and 10000"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The job-body shape; ``from_dict(to_dict())`` round-trips."""
