@@ -63,6 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--induction-reg", type=float, default=None)
     p.add_argument("--induction-mask", choices=["ste", "soft"], default=None)
     p.add_argument("--no-induction-shifts", action="store_true", help="scales only, no shifts")
+    p.add_argument(
+        "--no-induction-permute",
+        action="store_true",
+        help="N:M: keep the channel order of o and down (no permutation of their inputs)",
+    )
     p.add_argument("--out", type=Path, default=None, help="folder for hf/, compact/ and report.json")
     p.add_argument(
         "--cache-dir",
@@ -87,6 +92,8 @@ def spec_body(args: argparse.Namespace) -> dict[str, Any]:
             induction[key] = getattr(args, flag)
     if args.no_induction_shifts:
         induction["shifts"] = False
+    if args.no_induction_permute:
+        induction["permute"] = False
     sparsity: Any = args.sparsity
     with contextlib.suppress(ValueError):
         sparsity = float(args.sparsity)

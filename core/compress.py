@@ -433,7 +433,8 @@ def _prune_layers(
             stats, outputs = {}, run_layer(layer, batches, device=device)
             row["measure_seconds"] = time.perf_counter() - start
         dense_out.append(outputs)
-        if spec.induction.enabled and spec.induction.permute and target.is_nm:
+        if spec.induction.enabled and spec.induction.permute and target.is_nm and paired:
+            # (without the paired fit, induce_layer above permuted the layer before training)
             _permute_layer(layer, arch, target, stats, spec, col_weights, generator, row)
         row["linears"] = _prune_linears(layer, arch, target, stats, spec, col_weights, fact, i)
         row["_visit_end"] = time.perf_counter()

@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -197,10 +197,19 @@ class LayerPermutation:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+class InputSums(Protocol):
+    """Sums over the calibration tokens of one input X [tokens, in]: ``core.stats.InputStats`` or
+    induction's ``GroupStats``."""
+
+    n: int
+    sq_sum: torch.Tensor  # [in] sum of x_j^2
+    H: torch.Tensor | None  # [in, in] sum of x x^T
+
+
 def weight_costs(
     W: torch.Tensor,
     pruner: str,
-    stats: InputStats | None,
+    stats: InputSums | None,
     *,
     col_weight: torch.Tensor | None = None,
     dampening: float = 0.01,
@@ -217,8 +226,8 @@ def weight_costs(
         assert stats is not None
         C = C * stats.sq_sum.to(C.device)
     elif pruner == "sparsegpt":
-        assert stats is not None
-        U = inverse_hessian_factor(stats.hessian(), dampening=dampening).Hinv  # H^-1 = U^T U
+        assert stats is not None and stats.H is not None and stats.n > 0
+        U = inverse_hessian_factor(stats.H * (2.0 / stats.n), dampening=dampening).Hinv  # H^-1 = U^T U
         C = C / U.square().sum(dim=0).clamp_min(1e-30).to(C.device)
     return C
 
@@ -228,7 +237,7 @@ def choose_permutations(
     plan: LayerPlan,
     target: LayerTarget,
     pruner: str,
-    stats: Mapping[str, InputStats],
+    stats: Mapping[str, InputSums],
     col_weights: Mapping[str, torch.Tensor],
     *,
     dampening: float = 0.01,

@@ -27,6 +27,7 @@ from torch.func import functional_call
 
 from core.arch import ArchSpec
 from core.induction.masks import keep_mask, log_base_scores, obs_chain, sparsegpt_weights
+from core.induction.permute import choose_permutations, fold_permutation_
 from core.induction.transform import (
     LayerPlan,
     Transform,
@@ -96,6 +97,17 @@ class GroupStats:
     H: torch.Tensor | None  # [in, in] sum of x x^T (SparseGPT only)
     sample: torch.Tensor  # [<= _MEDIAN_ROWS, in] a subset of |x| rows for medians
 
+    def permuted(self, p: torch.Tensor) -> GroupStats:
+        """The statistics of the input with its channels reordered: new channel j is old p[j]."""
+        return GroupStats(
+            n=self.n,
+            sum=self.sum[p],
+            sq_sum=self.sq_sum[p],
+            abs_sum=self.abs_sum[p],
+            H=None if self.H is None else self.H[p][:, p],
+            sample=self.sample[:, p],
+        )
+
     def centred_sq(self, d: torch.Tensor | None) -> torch.Tensor:
         """[in] sum over tokens of (x_j - d_j)^2, from the cached sums (differentiable in d)."""
         if d is None:
@@ -144,6 +156,20 @@ def induce_layer(
     params = {n: p.detach().to(device=device, dtype=torch.float32) for n, p in layer.named_parameters()}
     minibatches = list(_minibatches(batches, spec.batch_size))
     targets, stats = dense_pass(layer, plan, params, minibatches, device=device, want_H=pruner == "sparsegpt")
+    permuted = None
+    if spec.permute and target.is_nm:
+        # Regroup first, so the scales train for the groups the pruner will see; the plain
+        # pruning of the layer as it came is kept as the bar the permuted candidates must beat.
+        args = (target, pruner, spec, dampening, blocksize, device)
+        plain = _Trainer(layer, plan, params, stats, *args)
+        T_id = Transform.identity(
+            plan, device=device, shifts=spec.shifts, qk=spec.qk_scale, per_linear=spec.per_linear
+        )
+        idx = check_subset(len(minibatches))
+        unpermuted = plain.pruned_loss(T_id, [minibatches[i] for i in idx], [targets[i] for i in idx])
+        original = {k: v.detach().clone() for k, v in layer.state_dict().items()}
+        permuted = _permute_first(layer, plan, stats, target, pruner, dampening, spec, generator)
+        params = {n: p.detach().to(device=device, dtype=torch.float32) for n, p in layer.named_parameters()}
     T0 = init_transform(plan, stats, spec, pruner, device=device)
     trainer = _Trainer(layer, plan, params, stats, target, pruner, spec, dampening, blocksize, device)
     T, losses = trainer.fit(T0, minibatches, targets, generator)
@@ -151,22 +177,66 @@ def induce_layer(
     if losses:  # with no training step "trained" is the init itself
         candidates["trained"] = T
     chosen, checks = trainer.choose(candidates, minibatches, targets)
+    if permuted is not None:
+        checks = {f"permuted {k}": v for k, v in checks.items()}
+        checks["identity"] = unpermuted
+        permuted["kept"] = checks[f"permuted {chosen[0]}"] < unpermuted * (1.0 - _MARGIN)
+        if not permuted["kept"]:  # back to the layer as it came, pruned plainly
+            layer.load_state_dict(original)
+            chosen = ("identity", _identity_like(T0))
+        else:
+            chosen = (f"permuted {chosen[0]}", chosen[1])
     fold_(layer, plan, chosen[1])
     seconds = time.perf_counter() - start
     info = _info(plan, chosen, checks, spec, pruner, len(losses), seconds)
+    if permuted is not None:
+        info["permutation"] = permuted
     col_weights = col_weights_for(plan, chosen[1], pruner)
+    init_key = "permuted init" if "permuted init" in checks else "init"
     log.info(
         "induction: %s loss %.4g -> %.4g (%s) in %.2fs",
-        pruner, checks["init"], checks[chosen[0]], chosen[0], seconds,
+        pruner, checks[init_key], checks[chosen[0]], chosen[0], seconds,
     )  # fmt: skip
     return InductionResult(
         losses=losses,
-        init_loss=checks["init"],
+        init_loss=checks[init_key],
         final_loss=checks[chosen[0]],
         seconds=seconds,
         col_weights=col_weights,
         info=info,
     )
+
+
+def _permute_first(
+    layer: nn.Module,
+    plan: LayerPlan,
+    stats: dict[str, GroupStats],
+    target: LayerTarget,
+    pruner: str,
+    dampening: float,
+    spec: InductionSpec,
+    generator: torch.Generator | None,
+) -> dict[str, Any]:
+    """Choose and fold the N:M channel permutation of o and down (``permute.py``) from the dense
+    pass's statistics, and reorder those statistics alike. Returns the permutation's summary."""
+    a = plan.arch
+    by_path = {a.o: stats["o"], a.mlp_out: stats["down"]}
+    perm = choose_permutations(
+        layer,
+        plan,
+        target,
+        pruner,
+        by_path,
+        {},
+        dampening=dampening,
+        rounds=spec.permute_rounds,
+        generator=generator,
+    )
+    fold_permutation_(layer, plan, perm)
+    for group, p in (("down", perm.down), ("o", perm.o)):
+        if p is not None:
+            stats[group] = stats[group].permuted(p.to(stats[group].sum.device))
+    return dict(perm.info)
 
 
 def col_weights_for(plan: LayerPlan, T: Transform, pruner: str) -> dict[str, torch.Tensor]:

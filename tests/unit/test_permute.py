@@ -175,14 +175,39 @@ def test_a_run_with_permutation_keeps_two_four_and_reports_the_gain(tmp_path, ti
     off = _run(tmp_path, folder, permute=False)
     for report in (on, off):
         assert report["sparsity"]["nm_ok"] is True
-    assert on["perplexity"] != off["perplexity"]  # the permuted model prunes differently
-    rows_on = on["layers"]
-    assert all("permutation" in r for r in rows_on)
-    assert all(
-        r["permutation"]["down"]["cost_after"] <= r["permutation"]["down"]["cost_before"] for r in rows_on
-    )
-    assert any(r["permutation"]["down"]["change"] < 0 for r in rows_on)  # random weights: something to gain
+    infos = [r["induction"]["info"] for r in on["layers"]]
+    perms = [i["permutation"] for i in infos]
+    assert all(p["down"]["cost_after"] <= p["down"]["cost_before"] for p in perms)
+    assert any(p["down"]["change"] < 0 for p in perms)  # random weights: something to gain
+    for info, p in zip(infos, perms, strict=True):
+        # kept only where a permuted candidate beat the plain pruning of the layer as it came
+        checks = info["check_losses"]
+        assert p["kept"] == info["chosen"].startswith("permuted ")
+        assert checks[info["chosen"]] <= checks["identity"]
+    assert all("permutation" not in i for i in (r["induction"]["info"] for r in off["layers"]))
+
+
+@pytest.mark.parametrize("pruner", ["sparsegpt"])
+def test_the_paired_sparsegpt_fit_permutes_after_its_statistics(tmp_path, tiny_dirs, pruner: str) -> None:
+    from core.compress import compress
+
+    def run(permute: bool) -> dict:
+        spec = CompressionSpec.from_dict(
+            {
+                "model": str(tiny_dirs["llama"]),
+                "sparsity": "2:4",
+                "method": {"pruner": pruner, "induction": {"enabled": True, "permute": permute}},
+                "calibration": {"source": "pydoc", "samples": 4, "seq_len": 32},
+                "evaluation": {"sources": ["pydoc"], "seq_len": 32, "max_windows": 2},
+            }
+        )
+        return compress(spec, out_dir=tmp_path / str(permute)).to_dict()
+
+    on, off = run(True), run(False)
+    assert on["sparsity"]["nm_ok"] is True
+    assert all(r["permutation"]["o"]["cost_after"] <= r["permutation"]["o"]["cost_before"] for r in on["layers"])
     assert all("permutation" not in r for r in off["layers"])
+    assert on["perplexity"] != off["perplexity"]
 
 
 def test_spec_checks_permute_settings() -> None:
@@ -194,3 +219,15 @@ def test_spec_checks_permute_settings() -> None:
         CompressionSpec.from_dict({**base, "method": {"induction": {"enabled": True, "permute_rounds": -1}}})
     assert err.value.param == "method.induction.permute_rounds"
     assert CompressionSpec.from_dict(base).induction.permute is True
+
+
+def test_the_cli_flag_turns_the_permutation_off() -> None:
+    from cli.main import build_parser
+    from cli.prune import spec_body
+
+    base = ["prune", "--model", "m", "--sparsity", "2:4", "--induction"]
+    on = spec_body(build_parser().parse_args(base))
+    off = spec_body(build_parser().parse_args([*base, "--no-induction-permute"]))
+    assert "permute" not in on["method"]["induction"]  # the engine's default: on
+    assert off["method"]["induction"]["permute"] is False
+    assert CompressionSpec.from_dict(off).induction.permute is False
