@@ -105,7 +105,7 @@ class InductionSpec:
     # N:M only: permute the inputs of o and down so each group of M holds channels that do not
     # compete (core/induction/permute.py); exact, and the one transform SparseGPT is not invariant to.
     permute: bool = True
-    permute_rounds: int = 100  # rounds of the swap search per permuted input
+    permute_rounds: int = 25  # rounds of the swap search per permuted input (docs/induction.md)
 
 
 @dataclass(frozen=True)

@@ -110,8 +110,8 @@ def _swap_round(
     columns plus min(v, their k-th smallest) (k = m - n): so all m x m swaps of a pair cost
     [rows, m, m] minimums, with no sort of the swapped groups."""
     CA, CB = Cg[:, A], Cg[:, B]  # [rows, P, m]
-    base_A, thr_A = _without_each(CA, m - n)  # [rows, P, m] each
-    base_B, thr_B = _without_each(CB, m - n)
+    base_A, thr_A, drop_A = _without_each(CA, m - n)  # [rows, P, m], [rows, P, m], [rows, P]
+    base_B, thr_B, drop_B = _without_each(CB, m - n)
     # new[p, a, b]: cost of both groups after swapping A's column a with B's column b.
     new = (
         base_A.sum(0).unsqueeze(2)
@@ -119,10 +119,7 @@ def _swap_round(
         + base_B.sum(0).unsqueeze(1)
         + torch.minimum(CA.unsqueeze(3), thr_B.unsqueeze(2)).sum(0)  # B takes A's a
     )
-    drop = m - n
-    old = CA.sort(dim=-1).values[..., :drop].sum(dim=(0, -1)) + CB.sort(dim=-1).values[..., :drop].sum(
-        dim=(0, -1)
-    )  # [P]
+    old = drop_A.sum(0) + drop_B.sum(0)  # [P]
     P = A.shape[0]
     gain, flat = (old.view(P, 1) - new.reshape(P, m * m)).max(dim=1)  # [P]
     take = gain > 1e-7 * old.clamp_min(1e-30)
@@ -138,14 +135,20 @@ def _swap_round(
     return float(gain[p].sum())
 
 
-def _without_each(G: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For a group G [..., m] and each column a: (sum of the k - 1 smallest of the other columns,
-    the k-th smallest of the other columns), each [..., m]."""
-    m = G.shape[-1]
-    keep = ~torch.eye(m, dtype=torch.bool, device=G.device)  # [a, slot]: slot != a
-    others = G.unsqueeze(-2).expand(*G.shape[:-1], m, m)[..., keep].reshape(*G.shape[:-1], m, m - 1)
-    srt = others.sort(dim=-1).values  # [..., m, m - 1]
-    return srt[..., : k - 1].sum(-1), srt[..., k - 1]
+def _without_each(G: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For groups G [..., m] and each column a: (sum of the k - 1 smallest of the other columns,
+    the k-th smallest of the other columns), each [..., m], and each group's own dropped cost, the
+    sum of its k smallest [...]. All read off one sort of the group and each column's rank in it."""
+    srt, order = G.sort(dim=-1)  # [..., m]
+    rank = order.argsort(dim=-1)  # [..., m] where each column sits in the sorted group
+    prefix = srt.cumsum(dim=-1)  # [..., m]
+    smallest_k = prefix[..., k - 1 : k]  # [..., 1]
+    smallest_k1 = prefix[..., k - 2 : k - 1] if k >= 2 else torch.zeros_like(smallest_k)
+    # a among the k - 1 smallest: the others' k - 1 smallest are the k smallest without a
+    base = torch.where(rank >= k - 1, smallest_k1, smallest_k - G)
+    # a among the k smallest: the others' k-th smallest is the group's (k+1)-th
+    thr = torch.where(rank > k - 1, srt[..., k - 1 : k], srt[..., k : k + 1])
+    return base, thr, smallest_k.squeeze(-1)
 
 
 def tied_head_permutation(
