@@ -27,7 +27,7 @@ from core.export import dense_bytes, save_compact, save_hf
 from core.models import LoadedModel, load_model
 from core.owl import outlier_ratio, owl_ratios
 from core.progress import Progress, ProgressFn, StopFn, overall_fraction
-from core.pruners import prune_weight, reconstruction_error, wanda_scores
+from core.pruners import PruneResult, dense_target, prune_weight, reconstruction_error, wanda_scores
 from core.sparsity import LayerTarget, nm_ok, sparsity_of
 from core.spec import CompressionSpec
 from core.walker import LayerBatch, capture_inputs, collect_paired_stats, collect_stats, run_layer, walk
@@ -394,6 +394,7 @@ def _prune_layers(
         target = LayerTarget.from_sparsity(spec.sparsity, None if spec.sparsity.is_nm else ratios[i])
         row: dict[str, Any] = {"index": i, "target": round(target.ratio, 6), "induction": None}
         col_weights: dict[str, torch.Tensor] = {}
+        pruned: dict[str, PruneResult] = {}
         if spec.induction.enabled and paired:
             # SparseGPT is invariant to induction's foldable scales (docs/induction.md section 2);
             # induction reaches it only through per-linear importances and the scale-dependence of
@@ -435,8 +436,8 @@ def _prune_layers(
         dense_out.append(outputs)
         if spec.induction.enabled and spec.induction.permute and target.is_nm and paired:
             # (without the paired fit, induce_layer above permuted the layer before training)
-            _permute_layer(layer, arch, target, stats, spec, col_weights, generator, row)
-        row["linears"] = _prune_linears(layer, arch, target, stats, spec, col_weights, fact, i)
+            pruned = _permute_layer(layer, arch, target, stats, spec, col_weights, generator, row)
+        row["linears"] = _prune_linears(layer, arch, target, stats, spec, col_weights, fact, i, pruned)
         row["_visit_end"] = time.perf_counter()
         rows.append(row)
 
@@ -494,21 +495,66 @@ def _permute_layer(
     col_weights: dict[str, torch.Tensor],
     generator: torch.Generator,
     row: dict[str, Any],
-) -> None:
-    """Induction's N:M channel permutation (docs/induction.md): chosen from the statistics just
-    collected, folded into the layer, and applied to those statistics, so no pass is repeated."""
-    from core.induction.permute import choose_permutations, fold_permutation_, permute_inputs_
+) -> dict[str, PruneResult]:
+    """Induction's N:M channel permutation (docs/induction.md) where SparseGPT fits the dense
+    model: chosen from the statistics just collected, folded into the layer, and applied to those
+    statistics, so no pass is repeated.
+
+    Guarded per linear on SparseGPT's own objective: o and down are pruned in both orders and the
+    permutation is kept only where it fits the dense model better (||W* X - W_pruned X||, from the
+    statistics). Returns the chosen pruning of o and down, so they are not pruned a third time."""
+    from core.induction.permute import choose_permutations, fold_permutation_, permute_inputs_, permuted_stats
     from core.induction.transform import plan_layer
 
+    start = time.perf_counter()
     plan = plan_layer(layer, arch)
     perm = choose_permutations(
         layer, plan, target, spec.pruner, stats, col_weights,
         dampening=spec.dampening, rounds=spec.induction.permute_rounds, generator=generator,
     )  # fmt: skip
+    chosen: dict[str, PruneResult] = {}
+    chosen_seconds = 0.0
+    for group, path in (("down", arch.mlp_out), ("o", arch.o)):
+        p = getattr(perm, group)
+        if p is None:
+            continue
+        W = layer_linears(layer, arch)[path].weight.data
+        cw = col_weights.get(path)
+        t0 = time.perf_counter()
+        plain, plain_err = _fit(W, stats[path], target, spec, cw)
+        t1 = time.perf_counter()
+        moved, moved_err = _fit(
+            W[:, p], permuted_stats(stats[path], p), target, spec, None if cw is None else cw[p]
+        )
+        t2 = time.perf_counter()
+        keep = moved_err < plain_err
+        perm.info[group].update(
+            fit_error_before=round(plain_err, 8), fit_error_after=round(moved_err, 8), kept=keep
+        )
+        chosen[path] = moved if keep else plain
+        chosen_seconds += (t2 - t1) if keep else (t1 - t0)  # the pruning the step would do anyway
+        if not keep:
+            setattr(perm, group, None)
     fold_permutation_(layer, plan, perm)
     permute_inputs_(plan, perm, stats, col_weights)
+    seconds = time.perf_counter() - start - chosen_seconds
+    perm.info["seconds"] = round(seconds, 4)
     row["permutation"] = perm.info
-    row["induction_seconds"] = row.get("induction_seconds", 0.0) + perm.info["seconds"]
+    row["induction_seconds"] = row.get("induction_seconds", 0.0) + seconds
+    return chosen
+
+
+def _fit(
+    W: torch.Tensor, st: Any, target: LayerTarget, spec: CompressionSpec, col_weight: torch.Tensor | None
+) -> tuple[PruneResult, float]:
+    """SparseGPT's pruning of W and its error against the dense model's output (or the dense
+    layer's, without cross statistics), relative, from the statistics."""
+    result = prune_weight(
+        W, spec.pruner, target, st, blocksize=spec.blocksize, dampening=spec.dampening, col_weight=col_weight
+    )
+    H, cross = st.hessian(), st.cross()
+    goal = W if cross is None else dense_target(W, H, cross)
+    return result, reconstruction_error(goal, result.W, H)
 
 
 def _prune_linears(
@@ -520,12 +566,14 @@ def _prune_linears(
     col_weights: dict[str, torch.Tensor],
     fact: list[dict[str, Any]],
     index: int,
+    pruned: dict[str, PruneResult] | None = None,
 ) -> dict[str, dict[str, Any]]:
+    """Prune every linear of the layer in place (``pruned``: results already computed, by path)."""
     out: dict[str, dict[str, Any]] = {}
     for name, lin in layer_linears(layer, arch).items():
         W = lin.weight.data  # [out, in]
         st = stats.get(name)
-        result = prune_weight(
+        result = (pruned or {}).get(name) or prune_weight(
             W,
             spec.pruner,
             target,

@@ -305,6 +305,17 @@ def _permute(
             lin.bias.copy_(lin.bias[rows.to(W.device)])
 
 
+def permuted_stats(st: InputStats, p: torch.Tensor) -> InputStats:
+    """A copy of ``st`` for the input with its channels reordered (new channel j is old p[j])."""
+    q = p.to(st.sq_sum.device)
+    return InputStats(
+        n=st.n,
+        sq_sum=st.sq_sum[q],
+        H=None if st.H is None else st.H[q][:, q],
+        G=None if st.G is None else st.G[:, q],
+    )
+
+
 def permute_inputs_(
     plan: LayerPlan,
     perm: LayerPermutation,
@@ -319,11 +330,6 @@ def permute_inputs_(
             continue
         st = stats.get(path)
         if st is not None:
-            q = p.to(st.sq_sum.device)
-            st.sq_sum = st.sq_sum[q]
-            if st.H is not None:
-                st.H = st.H[q][:, q]
-            if st.G is not None:
-                st.G = st.G[:, q]
+            stats[path] = permuted_stats(st, p)
         if path in col_weights:
             col_weights[path] = col_weights[path][p.to(col_weights[path].device)]
