@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         help="extra method settings as JSON, e.g. '{\"dampening\": 0.1}'",
     )
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--reports", type=Path, default=None, help="folder for each row's full report.json")
     args = ap.parse_args(argv)
 
     configs = [(p, s, a) for p in PRUNERS for s, a in TARGETS]
@@ -162,12 +163,17 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     for pruner, sparsity, allocation in configs:
         for induction in modes:
-            label = f"{pruner} {sparsity}{' owl' if allocation == 'owl' else ''}{' +SI' if induction else ''}"
             key = f"{pruner}:{sparsity}" if allocation == "uniform" else ""
             body = _body(
                 pruner, sparsity, allocation, induction, args.samples, dense is None, args.seed, args.method
             )
+            induced = body["method"]["induction"].get("enabled", False)  # --method may switch it on
+            label = f"{pruner} {sparsity}{' owl' if allocation == 'owl' else ''}{' +SI' if induced else ''}"
             report = run_one(body, args.threads)
+            if args.reports:
+                args.reports.mkdir(parents=True, exist_ok=True)
+                name = label.replace(" ", "_").replace(":", "-").replace("+", "")
+                (args.reports / f"{name}.json").write_text(json.dumps(report, indent=1, default=str))
             dense = dense or report["perplexity"]["dense"]["pydoc"]
             rows.append(row_of(label, key, report))
             print(
