@@ -19,6 +19,7 @@ from core.spec import (
     DTYPES,
     FIT_TARGETS,
     PRUNERS,
+    SWEEP_ORDERS,
     Allocation,
     CompressionSpec,
     EvalSpec,
@@ -74,6 +75,10 @@ class Method(BaseModel):
     fit_to: str = Field(
         default=_d("fit_to"),
         description=f"SparseGPT: fit the pruned layer to the dense 'model' or to the dense 'layer'; one of {FIT_TARGETS}",
+    )
+    order: str = Field(
+        default=_d("order"),
+        description=f"SparseGPT: the column sweep order by input activity (auto: ascending unstructured, N:M groups descending); one of {SWEEP_ORDERS}",
     )
 
 

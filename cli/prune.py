@@ -44,6 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--dampening", type=float, default=0.01, help="SparseGPT dampening (fraction of mean diag H)"
     )
     p.add_argument(
+        "--order",
+        choices=["auto", "ascending", "descending", "natural"],
+        default="auto",
+        help="SparseGPT: the column sweep order by input activity (auto: ascending unstructured, "
+        "N:M groups descending)",
+    )
+    p.add_argument(
         "--fit-to",
         choices=["auto", "model", "layer"],
         default="auto",
@@ -108,6 +115,7 @@ def spec_body(args: argparse.Namespace) -> dict[str, Any]:
             "blocksize": args.blocksize,
             "dampening": args.dampening,
             "fit_to": args.fit_to,
+            "order": args.order,
             "owl_lambda": args.owl_lambda,
             "owl_m": args.owl_m,
         },

@@ -415,6 +415,9 @@ def _prune_layers(
                 pruner=spec.pruner,
                 spec=spec.induction,
                 generator=generator,
+                dampening=spec.dampening,
+                blocksize=spec.blocksize,
+                order=spec.order,
             )
             col_weights = dict(result.col_weights)
             row["induction"] = rep.induction_row(result)
@@ -550,8 +553,9 @@ def _fit(
     """SparseGPT's pruning of W and its error against the dense model's output (or the dense
     layer's, without cross statistics), relative, from the statistics."""
     result = prune_weight(
-        W, spec.pruner, target, st, blocksize=spec.blocksize, dampening=spec.dampening, col_weight=col_weight
-    )
+        W, spec.pruner, target, st, blocksize=spec.blocksize, dampening=spec.dampening, col_weight=col_weight,
+        order=spec.order,
+    )  # fmt: skip
     H, cross = st.hessian(), st.cross()
     goal = W if cross is None else dense_target(W, H, cross)
     return result, reconstruction_error(goal, result.W, H)
@@ -581,6 +585,7 @@ def _prune_linears(
             blocksize=spec.blocksize,
             dampening=spec.dampening,
             col_weight=col_weights.get(name),
+            order=spec.order,
         )
         entry: dict[str, Any] = {"sparsity": round(sparsity_of(result.W), 6), "params": W.numel()}
         if st is not None and st.H is not None:

@@ -26,6 +26,9 @@ ALLOCATIONS: tuple[str, ...] = ("uniform", "owl")
 # (within that row's noise) and raised it at 50% (+2.3%).
 FIT_TARGETS: tuple[str, ...] = ("auto", "model", "layer")
 AUTO_FIT_MIN_RATIO = 0.6
+# SparseGPT's column order (core.pruners.sparsegpt); "auto" is the measured best per structure.
+SweepOrder = Literal["auto", "ascending", "descending", "natural"]
+SWEEP_ORDERS: tuple[str, ...] = ("auto", "ascending", "descending", "natural")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
@@ -139,6 +142,7 @@ class CompressionSpec:
     blocksize: int = 128  # SparseGPT
     dampening: float = 0.01  # SparseGPT: lambda = dampening x mean(diag(H))
     fit_to: str = "auto"  # SparseGPT: one of FIT_TARGETS
+    order: SweepOrder = "auto"  # SparseGPT: the column sweep order (docs/pruners.md, "Sweep order")
     induction: InductionSpec = field(default_factory=InductionSpec)
     calibration: TextSpec = field(default_factory=TextSpec)
     evaluation: EvalSpec = field(default_factory=EvalSpec)
@@ -166,7 +170,17 @@ class CompressionSpec:
         method = _section(body, "method")
         _require_keys(
             method,
-            {"pruner", "allocation", "induction", "owl_lambda", "owl_m", "blocksize", "dampening", "fit_to"},
+            {
+                "pruner",
+                "allocation",
+                "induction",
+                "owl_lambda",
+                "owl_m",
+                "blocksize",
+                "dampening",
+                "fit_to",
+                "order",
+            },
             "method",
         )
         pruner = method.get("pruner", "wanda")
@@ -194,6 +208,7 @@ class CompressionSpec:
             blocksize=int(_number(method, "blocksize", 128, "method", lo=1, hi=1 << 16, integer=True)),
             dampening=_number(method, "dampening", 0.01, "method", lo=0.0, hi=10.0),
             fit_to=method.get("fit_to", "auto"),
+            order=method.get("order", "auto"),
             induction=induction,
             calibration=_build(TextSpec, _section(body, "calibration"), "calibration"),
             evaluation=_build(EvalSpec, _section(body, "evaluation"), "evaluation"),
@@ -213,6 +228,7 @@ class CompressionSpec:
             "method.fit_to",
             f"must be one of {', '.join(FIT_TARGETS)}",
         )
+        _check(self.order in SWEEP_ORDERS, "method.order", f"must be one of {', '.join(SWEEP_ORDERS)}")
         _check(
             self.fit_to != "model" or self.pruner == "sparsegpt",
             "method.fit_to",
@@ -253,6 +269,7 @@ class CompressionSpec:
                 "blocksize": self.blocksize,
                 "dampening": self.dampening,
                 "fit_to": self.fit_to,
+                "order": self.order,
                 "induction": dataclasses.asdict(self.induction),
             },
             "calibration": dataclasses.asdict(self.calibration),

@@ -42,7 +42,7 @@ from core.induction.transform import (
 )
 from core.pruners import HinvFactor, inverse_hessian_factor, sparsegpt
 from core.sparsity import LayerTarget
-from core.spec import InductionSpec
+from core.spec import InductionSpec, SweepOrder
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ def induce_layer(
     generator: torch.Generator | None = None,
     dampening: float = 0.01,
     blocksize: int = 128,
+    order: SweepOrder = "natural",
 ) -> InductionResult:
     """Train the layer's transform on ``batches`` against its pruned block, then fold it in place.
 
@@ -147,8 +148,8 @@ def induce_layer(
     parameters are read, never given gradients, and are changed only by the final exact fold, so
     the folded layer computes the same dense function. Prune it afterwards with
     ``prune_weight(..., col_weight=result.col_weights.get(path))`` to get the learned masks.
-    ``dampening`` and ``blocksize`` are SparseGPT's (pass the spec's): its training-time proxy
-    and the final check prune exactly as the pruner will.
+    ``dampening``, ``blocksize`` and ``order`` are SparseGPT's (pass the spec's): its training-time
+    proxy and the final check prune exactly as the pruner will.
     """
     start = time.perf_counter()
     device = torch.device(device)
@@ -160,7 +161,7 @@ def induce_layer(
     if spec.permute and target.is_nm:
         # Regroup first, so the scales train for the groups the pruner will see; the plain
         # pruning of the layer as it came is kept as the bar the permuted candidates must beat.
-        args = (target, pruner, spec, dampening, blocksize, device)
+        args = (target, pruner, spec, dampening, blocksize, device, order)
         plain = _Trainer(layer, plan, params, stats, *args)
         T_id = Transform.identity(
             plan, device=device, shifts=spec.shifts, qk=spec.qk_scale, per_linear=spec.per_linear
@@ -171,7 +172,7 @@ def induce_layer(
         permuted = _permute_first(layer, plan, stats, target, pruner, dampening, spec, generator)
         params = {n: p.detach().to(device=device, dtype=torch.float32) for n, p in layer.named_parameters()}
     T0 = init_transform(plan, stats, spec, pruner, device=device)
-    trainer = _Trainer(layer, plan, params, stats, target, pruner, spec, dampening, blocksize, device)
+    trainer = _Trainer(layer, plan, params, stats, target, pruner, spec, dampening, blocksize, device, order)
     T, losses = trainer.fit(T0, minibatches, targets, generator)
     candidates = {"identity": _identity_like(T0), "init": T0}
     if losses:  # with no training step "trained" is the init itself
@@ -389,11 +390,13 @@ class _Trainer:
         dampening: float,
         blocksize: int,
         device: torch.device,
+        order: SweepOrder = "natural",
     ) -> None:
         self.layer, self.plan, self.params, self.stats = layer, plan, params, stats
         self.device = device
         self.target, self.pruner, self.spec, self.dampening = target, pruner, spec, dampening
         self.blocksize = blocksize
+        self.order = order
         self.tau = float(spec.temperature)
         # SparseGPT selects per block of columns (same share of each row in each block).
         self.segment = blocksize if pruner == "sparsegpt" and not target.is_nm else None
@@ -584,11 +587,11 @@ class _Trainer:
             g = self.plan.group_of(path)
             st = self.stats[g]
             H = st.centred_H(d[g]) / torch.outer(s[g], s[g]) * (2.0 / st.n)  # [in, in] of (X - d) / s
-            if g not in factors:
+            if g not in factors and self.order == "natural":
                 factors[g] = inverse_hessian_factor(H, dampening=self.dampening)
             r = sparsegpt(
                 P[f"{path}.weight"], H, self.target, blocksize=self.blocksize, dampening=self.dampening,
-                col_weight=c[path], factor=factors[g],
+                col_weight=c[path], factor=factors.get(g), order=self.order,
             )  # fmt: skip
             P[f"{path}.weight"] = r.W
         return P
