@@ -340,3 +340,74 @@ def test_cross_statistics_need_the_dense_input() -> None:
     with pytest.raises(SystemFault, match="y_dense - y"):
         paired.update(torch.randn(4, IN), torch.randn(4, IN))  # [4, in] is not [4, out]
     assert InputStats.new(IN, device="cpu", want_hessian=True).cross() is None
+
+
+# ------------------------------------------------------------------------------------------------
+# SparseGPT's sweep order (method.order)
+
+
+def test_sweep_order_sorts_columns_or_whole_groups() -> None:
+    from core.pruners import sweep_order
+
+    H = torch.diag(torch.tensor([5.0, 1.0, 3.0, 2.0, 9.0, 0.5, 0.1, 4.0]))
+    assert sweep_order(H, LayerTarget(0.5), "natural") is None
+    assert sweep_order(H, LayerTarget(0.5), "auto").tolist() == [6, 5, 1, 3, 2, 7, 0, 4]  # ascending
+    assert sweep_order(H, LayerTarget(0.5), "descending").tolist() == [4, 0, 7, 2, 3, 1, 5, 6]
+    # 2:4: groups (0-3: total 11) and (4-7: 13.6) stay whole; auto puts the busier group first
+    assert sweep_order(H, LayerTarget(0.5, 2, 4), "auto").tolist() == [4, 5, 6, 7, 0, 1, 2, 3]
+    assert sweep_order(H, LayerTarget(0.5, 2, 4), "ascending").tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
+
+
+@pytest.mark.parametrize(
+    "target", [LayerTarget(0.5), LayerTarget(0.7), LayerTarget(0.5, 2, 4), LayerTarget(0.5, 4, 8)]
+)
+@pytest.mark.parametrize("order", ["auto", "ascending", "descending"])
+def test_a_swept_order_is_the_stored_order_run_on_permuted_columns(target: LayerTarget, order: str) -> None:
+    """Exact ratio, pattern in W's own order, and the same weights as permuting by hand."""
+    from core.pruners import sweep_order
+
+    W, stats = layer()
+    H = stats.hessian()
+    r = sparsegpt(W, H, target, blocksize=BLOCK, order=order)  # type: ignore[arg-type]
+    assert sparsity_of(r.W) == pytest.approx(target.ratio, abs=1e-6)
+    if target.is_nm:
+        assert nm_ok(r.W, target.n, target.m)
+    p = sweep_order(H, target, order)  # type: ignore[arg-type]
+    assert p is not None and sorted(p.tolist()) == list(range(IN))
+    by_hand = sparsegpt(W[:, p], H[p][:, p], target, blocksize=BLOCK)
+    torch.testing.assert_close(r.W[:, p], by_hand.W)
+    assert torch.equal(r.keep[:, p], by_hand.keep)
+
+
+@pytest.mark.parametrize("target", [LayerTarget(0.5), LayerTarget(0.7), LayerTarget(0.5, 2, 4)])
+def test_the_auto_order_reconstructs_better_than_the_stored_one(target: LayerTarget) -> None:
+    # Inputs whose activity differs a lot between channels, as in real layers (the real model:
+    # tests/model/test_sweep_order.py). Per seed it can go either way; on average it must win.
+    ratios = []
+    for seed in range(8):
+        W, stats = layer(seed=seed)
+        H = stats.hessian()
+        auto = reconstruction_error(W, sparsegpt(W, H, target, blocksize=BLOCK, order="auto").W, H)
+        stored = reconstruction_error(W, sparsegpt(W, H, target, blocksize=BLOCK, order="natural").W, H)
+        ratios.append(auto / stored)
+    assert sum(ratios) / len(ratios) < 0.97
+
+
+def test_the_spec_checks_the_order() -> None:
+    from core.spec import CompressionSpec
+
+    base = {"model": "m", "sparsity": 0.5, "method": {"pruner": "sparsegpt"}}
+    assert CompressionSpec.from_dict(base).order == "auto"
+    with pytest.raises(SpecError) as err:
+        CompressionSpec.from_dict({**base, "method": {"pruner": "sparsegpt", "order": "sideways"}})
+    assert err.value.param == "method.order"
+
+
+def test_the_cli_passes_the_order() -> None:
+    from cli.main import build_parser
+    from cli.prune import spec_body
+
+    args = build_parser().parse_args(["prune", "--model", "m", "--sparsity", "0.5", "--method", "sparsegpt"])
+    assert spec_body(args)["method"]["order"] == "auto"
+    args = build_parser().parse_args(["prune", "--model", "m", "--sparsity", "0.5", "--order", "natural"])
+    assert spec_body(args)["method"]["order"] == "natural"
