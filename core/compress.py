@@ -513,7 +513,7 @@ def _permute_layer(
     plan = plan_layer(layer, arch)
     perm = choose_permutations(
         layer, plan, target, spec.pruner, stats, col_weights,
-        dampening=spec.dampening, rounds=spec.induction.permute_rounds, generator=generator,
+        dampening=spec.dampening, rounds=spec.induction.rounds_for(spec.pruner), generator=generator,
     )  # fmt: skip
     chosen: dict[str, PruneResult] = {}
     chosen_seconds = 0.0

@@ -108,7 +108,18 @@ class InductionSpec:
     # N:M only: permute the inputs of o and down so each group of M holds channels that do not
     # compete (core/induction/permute.py); exact, and the one transform SparseGPT is not invariant to.
     permute: bool = True
-    permute_rounds: int = 25  # rounds of the swap search per permuted input (docs/induction.md)
+    # Rounds of the swap search per permuted input; -1: the measured default for the pruner
+    # (``rounds_for``: more where the pruning step is long enough to pay for them).
+    permute_rounds: int = -1
+
+    def rounds_for(self, pruner: str) -> int:
+        """The swap-search rounds to run: ``permute_rounds``, or where it is -1, 100 for SparseGPT
+        (its search converges by then and costs under half its pruning step) and 10 for
+        magnitude and Wanda, whose training already takes most of the 3x budget
+        (docs/induction.md, "N:M channel permutation")."""
+        if self.permute_rounds >= 0:
+            return self.permute_rounds
+        return 100 if pruner == "sparsegpt" else 10
 
 
 @dataclass(frozen=True)
@@ -253,7 +264,9 @@ class CompressionSpec:
         )
         _check(-4.0 <= ind.init_alpha <= 4.0, "method.induction.init_alpha", "must be between -4 and 4")
         _check(
-            0 <= ind.permute_rounds <= 10000, "method.induction.permute_rounds", "must be between 0 and 10000"
+            -1 <= ind.permute_rounds <= 10000,
+            "method.induction.permute_rounds",
+            "must be between 0 and 10000, or -1 for the default",
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -230,7 +230,7 @@ def _permute_first(
         by_path,
         {},
         dampening=dampening,
-        rounds=spec.permute_rounds,
+        rounds=spec.rounds_for(pruner),
         generator=generator,
     )
     fold_permutation_(layer, plan, perm)

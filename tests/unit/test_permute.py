@@ -221,9 +221,19 @@ def test_spec_checks_permute_settings() -> None:
         CompressionSpec.from_dict({**base, "method": {"induction": {"enabled": True, "permute": "yes"}}})
     assert err.value.param == "method.induction.permute"
     with pytest.raises(SpecError) as err:
-        CompressionSpec.from_dict({**base, "method": {"induction": {"enabled": True, "permute_rounds": -1}}})
+        CompressionSpec.from_dict({**base, "method": {"induction": {"enabled": True, "permute_rounds": -2}}})
     assert err.value.param == "method.induction.permute_rounds"
-    assert CompressionSpec.from_dict(base).induction.permute is True
+    ind = CompressionSpec.from_dict(base).induction
+    assert ind.permute is True and ind.permute_rounds == -1
+    assert (ind.rounds_for("sparsegpt"), ind.rounds_for("wanda"), ind.rounds_for("magnitude")) == (
+        100,
+        10,
+        10,
+    )
+    chosen = CompressionSpec.from_dict(
+        {**base, "method": {"induction": {"enabled": True, "permute_rounds": 0}}}
+    )
+    assert chosen.induction.rounds_for("sparsegpt") == 0
 
 
 def test_the_cli_flag_turns_the_permutation_off() -> None:
