@@ -23,7 +23,6 @@ from core.stats import InputStats
 log = logging.getLogger(__name__)
 
 Selection = Literal["layer", "row", "block"]
-Order = SweepOrder
 
 # Ridge of the dense-model fit (``dense_target``), as a fraction of mean(diag(H)). Measured on
 # SmolLM2 layers 1-4 at 2:4 against the dense model on held-out text: 0.1 beat 0.01 and 3.
@@ -128,7 +127,7 @@ def sparsegpt(
     selection: Selection = "layer",
     factor: HinvFactor | None = None,
     cross: torch.Tensor | None = None,
-    order: Order = "natural",
+    order: SweepOrder = "natural",
 ) -> PruneResult:
     """SparseGPT on one weight W [out, in] with input Hessian H [in, in] (float32 math).
 
@@ -188,7 +187,7 @@ def sparsegpt(
     )
 
 
-def sweep_order(H: torch.Tensor, target: LayerTarget, order: Order) -> torch.Tensor | None:
+def sweep_order(H: torch.Tensor, target: LayerTarget, order: SweepOrder) -> torch.Tensor | None:
     """[in] the column order ``order`` asks for (see ``sparsegpt``), or None for the stored one."""
     if order == "auto":
         order = "ascending" if target.m is None else "descending"
@@ -341,7 +340,7 @@ def prune_weight(
     blocksize: int = 128,
     dampening: float = 0.01,
     col_weight: torch.Tensor | None = None,
-    order: Order = "natural",
+    order: SweepOrder = "natural",
 ) -> PruneResult:
     """Prune W [out, in] with ``pruner`` ("magnitude", "wanda" or "sparsegpt") to ``target``.
 
