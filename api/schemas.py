@@ -19,6 +19,7 @@ from core.spec import (
     DTYPES,
     FIT_TARGETS,
     PRUNERS,
+    ROW_WEIGHTS,
     SWEEP_ORDERS,
     Allocation,
     CompressionSpec,
@@ -79,6 +80,10 @@ class Method(BaseModel):
     order: str = Field(
         default=_d("order"),
         description=f"SparseGPT: the column sweep order by input activity (auto: ascending unstructured, N:M groups descending); one of {SWEEP_ORDERS}",
+    )
+    row_weight: str = Field(
+        default=_d("row_weight"),
+        description=f"SparseGPT, unstructured: 'output' weighs the MLP input linears' rows by their effect on the MLP's output, 'none' counts every row alike; one of {ROW_WEIGHTS}",
     )
 
 

@@ -51,6 +51,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "N:M groups descending)",
     )
     p.add_argument(
+        "--row-weight",
+        choices=["output", "none"],
+        default="output",
+        help="SparseGPT, unstructured: weigh the rows of gate/up (fc1) by their effect on the MLP's "
+        "output (output), or every row alike (none)",
+    )
+    p.add_argument(
         "--fit-to",
         choices=["auto", "model", "layer"],
         default="auto",
@@ -116,6 +123,7 @@ def spec_body(args: argparse.Namespace) -> dict[str, Any]:
             "dampening": args.dampening,
             "fit_to": args.fit_to,
             "order": args.order,
+            "row_weight": args.row_weight,
             "owl_lambda": args.owl_lambda,
             "owl_m": args.owl_m,
         },

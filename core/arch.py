@@ -123,6 +123,18 @@ def layer_linears(layer: nn.Module, arch: ArchSpec) -> dict[str, nn.Linear]:
     return out
 
 
+def mlp_activation(layer: nn.Module, arch: ArchSpec) -> nn.Module | None:
+    """The MLP's elementwise activation module (act_fn on Llama's MLP, activation_fn on OPT's layer),
+    looked up on the parent of ``mlp_out`` and on the layer; None if there is none."""
+    parent = arch.mlp_out.rsplit(".", 1)[0] if "." in arch.mlp_out else ""
+    for owner in (layer.get_submodule(parent), layer) if parent else (layer,):
+        for name in ("activation_fn", "act_fn", "act"):
+            act = getattr(owner, name, None)
+            if isinstance(act, nn.Module):
+                return act
+    return None
+
+
 def input_groups(arch: ArchSpec) -> tuple[tuple[str, ...], ...]:
     """Linears that read the same input tensor: their statistics (norms, H) are computed once."""
     return ((arch.q, arch.k, arch.v), (arch.o,), arch.mlp_in, (arch.mlp_out,))

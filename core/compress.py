@@ -27,9 +27,17 @@ from core.export import dense_bytes, save_compact, save_hf
 from core.models import LoadedModel, load_model
 from core.owl import outlier_ratio, owl_ratios
 from core.progress import Progress, ProgressFn, StopFn, overall_fraction
-from core.pruners import PruneResult, dense_target, prune_weight, reconstruction_error, wanda_scores
+from core.pruners import (
+    PruneResult,
+    dense_target,
+    mlp_row_weights,
+    prune_weight,
+    reconstruction_error,
+    wanda_scores,
+)
 from core.sparsity import LayerTarget, nm_ok, sparsity_of
 from core.spec import CompressionSpec
+from core.stats import OutputSensitivity
 from core.walker import LayerBatch, capture_inputs, collect_paired_stats, collect_stats, run_layer, walk
 
 log = logging.getLogger(__name__)
@@ -423,14 +431,18 @@ def _prune_layers(
             row["induction"] = rep.induction_row(result)
             row["induction_seconds"] = result.seconds
         start = time.perf_counter()
+        # SparseGPT's unstructured selection weighs rows against each other (method.row_weight)
+        sens: dict[str, OutputSensitivity] | None = (
+            {} if spec.pruner == "sparsegpt" and spec.row_weight == "output" and not target.is_nm else None
+        )
         if paired:
             stats, outputs, dense_next = collect_paired_stats(
-                layer, arch, batches, dense_stream, device=device
+                layer, arch, batches, dense_stream, device=device, sensitivity=sens
             )
             dense_stream[:] = dense_next
         elif needs_stats:
             stats, outputs = collect_stats(
-                layer, arch, batches, device=device, want_hessian=spec.pruner == "sparsegpt"
+                layer, arch, batches, device=device, want_hessian=spec.pruner == "sparsegpt", sensitivity=sens
             )
         else:
             # Magnitude needs no data: this dense pass only measures the layer's error.
@@ -440,7 +452,12 @@ def _prune_layers(
         if spec.induction.enabled and spec.induction.permute and target.is_nm and paired:
             # (without the paired fit, induce_layer above permuted the layer before training)
             pruned = _permute_layer(layer, arch, target, stats, spec, col_weights, generator, row)
-        row["linears"] = _prune_linears(layer, arch, target, stats, spec, col_weights, fact, i, pruned)
+        # from the dense mlp_out, before _prune_linears prunes it
+        w_out = layer_linears(layer, arch)[arch.mlp_out].weight
+        row_weights = {name: mlp_row_weights(w_out, s) for name, s in (sens or {}).items()}
+        row["linears"] = _prune_linears(
+            layer, arch, target, stats, spec, col_weights, fact, i, pruned, row_weights
+        )
         row["_visit_end"] = time.perf_counter()
         rows.append(row)
 
@@ -571,8 +588,10 @@ def _prune_linears(
     fact: list[dict[str, Any]],
     index: int,
     pruned: dict[str, PruneResult] | None = None,
+    row_weights: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Prune every linear of the layer in place (``pruned``: results already computed, by path)."""
+    """Prune every linear of the layer in place (``pruned``: results already computed, by path;
+    ``row_weights``: SparseGPT's row weights, by path)."""
     out: dict[str, dict[str, Any]] = {}
     for name, lin in layer_linears(layer, arch).items():
         W = lin.weight.data  # [out, in]
@@ -586,6 +605,7 @@ def _prune_linears(
             dampening=spec.dampening,
             col_weight=col_weights.get(name),
             order=spec.order,
+            row_weight=(row_weights or {}).get(name),
         )
         entry: dict[str, Any] = {"sparsity": round(sparsity_of(result.W), 6), "params": W.numel()}
         if st is not None and st.H is not None:

@@ -29,6 +29,12 @@ AUTO_FIT_MIN_RATIO = 0.6
 # SparseGPT's column order (core.pruners.sparsegpt); "auto" is the measured best per structure.
 SweepOrder = Literal["auto", "ascending", "descending", "natural"]
 SWEEP_ORDERS: tuple[str, ...] = ("auto", "ascending", "descending", "natural")
+# How SparseGPT's unstructured selection weighs the rows of one linear against each other
+# (core.pruners.sparsegpt ``row_weight``): "output" weighs each output row of the MLP's input
+# linears (gate/up, fc1) by how much it moves the MLP's output (docs/pruners.md, "Row weights");
+# "none" is the reference (every row's error counts alike).
+RowWeight = Literal["output", "none"]
+ROW_WEIGHTS: tuple[str, ...] = ("output", "none")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
@@ -154,6 +160,7 @@ class CompressionSpec:
     dampening: float = 0.01  # SparseGPT: lambda = dampening x mean(diag(H))
     fit_to: str = "auto"  # SparseGPT: one of FIT_TARGETS
     order: SweepOrder = "auto"  # SparseGPT: the column sweep order (docs/pruners.md, "Sweep order")
+    row_weight: RowWeight = "output"  # SparseGPT, unstructured: one of ROW_WEIGHTS
     induction: InductionSpec = field(default_factory=InductionSpec)
     calibration: TextSpec = field(default_factory=TextSpec)
     evaluation: EvalSpec = field(default_factory=EvalSpec)
@@ -191,6 +198,7 @@ class CompressionSpec:
                 "dampening",
                 "fit_to",
                 "order",
+                "row_weight",
             },
             "method",
         )
@@ -220,6 +228,7 @@ class CompressionSpec:
             dampening=_number(method, "dampening", 0.01, "method", lo=0.0, hi=10.0),
             fit_to=method.get("fit_to", "auto"),
             order=method.get("order", "auto"),
+            row_weight=method.get("row_weight", "output"),
             induction=induction,
             calibration=_build(TextSpec, _section(body, "calibration"), "calibration"),
             evaluation=_build(EvalSpec, _section(body, "evaluation"), "evaluation"),
@@ -240,6 +249,9 @@ class CompressionSpec:
             f"must be one of {', '.join(FIT_TARGETS)}",
         )
         _check(self.order in SWEEP_ORDERS, "method.order", f"must be one of {', '.join(SWEEP_ORDERS)}")
+        _check(
+            self.row_weight in ROW_WEIGHTS, "method.row_weight", f"must be one of {', '.join(ROW_WEIGHTS)}"
+        )
         _check(
             self.fit_to != "model" or self.pruner == "sparsegpt",
             "method.fit_to",
@@ -283,6 +295,7 @@ class CompressionSpec:
                 "dampening": self.dampening,
                 "fit_to": self.fit_to,
                 "order": self.order,
+                "row_weight": self.row_weight,
                 "induction": dataclasses.asdict(self.induction),
             },
             "calibration": dataclasses.asdict(self.calibration),

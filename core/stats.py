@@ -92,3 +92,36 @@ class InputStats:
         if self.n == 0:
             raise SystemFault("InputStats has seen no inputs: the cross statistics are undefined")
         return self.G * (2.0 / self.n)
+
+
+@dataclass
+class OutputSensitivity:
+    """How strongly each output channel of one of the MLP's input linears (gate/up, fc1) moves the
+    MLP's hidden activation h (the input of down / fc2): sums over tokens of (dh_i / dz_i)^2, z the
+    linear's output. h_i depends on channel i of each input linear alone (act(gate) * up, act(fc1)),
+    so the derivative is elementwise: act(gate_i) for up, act'(gate_i) up_i for gate, act'(z_i) for fc1.
+    """
+
+    n: int  # tokens seen
+    sq_sum: torch.Tensor  # [out] sum over tokens of (dh_i / dz_i)^2
+
+    @classmethod
+    def new(cls, out_features: int, *, device: torch.device | str) -> OutputSensitivity:
+        return cls(n=0, sq_sum=torch.zeros(out_features, dtype=torch.float32, device=device))
+
+    def update(self, deriv: torch.Tensor) -> None:
+        """Add a batch of elementwise derivatives [..., out]."""
+        D = (
+            deriv.detach()
+            .reshape(-1, self.sq_sum.shape[0])
+            .to(device=self.sq_sum.device, dtype=torch.float32)
+        )
+        self.n += D.shape[0]
+        self.sq_sum += D.square().sum(dim=0)
+
+    @property
+    def mean_sq(self) -> torch.Tensor:
+        """[out] E[(dh_i / dz_i)^2] over the tokens seen."""
+        if self.n == 0:
+            raise SystemFault("OutputSensitivity has seen no inputs")
+        return self.sq_sum / self.n

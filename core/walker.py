@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core.arch import ArchSpec, decoder_layers, input_groups, layer_linears
-from core.errors import Cancelled
-from core.stats import InputStats
+from core.arch import ArchSpec, decoder_layers, input_groups, layer_linears, mlp_activation
+from core.errors import Cancelled, SystemFault
+from core.stats import InputStats, OutputSensitivity
 
 Device = torch.device | str
 Visit = Callable[[int, nn.Module, list["LayerBatch"]], None]
@@ -97,17 +97,27 @@ def run_layer(layer: nn.Module, batches: list[LayerBatch], *, device: Device) ->
 
 
 def collect_stats(
-    layer: nn.Module, arch: ArchSpec, batches: list[LayerBatch], *, device: Device, want_hessian: bool
+    layer: nn.Module,
+    arch: ArchSpec,
+    batches: list[LayerBatch],
+    *,
+    device: Device,
+    want_hessian: bool,
+    sensitivity: dict[str, OutputSensitivity] | None = None,
 ) -> tuple[dict[str, InputStats], list[Tensor]]:
     """Input statistics of every prunable linear of ``layer`` over ``batches``, and the layer's outputs.
 
     Linears that read the same tensor (q/k/v, gate/up) share one ``InputStats`` object, filled once
     by a hook on the group's first linear. Hooks are removed even when the forward raises.
+    A ``sensitivity`` dict (empty) is filled with each MLP input linear's ``OutputSensitivity``
+    from the same pass.
     """
     linears = layer_linears(layer, arch)
     stats: dict[str, InputStats] = {}
     handles = []
     try:
+        if sensitivity is not None:
+            handles += _sensitivity_hooks(layer, arch, sensitivity, device, active=lambda: True)
         for group in input_groups(arch):
             first = linears[group[0]]
             shared = InputStats.new(first.in_features, device=device, want_hessian=want_hessian)
@@ -122,7 +132,13 @@ def collect_stats(
 
 
 def collect_paired_stats(
-    layer: nn.Module, arch: ArchSpec, batches: list[LayerBatch], dense: list[Tensor], *, device: Device
+    layer: nn.Module,
+    arch: ArchSpec,
+    batches: list[LayerBatch],
+    dense: list[Tensor],
+    *,
+    device: Device,
+    sensitivity: dict[str, OutputSensitivity] | None = None,
 ) -> tuple[dict[str, InputStats], list[Tensor], list[Tensor]]:
     """``collect_stats`` with SparseGPT's Hessian and, for the two linears that write into the
     residual stream (o and down / fc2), the cross statistics between the pruned model's inputs
@@ -136,7 +152,8 @@ def collect_paired_stats(
     ``dense`` holds the dense model's input of this layer for each batch. Per batch the layer runs
     twice with the same (not yet pruned) weights: on the dense input, where the hooks only keep each
     writer's output, then on the pruned input, where they accumulate the input and, for the
-    writers, y_dense - y into ``InputStats``.
+    writers, y_dense - y into ``InputStats``. ``sensitivity`` (as in ``collect_stats``) is
+    measured on the pruned input, like the rest of the statistics.
     Returns (stats, outputs on ``batches``, outputs on ``dense``: the dense model's next inputs).
     """
     linears = layer_linears(layer, arch)
@@ -144,6 +161,10 @@ def collect_paired_stats(
     kept: dict[str, Tensor] = {}  # writer linear -> its output on the current batch's dense input
     handles = []
     try:
+        if sensitivity is not None:
+            handles += _sensitivity_hooks(
+                layer, arch, sensitivity, device, active=lambda: _DENSE_PASS not in kept
+            )
         for group in input_groups(arch):
             first = linears[group[0]]
             cross = group[0] in (arch.o, arch.mlp_out)  # single-linear groups: G belongs to that linear
@@ -219,6 +240,62 @@ def walk(
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def _sensitivity_hooks(
+    layer: nn.Module,
+    arch: ArchSpec,
+    into: dict[str, OutputSensitivity],
+    device: Device,
+    active: Callable[[], bool],
+) -> list[torch.utils.hooks.RemovableHandle]:
+    """Hooks that fill ``into`` with each MLP input linear's ``OutputSensitivity`` while ``active()``.
+
+    The input linears' outputs are kept until the MLP's output linear is reached; there the
+    activation's derivative comes from autograd on the activation module alone (the layer itself
+    runs without gradients), and the recomputed hidden activation must equal the one the output
+    linear receives, so a model whose MLP is not act(gate) * up or act(fc1) fails loudly instead
+    of weighting rows by the wrong formula.
+    """
+    linears = layer_linears(layer, arch)
+    act = mlp_activation(layer, arch)
+    if act is None:
+        raise SystemFault(f"no MLP activation module found in a {arch.name} layer: cannot weigh its rows")
+    for name in arch.mlp_in:
+        into[name] = OutputSensitivity.new(linears[name].out_features, device=device)
+    outs: dict[str, Tensor] = {}
+
+    def keep(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+            if active():
+                outs[name] = output.detach()
+
+        return hook
+
+    def measure(module: nn.Module, args: tuple) -> None:
+        if len(outs) < len(arch.mlp_in):
+            return
+        h = args[0].detach().to(torch.float32)
+        first = outs[arch.mlp_in[0]].to(torch.float32)
+        with torch.enable_grad():
+            z = first.clone().requires_grad_(True)
+            a = act(z)
+            (da,) = torch.autograd.grad(a.sum(), z)
+        a = a.detach()
+        if arch.gated:  # h = act(gate) * up
+            up = outs[arch.mlp_in[-1]].to(torch.float32)
+            rebuilt, derivs = a * up, {arch.mlp_in[0]: da * up, arch.mlp_in[-1]: a}
+        else:  # h = act(fc1)
+            rebuilt, derivs = a, {arch.mlp_in[0]: da}
+        if float((rebuilt - h).norm()) > 1e-2 * float(h.norm()) + 1e-6:
+            raise SystemFault(f"the {arch.name} MLP's hidden activation is not the expected act(...) form")
+        for name, d in derivs.items():
+            into[name].update(d)
+        outs.clear()
+
+    handles = [linears[name].register_forward_hook(keep(name)) for name in arch.mlp_in]
+    handles.append(linears[arch.mlp_out].register_forward_pre_hook(measure))
+    return handles
 
 
 class _Recorder(nn.Module):

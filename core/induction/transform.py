@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.arch import ArchSpec
+from core.arch import ArchSpec, mlp_activation
 
 LINEAR_KINDS = ("attn", "o", "mlp", "down")  # the four input groups: q/k/v, o, gate/up (fc1), down (fc2)
 
@@ -127,13 +127,7 @@ def _has_bias(module: nn.Module) -> bool:
 def _relu_before(layer: nn.Module, arch: ArchSpec) -> bool:
     """True if the non-gated MLP's activation is a ReLU (positively homogeneous, so it commutes
     with a positive per-channel scale). Looked up on the layer and on mlp_out's parent."""
-    parent = arch.mlp_out.rsplit(".", 1)[0] if "." in arch.mlp_out else ""
-    for owner in {layer, layer.get_submodule(parent) if parent else layer}:
-        for name in ("activation_fn", "act_fn", "act"):
-            act = getattr(owner, name, None)
-            if act is not None:
-                return isinstance(act, nn.ReLU)
-    return False
+    return isinstance(mlp_activation(layer, arch), nn.ReLU)
 
 
 @dataclass

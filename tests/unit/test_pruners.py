@@ -411,3 +411,140 @@ def test_the_cli_passes_the_order() -> None:
     assert spec_body(args)["method"]["order"] == "auto"
     args = build_parser().parse_args(["prune", "--model", "m", "--sparsity", "0.5", "--order", "natural"])
     assert spec_body(args)["method"]["order"] == "natural"
+
+
+# -- row weights (method.row_weight) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", [LayerTarget(0.5), LayerTarget(0.5, 2, 4)])
+def test_row_weight_of_ones_changes_nothing(target: LayerTarget) -> None:
+    W, stats = layer()
+    plain = sparsegpt(W, stats.hessian(), target, blocksize=BLOCK, order="auto")
+    ones = sparsegpt(W, stats.hessian(), target, blocksize=BLOCK, order="auto", row_weight=torch.ones(OUT))
+    assert torch.equal(plain.keep, ones.keep)
+    assert torch.equal(plain.W, ones.W)
+
+
+@pytest.mark.parametrize("selection", ["layer", "block"])
+@pytest.mark.parametrize("ratio", [0.5, 0.7])
+def test_a_row_weight_is_pruning_the_rescaled_rows(selection: str, ratio: float) -> None:
+    """The docstring's claim: the same as pruning diag(r) W and dividing the rows again."""
+    W, stats = layer()
+    H = stats.hessian()
+    r = torch.exp(torch.randn(OUT, generator=torch.Generator().manual_seed(3)))
+    got = sparsegpt(W, H, LayerTarget(ratio), blocksize=BLOCK, selection=selection, row_weight=r)  # type: ignore[arg-type]
+    by_hand = sparsegpt(r[:, None] * W, H, LayerTarget(ratio), blocksize=BLOCK, selection=selection)  # type: ignore[arg-type]
+    assert torch.equal(got.keep, by_hand.keep)
+    torch.testing.assert_close(got.W, by_hand.W / r[:, None], rtol=1e-5, atol=1e-6)
+    plain = sparsegpt(W, H, LayerTarget(ratio), blocksize=BLOCK, selection=selection)  # type: ignore[arg-type]
+    assert not torch.equal(got.keep, plain.keep)  # the weights did move something
+    assert sparsity_of(got.W) == pytest.approx(ratio, abs=1e-6)  # exact per layer all the same
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.7])
+def test_a_heavier_row_keeps_more_and_the_rest_pay_for_it(ratio: float) -> None:
+    W, stats = layer()
+    H = stats.hessian()
+    plain = sparsegpt(W, H, LayerTarget(ratio), blocksize=BLOCK)
+    i = int(plain.keep.sum(dim=1).argmin())  # the row that lost most
+    r = torch.ones(OUT)
+    r[i] = 10.0
+    heavy = sparsegpt(W, H, LayerTarget(ratio), blocksize=BLOCK, row_weight=r)
+    assert heavy.keep[i].sum() > plain.keep[i].sum()
+    assert int((~heavy.keep).sum()) == int((~plain.keep).sum())
+
+
+@pytest.mark.parametrize(
+    ("target", "selection"),
+    [(LayerTarget(0.5, 2, 4), "layer"), (LayerTarget(0.5, 4, 8), "layer"), (LayerTarget(0.5), "row")],
+)
+def test_per_row_selections_ignore_the_row_weight(target: LayerTarget, selection: str) -> None:
+    W, stats = layer()
+    H = stats.hessian()
+    r = torch.exp(torch.randn(OUT, generator=torch.Generator().manual_seed(4)))
+    plain = sparsegpt(W, H, target, blocksize=BLOCK, selection=selection)  # type: ignore[arg-type]
+    weighted = sparsegpt(W, H, target, blocksize=BLOCK, selection=selection, row_weight=r)  # type: ignore[arg-type]
+    assert torch.equal(plain.keep, weighted.keep)
+    assert torch.equal(plain.W, weighted.W)
+
+
+def test_prune_weight_passes_the_row_weight_to_sparsegpt_only() -> None:
+    W, stats = layer()
+    r = torch.ones(OUT)
+    r[0] = 50.0
+    for pruner in ("magnitude", "wanda"):  # they compare within a row: a row factor cancels
+        assert torch.equal(
+            run(W, pruner, LayerTarget(0.5), stats).W, run(W, pruner, LayerTarget(0.5), stats, row_weight=r).W
+        )
+    plain = run(W, "sparsegpt", LayerTarget(0.5), stats)
+    assert run(W, "sparsegpt", LayerTarget(0.5), stats, row_weight=r).keep[0].sum() > plain.keep[0].sum()
+
+
+def test_mlp_row_weights_by_hand() -> None:
+    from core.pruners import mlp_row_weights
+    from core.stats import OutputSensitivity
+
+    g = torch.Generator().manual_seed(0)
+    W_out = torch.randn(16, 6, generator=g)  # [hidden, mlp hidden]
+    D = torch.randn(100, 6, generator=g) * torch.tensor([0.0, 1, 2, 3, 4, 5])  # channel 0: never moves h
+    sens = OutputSensitivity.new(6, device="cpu")
+    sens.update(D[:40])
+    sens.update(D[40:])
+    want = (D.square().mean(dim=0) * W_out.square().sum(dim=0)).sqrt()
+    got = mlp_row_weights(W_out, sens)
+    torch.testing.assert_close(got, want / want.max())
+    assert float(got[0]) == 0.0 and float(got.max()) == 1.0
+    with pytest.raises(SystemFault):
+        _ = OutputSensitivity.new(3, device="cpu").mean_sq
+
+
+def test_the_spec_and_the_cli_carry_the_row_weight() -> None:
+    from cli.main import build_parser
+    from cli.prune import spec_body
+    from core.spec import CompressionSpec
+
+    base = {"model": "m", "sparsity": 0.5, "method": {"pruner": "sparsegpt"}}
+    spec = CompressionSpec.from_dict(base)
+    assert spec.row_weight == "output"
+    assert CompressionSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(SpecError) as err:
+        CompressionSpec.from_dict({**base, "method": {"pruner": "sparsegpt", "row_weight": "columns"}})
+    assert err.value.param == "method.row_weight"
+    args = build_parser().parse_args(["prune", "--model", "m", "--sparsity", "0.5", "--row-weight", "none"])
+    assert CompressionSpec.from_dict(spec_body(args)).row_weight == "none"
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.7])
+def test_compress_weighs_only_the_mlp_input_rows(tmp_path, sparsity: float) -> None:
+    """On a tiny model: with row weights only gate/up change (each linear is pruned from the same
+    statistics, so q/k/v/o/down do not see the difference), exactly as sparse, and it is reported."""
+    from safetensors.torch import load_file
+
+    from core.compress import compress
+    from core.spec import CompressionSpec
+    from tests.tiny import tiny_model_dir
+
+    model = tiny_model_dir(tmp_path / "models", "llama", layers=2, hidden=64)
+
+    def pruned(row_weight: str) -> tuple[dict, dict[str, torch.Tensor]]:
+        spec = CompressionSpec.from_dict(
+            {
+                "model": str(model),
+                "sparsity": sparsity,
+                "method": {"pruner": "sparsegpt", "row_weight": row_weight, "fit_to": "layer"},
+                "calibration": {"source": "pydoc", "samples": 4, "seq_len": 32, "seed": 1},
+                "evaluation": {"sources": ["none"]},
+            }
+        )
+        out = tmp_path / row_weight
+        return compress(spec, out_dir=out).to_dict(), load_file(out / "hf" / "model.safetensors")
+
+    report, weighted = pruned("output")
+    _, plain = pruned("none")
+    assert report["spec"]["method"]["row_weight"] == "output"
+    for key, W in plain.items():
+        if ".mlp.gate_proj." in key or ".mlp.up_proj." in key:
+            assert not torch.equal(weighted[key], W), key
+            assert sparsity_of(weighted[key]) == pytest.approx(sparsity_of(W), abs=1e-6)
+        elif "layers.1." not in key:  # layer 1 reads layer 0's (different) outputs
+            assert torch.equal(weighted[key], W), key

@@ -299,3 +299,63 @@ def test_visitor_changes_propagate_to_later_layers():
     got = _head(model, arch, torch.cat([b.hidden for b in final]))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(got, dense_logits, atol=1e-3)
+
+
+def _mlp_in_outputs(layer: nn.Module, arch, batches: list[LayerBatch]) -> dict[str, torch.Tensor]:
+    """[tokens, out] outputs of the MLP's input linears, computed from inputs recorded without hooks."""
+    X = _inputs_without_hooks(layer, arch, batches)
+    return {path: layer.get_submodule(path)(X[path]).detach() for path in arch.mlp_in}
+
+
+@pytest.mark.parametrize("name", ARCHES)
+def test_mlp_sensitivity_is_the_derivative_of_the_hidden_activation(name):
+    """Llama/Qwen2: h = silu(gate) * up, so dh/dup = silu(gate) and dh/dgate = silu'(gate) up;
+    OPT: h = relu(fc1), so dh/dfc1 = 1 where fc1 > 0. Closed forms, not autograd."""
+    arch, batches, layer = _first_layer(name)
+    sens: dict = {}
+    _, outputs = collect_stats(layer, arch, batches, device="cpu", want_hessian=False, sensitivity=sens)
+
+    Z = _mlp_in_outputs(layer, arch, batches)
+    if arch.gated:
+        g, u = Z[arch.mlp_in[0]], Z[arch.mlp_in[-1]]
+        sig = torch.sigmoid(g)
+        want = {arch.mlp_in[0]: sig * (1 + g * (1 - sig)) * u, arch.mlp_in[-1]: g * sig}
+    else:
+        want = {arch.mlp_in[0]: (Z[arch.mlp_in[0]] > 0).to(torch.float32)}
+    assert set(sens) == set(arch.mlp_in)
+    for path, d in want.items():
+        assert sens[path].n == sum(SIZES) * SEQ
+        torch.testing.assert_close(sens[path].sq_sum, d.square().sum(dim=0), rtol=1e-4, atol=1e-4)
+    assert _hook_count(layer) == 0
+    for got, want_out in zip(outputs, run_layer(layer, batches, device="cpu"), strict=True):
+        torch.testing.assert_close(got, want_out, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["llama", "opt"])
+def test_paired_sensitivity_comes_from_the_pruned_stream_only(name):
+    arch, batches, layer = _first_layer(name)
+    g = torch.Generator().manual_seed(5)
+    dense = [b.hidden + 0.5 * torch.randn(b.hidden.shape, generator=g) for b in batches]
+    paired: dict = {}
+    collect_paired_stats(layer, arch, batches, dense, device="cpu", sensitivity=paired)
+    alone: dict = {}
+    collect_stats(layer, arch, batches, device="cpu", want_hessian=False, sensitivity=alone)
+    for path in arch.mlp_in:
+        assert paired[path].n == alone[path].n
+        torch.testing.assert_close(paired[path].sq_sum, alone[path].sq_sum, rtol=1e-5, atol=1e-5)
+    assert _hook_count(layer) == 0
+
+
+def test_an_mlp_of_another_form_fails_loudly_and_leaves_no_hooks(monkeypatch):
+    from core.errors import SystemFault
+
+    arch, batches, layer = _first_layer("llama")
+    mlp = layer.mlp
+
+    def doubled(x: torch.Tensor) -> torch.Tensor:  # not act(gate) * up: the row weights would lie
+        return mlp.down_proj(2.0 * mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+
+    monkeypatch.setattr(mlp, "forward", doubled)
+    with pytest.raises(SystemFault, match="not the expected"):
+        collect_stats(layer, arch, batches, device="cpu", want_hessian=False, sensitivity={})
+    assert _hook_count(layer) == 0
