@@ -410,7 +410,7 @@ def mlp_row_weights(W_out: torch.Tensor, sensitivity: OutputSensitivity) -> torc
     SparseGPT's own score measures the error in the linear's output, where an error in up's row i
     counts the same whether act(gate_i) is large or nearly zero on every token; weighting by what
     reaches the block's output moves the zeros to rows whose output is scaled away. Measured on
-    SmolLM2 (docs/pruners.md, "Row weights"): the block's output error drops 2-17% at 50% and 70%.
+    SmolLM2 (docs/pruners.md, "Row weights"): the block's output error drops 2-15% at 50% and 70%.
     The largest weight is 1 (only the ratios between rows matter).
     """
     col = W_out.detach().to(torch.float32).square().sum(dim=0)  # [hidden]: ||W_out[:, i]||^2

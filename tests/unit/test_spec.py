@@ -72,6 +72,8 @@ def test_body_round_trips():
         ("method.dampening", -1, "method.dampening"),
         ("method.fit_to", "everything", "method.fit_to"),
         ("method.fit_to", "model", "method.fit_to"),  # BODY's pruner is wanda: no weight update
+        ("method.row_weight", "columns", "method.row_weight"),
+        ("method.row_weight", 1, "method.row_weight"),
         ("model", "", "model"),
         ("colour", "blue", "colour"),
         ("calibration.colour", "blue", "calibration.colour"),
