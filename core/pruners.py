@@ -163,7 +163,7 @@ def sparsegpt(
 
     ``row_weight`` [out] (positive) multiplies the score of every weight of output row i by
     row_weight[i]^2: how much an error in that row's output costs downstream, relative to the
-    other rows (``core.compress.row_weights``). Within a row nothing changes, so it only moves
+    other rows (``mlp_row_weights`` for gate/up). Within a row nothing changes, so it only moves
     the unstructured "layer" and "block" selections' counts between rows; N:M groups and the
     "row" selection are per row and ignore it. It is the same as pruning diag(r) W and
     dividing the rows again: SparseGPT's updates are per row.
