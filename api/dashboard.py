@@ -52,6 +52,8 @@ def static_file(relative: str) -> Path:
     Raises ``HTTPException(404)`` for anything that is not a regular file under the folder.
     """
     root = STATIC_DIR
+    if "\x00" in relative:  # no file name holds one, and the OS calls raise ValueError on it
+        raise HTTPException(status_code=404, detail="not found")
     candidate = (root / relative).resolve()
     if not candidate.is_relative_to(root) or not candidate.is_file():
         raise HTTPException(status_code=404, detail="not found")

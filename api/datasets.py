@@ -15,7 +15,7 @@ from sqlalchemy import select
 from api.deps import CallerDep, CtxDep, SessionDep
 from api.errors import COMMON, ApiError, not_found
 from api.schemas import DatasetList, DatasetOut
-from common.models import Dataset, new_id
+from common.models import Dataset, new_id, storable
 from common.storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def list_datasets(session: SessionDep, caller: CallerDep) -> DatasetList:
     responses={404: {"description": "no such dataset in your team"}},
 )
 def read_dataset(dataset_id: str, session: SessionDep, caller: CallerDep) -> DatasetOut:
-    ds = session.get(Dataset, dataset_id)
+    ds = session.get(Dataset, dataset_id) if storable(dataset_id) else None
     if ds is None or ds.team_id != caller.team_id:
         raise not_found("dataset")
     return dataset_out(ds)

@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from common.models import Job, JobEvent, utcnow
+from common.models import Job, JobEvent, storable, utcnow
 from common.states import JobStatus, check_transition
 
 
@@ -81,6 +81,8 @@ def set_status(
 
 
 def get_job(session: Session, job_id: str, *, for_update: bool = False) -> Job | None:
+    if not storable(job_id):  # e.g. ?after=%00 (found by the API fuzz test on Postgres)
+        return None
     stmt = select(Job).where(Job.id == job_id)
     if for_update:
         stmt = stmt.with_for_update()

@@ -42,6 +42,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def storable(text: str) -> bool:
+    """False for a string Postgres text cannot hold (a NUL character): it names nothing stored,
+    and comparing a column with it raises in the driver, so lookups answer "not found" first."""
+    return "\x00" not in text
+
+
 def new_id(prefix: str) -> str:
     """A public id such as ``job_3f9c...``: the prefix says what it names, 96 random bits."""
     return f"{prefix}_{secrets.token_hex(12)}"
