@@ -31,7 +31,7 @@ from api.schemas import (
 )
 from api.validation import check_limits, check_model_ref, check_sources
 from common.jobs import StaleStatus, add_event, get_job, set_status
-from common.models import ApiKey, Artifact, Dataset, Job, JobEvent, storable
+from common.models import ApiKey, Artifact, Dataset, Job, JobEvent
 from common.queue import enqueue
 from common.states import JobStatus
 from common.storage import LocalStorage, Storage, StorageError
@@ -93,7 +93,7 @@ def _validate(body: JobCreate, session: Session, ctx: CtxDep, caller: CallerDep)
         check_model_ref(spec.model, ctx.settings)
 
         def owns(ds_id: str) -> bool:
-            ds = session.get(Dataset, ds_id) if storable(ds_id) else None
+            ds = session.get(Dataset, ds_id)  # check_sources passes only ids matching DATASET_ID
             return ds is not None and ds.team_id == caller.team_id
 
         check_sources(spec, owns)

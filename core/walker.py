@@ -276,9 +276,8 @@ def _sensitivity_hooks(
         if len(outs) < len(arch.mlp_in):
             return
         h = args[0].detach().to(torch.float32)
-        first = outs[arch.mlp_in[0]].to(torch.float32)
         with torch.enable_grad():
-            z = first.clone().requires_grad_(True)
+            z = outs[arch.mlp_in[0]].to(torch.float32).requires_grad_(True)  # a detached leaf
             a = act(z)
             (da,) = torch.autograd.grad(a.sum(), z)
         a = a.detach()
