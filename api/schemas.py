@@ -20,6 +20,7 @@ from core.spec import (
     FIT_TARGETS,
     PRUNERS,
     ROW_WEIGHTS,
+    SEQUENTIALS,
     SWEEP_ORDERS,
     Allocation,
     CompressionSpec,
@@ -84,6 +85,10 @@ class Method(BaseModel):
     row_weight: str = Field(
         default=_d("row_weight"),
         description=f"SparseGPT, unstructured: 'output' weighs the MLP input linears' rows by their effect on the MLP's output, 'none' counts every row alike; one of {ROW_WEIGHTS}",
+    )
+    sequential: str = Field(
+        default=_d("sequential"),
+        description=f"SparseGPT fitting the dense model: 'linear' prunes q/k/v, o, gate/up, down in turn inside one forward of every calibration token, 'layer' fits all of a layer's linears on the dense layer's activations, 'auto' is 'linear' when that forward fits in memory and induction is off; one of {SEQUENTIALS}",
     )
 
 

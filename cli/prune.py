@@ -58,6 +58,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "output (output), or every row alike (none)",
     )
     p.add_argument(
+        "--sequential",
+        choices=["auto", "linear", "layer"],
+        default="auto",
+        help="SparseGPT fitting the dense model: prune q/k/v, o, gate/up, down in turn inside one "
+        "forward of every calibration token (linear), or fit every linear on the dense layer's "
+        "activations (layer); auto: linear when that forward fits in memory and induction is off",
+    )
+    p.add_argument(
         "--fit-to",
         choices=["auto", "model", "layer"],
         default="auto",
@@ -124,6 +132,7 @@ def spec_body(args: argparse.Namespace) -> dict[str, Any]:
             "fit_to": args.fit_to,
             "order": args.order,
             "row_weight": args.row_weight,
+            "sequential": args.sequential,
             "owl_lambda": args.owl_lambda,
             "owl_m": args.owl_m,
         },

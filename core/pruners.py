@@ -428,13 +428,14 @@ def _need(stats: InputStats | None, pruner: str) -> InputStats:
 def reconstruction_error(W: torch.Tensor, W_new: torch.Tensor, H: torch.Tensor) -> float:
     """Relative output error on the calibration inputs: tr(dW H dW^T) / tr(W H W^T), dW = W - W_new.
 
-    Equals ||(W - W_new) X||_F^2 / ||W X||_F^2 for H = X X^T (any scale of H); float64.
+    Equals ||(W - W_new) X||_F^2 / ||W X||_F^2 for H = X X^T (any scale of H). The products run
+    in float32 (in float64 they took 3% of SparseGPT's step on a CPU), the sums in float64.
     """
-    W64 = W.detach().to(torch.float64)
-    H64 = H.detach().to(device=W.device, dtype=torch.float64)
-    dW = W64 - W_new.detach().to(device=W.device, dtype=torch.float64)  # [out, in]
-    num = float(((dW @ H64) * dW).sum())
-    den = float(((W64 @ H64) * W64).sum())
+    W32 = W.detach().to(torch.float32)
+    H32 = H.detach().to(device=W.device, dtype=torch.float32)
+    dW = W32 - W_new.detach().to(device=W.device, dtype=torch.float32)  # [out, in]
+    num = float(((dW @ H32) * dW).sum(dtype=torch.float64))
+    den = float(((W32 @ H32) * W32).sum(dtype=torch.float64))
     if den > 0:
         return num / den
     return float("inf") if num > 0 else 0.0  # W X = 0: any change is infinitely large

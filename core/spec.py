@@ -35,6 +35,16 @@ SWEEP_ORDERS: tuple[str, ...] = ("auto", "ascending", "descending", "natural")
 # "none" is the reference (every row's error counts alike).
 RowWeight = Literal["output", "none"]
 ROW_WEIGHTS: tuple[str, ...] = ("output", "none")
+# How SparseGPT's fit to the dense model walks one layer (core.walker.prune_in_forward):
+# "linear" prunes q/k/v, o, gate/up and down in turn inside one forward of every calibration
+# token, each fitted on what the already pruned linears before it produce (two forwards per
+# layer); "layer" fits every linear of the layer on the dense layer's activations (three
+# forwards). "auto" is "linear" where the fit to the dense model runs without induction and one
+# forward of all calibration tokens needs at most IN_FORWARD_BYTES of activations, "layer"
+# otherwise. Measured on the benchmark: docs/pruners.md, "Sequential linears".
+Sequential = Literal["auto", "linear", "layer"]
+SEQUENTIALS: tuple[str, ...] = ("auto", "linear", "layer")
+IN_FORWARD_BYTES = 4 << 30
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
@@ -161,6 +171,7 @@ class CompressionSpec:
     fit_to: str = "auto"  # SparseGPT: one of FIT_TARGETS
     order: SweepOrder = "auto"  # SparseGPT: the column sweep order (docs/pruners.md, "Sweep order")
     row_weight: RowWeight = "output"  # SparseGPT, unstructured: one of ROW_WEIGHTS
+    sequential: Sequential = "auto"  # SparseGPT fitting the dense model: one of SEQUENTIALS
     induction: InductionSpec = field(default_factory=InductionSpec)
     calibration: TextSpec = field(default_factory=TextSpec)
     evaluation: EvalSpec = field(default_factory=EvalSpec)
@@ -173,6 +184,14 @@ class CompressionSpec:
         if self.pruner != "sparsegpt" or self.fit_to == "layer":
             return False
         return self.fit_to == "model" or self.sparsity.is_nm or self.sparsity.ratio >= AUTO_FIT_MIN_RATIO
+
+    @property
+    def walks_in_turn(self) -> bool:
+        """The layer's linears can be pruned in turn inside its forward (``method.sequential``):
+        the pruner reads statistics (not magnitude), and induction, which trains on the whole
+        layer's statistics before any pruning, is off or skipped (where SparseGPT fits the dense
+        model: core/compress.py)."""
+        return self.pruner != "magnitude" and (not self.induction.enabled or self.fits_dense_model)
 
     @classmethod
     def from_dict(cls, body: dict[str, Any]) -> CompressionSpec:
@@ -199,6 +218,7 @@ class CompressionSpec:
                 "fit_to",
                 "order",
                 "row_weight",
+                "sequential",
             },
             "method",
         )
@@ -229,6 +249,7 @@ class CompressionSpec:
             fit_to=method.get("fit_to", "auto"),
             order=method.get("order", "auto"),
             row_weight=method.get("row_weight", "output"),
+            sequential=method.get("sequential", "auto"),
             induction=induction,
             calibration=_build(TextSpec, _section(body, "calibration"), "calibration"),
             evaluation=_build(EvalSpec, _section(body, "evaluation"), "evaluation"),
@@ -251,6 +272,15 @@ class CompressionSpec:
         _check(self.order in SWEEP_ORDERS, "method.order", f"must be one of {', '.join(SWEEP_ORDERS)}")
         _check(
             self.row_weight in ROW_WEIGHTS, "method.row_weight", f"must be one of {', '.join(ROW_WEIGHTS)}"
+        )
+        _check(
+            self.sequential in SEQUENTIALS, "method.sequential", f"must be one of {', '.join(SEQUENTIALS)}"
+        )
+        _check(
+            self.sequential != "linear" or self.walks_in_turn,
+            "method.sequential",
+            "'linear' needs a pruner that reads calibration statistics (wanda, sparsegpt), and "
+            "induction off unless SparseGPT fits the dense model (method.fit_to)",
         )
         _check(
             self.fit_to != "model" or self.pruner == "sparsegpt",
@@ -296,6 +326,7 @@ class CompressionSpec:
                 "fit_to": self.fit_to,
                 "order": self.order,
                 "row_weight": self.row_weight,
+                "sequential": self.sequential,
                 "induction": dataclasses.asdict(self.induction),
             },
             "calibration": dataclasses.asdict(self.calibration),

@@ -57,12 +57,38 @@ class InputStats:
         self.n += X.shape[0]
         self.sq_sum += X.square().sum(dim=0)  # [in]
         if self.H is not None:
-            self.H.addmm_(X.T, X)  # [in, in] += X^T X
+            self.H += gram(X)  # [in, in] += X^T X
         if self.G is not None:
             if dy is None or dy.shape[:-1] != x.shape[:-1] or dy.shape[-1] != self.G.shape[0]:
                 raise SystemFault("cross statistics need y_dense - y of every batch, one row per token")
             dY = dy.detach().reshape(-1, self.G.shape[0]).to(device=self.G.device, dtype=torch.float32)
             self.G.addmm_(dY.T, X)  # [out, in] += (Y_d - Y)^T X
+
+    def update_against(
+        self, x: torch.Tensor, y_ref: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> None:
+        """``update(x, y_ref - y)`` for the linear y = weight x + bias, without computing y: the
+        cross sum is (y_ref - bias)^T X - weight X^T X, from the X^T X the Hessian needs anyway
+        (exact algebra; saves one multiply of every token by the weight)."""
+        if self.G is None or self.H is None:
+            raise SystemFault("update_against needs InputStats with a Hessian and cross statistics")
+        X = self._rows(x)  # [rows, in]
+        out = self.G.shape[0]
+        if (
+            y_ref.shape[:-1] != x.shape[:-1]
+            or y_ref.shape[-1] != out
+            or tuple(weight.shape) != tuple(self.G.shape)
+        ):
+            raise SystemFault("cross statistics need the reference output of every token, one row per token")
+        self.n += X.shape[0]
+        self.sq_sum += X.square().sum(dim=0)
+        XtX = gram(X)  # [in, in]
+        self.H += XtX
+        Y = y_ref.detach().reshape(-1, out).to(device=self.G.device, dtype=torch.float32)  # [rows, out]
+        if bias is not None:
+            Y = Y - bias.detach().to(device=Y.device, dtype=torch.float32)
+        self.G.addmm_(Y.T, X)  # += (Y_ref - b)^T X
+        self.G.addmm_(weight.detach().to(device=self.G.device, dtype=torch.float32), XtX, alpha=-1.0)
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         in_features = self.sq_sum.shape[0]
@@ -92,6 +118,25 @@ class InputStats:
         if self.n == 0:
             raise SystemFault("InputStats has seen no inputs: the cross statistics are undefined")
         return self.G * (2.0 / self.n)
+
+
+# Column blocks of ``gram``: measured on 2 cores with 16k tokens, 256 took 0.65x the time of one
+# full product at 1536 inputs and 0.76x at 576.
+GRAM_BLOCK = 256
+
+
+def gram(X: torch.Tensor, block: int = GRAM_BLOCK) -> torch.Tensor:
+    """[in, in] X^T X of rows X [rows, in], multiplying each pair of column blocks once and
+    mirroring (the product is symmetric): about half the work of ``X.T @ X`` for wide X."""
+    d = X.shape[1]
+    if d <= block:
+        return X.T @ X
+    out = torch.empty(d, d, dtype=X.dtype, device=X.device)
+    for i in range(0, d, block):
+        j = min(i + block, d)
+        out[i:j, i:] = X[:, i:j].T @ X[:, i:]  # this block row, from the diagonal block on
+        out[j:, i:j] = out[i:j, j:].T
+    return out
 
 
 @dataclass

@@ -24,7 +24,8 @@ from core.errors import Cancelled, SystemFault
 from core.stats import InputStats, OutputSensitivity
 
 Device = torch.device | str
-Visit = Callable[[int, nn.Module, list["LayerBatch"]], None]
+# A visit may return the layer's outputs when it computed them itself (``prune_in_forward``).
+Visit = Callable[[int, nn.Module, list["LayerBatch"]], "list[Tensor] | None"]
 
 
 @dataclass
@@ -192,6 +193,88 @@ def collect_paired_stats(
     return stats, outputs, dense_outputs
 
 
+PruneGroup = Callable[[tuple[str, ...], InputStats], None]
+
+
+def prune_in_forward(
+    layer: nn.Module,
+    arch: ArchSpec,
+    batch: LayerBatch,
+    reference: Tensor,
+    *,
+    device: Device,
+    prune: PruneGroup,
+    fit_reference: bool,
+    want_hessian: bool = True,
+    sensitivity: dict[str, OutputSensitivity] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Prune the layer group by group inside one forward of all calibration tokens (``batch``).
+
+    First the dense layer runs on ``reference`` (same tokens): the dense model's input of the
+    layer when SparseGPT fits the dense model (``fit_reference``: the residual writers o and
+    down / fc2 keep their outputs, to be fitted to), else ``batch.hidden`` itself; this pass
+    also fills ``sensitivity`` (as in ``collect_stats``). Then ``batch`` runs, and a pre-hook on
+    each input group's first linear (q/k/v, o, gate/up, down) accumulates the group's
+    ``InputStats`` from what the forward brings there (the Hessian if ``want_hessian``, and with
+    ``fit_reference`` the writers' cross statistics against the kept outputs) and calls
+    ``prune(group, stats)``, which prunes the group in place before the forward goes on. So each
+    group is fitted on the inputs the already pruned groups before it produce (sequential within
+    the layer), and the forward's output is the pruned layer's: two forwards per layer where
+    statistics, pruning and propagation take three with ``collect_paired_stats`` (two without).
+
+    Every token must be in the one batch: a group's statistics are complete only then. Hooks
+    are removed even when the forward or ``prune`` raises.
+    Returns (the pruned layer's output on ``batch``, the dense layer's output on ``reference``).
+    """
+    linears = layer_linears(layer, arch)
+    writers = (arch.o, arch.mlp_out) if fit_reference else ()
+    kept: dict[str, Tensor] = {}
+    reference_pass = [True]
+    handles = []
+
+    def keep(name: str) -> Callable[[nn.Module, tuple, Tensor], None]:
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+            if reference_pass[0]:
+                kept[name] = output.detach()
+
+        return hook
+
+    def fit(group: tuple[str, ...]) -> Callable[[nn.Module, tuple], None]:
+        def hook(module: nn.Module, args: tuple) -> None:
+            if reference_pass[0]:
+                return
+            x = args[0].detach()
+            first = linears[group[0]]
+            cross = group[0] in writers
+            stats = InputStats.new(
+                first.in_features, device=device, want_hessian=want_hessian,
+                cross_out=first.out_features if cross else None,
+            )  # fmt: skip
+            if cross:  # against the reference outputs, with the group's weights still dense
+                stats.update_against(x, kept.pop(group[0]), first.weight, first.bias)
+            else:
+                stats.update(x)
+            prune(group, stats)
+
+        return hook
+
+    try:
+        if sensitivity is not None:
+            handles += _sensitivity_hooks(layer, arch, sensitivity, device, active=lambda: reference_pass[0])
+        for name in writers:
+            handles.append(linears[name].register_forward_hook(keep(name)))
+        for group in input_groups(arch):
+            handles.append(linears[group[0]].register_forward_pre_hook(fit(group)))
+        (ref_out,) = run_layer(layer, [dataclasses.replace(batch, hidden=reference)], device=device)
+        reference_pass[0] = False
+        (out,) = run_layer(layer, [batch], device=device)
+    finally:
+        kept.clear()
+        for handle in handles:
+            handle.remove()
+    return out, ref_out
+
+
 def walk(
     model: nn.Module,
     arch: ArchSpec,
@@ -207,7 +290,8 @@ def walk(
     """Pass ``batches`` through every decoder layer in turn, one layer on ``device`` at a time.
 
     For layer i: ``should_stop()`` True raises ``Cancelled``; the layer moves to ``device``;
-    ``visit(i, layer, batches)`` may change it in place (prune); its outputs on ``batches`` become
+    ``visit(i, layer, batches)`` may change it in place (prune) and may return its outputs on
+    ``batches`` (else the walker runs the layer for them); its outputs on ``batches`` become
     the next layer's inputs (``on_outputs(i, outputs)`` sees them first, e.g. to measure the
     pruned layer's error); the layer moves back; ``on_layer(i + 1, n)`` reports progress.
     Returns the inputs of the final norm. Pass the only reference to ``batches`` (not a kept list)
@@ -224,9 +308,9 @@ def walk(
         home = _device_of(layer)
         move_module(layer, device)
         try:
-            if visit is not None:
-                visit(i, layer, batches)
-            outputs = run_layer(layer, batches, device=device)
+            outputs = visit(i, layer, batches) if visit is not None else None
+            if outputs is None:
+                outputs = run_layer(layer, batches, device=device)
         finally:
             if home is not None:
                 move_module(layer, home)

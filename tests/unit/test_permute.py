@@ -196,7 +196,13 @@ def test_the_paired_sparsegpt_fit_permutes_after_its_statistics(tmp_path, tiny_d
             {
                 "model": str(tiny_dirs["llama"]),
                 "sparsity": "2:4",
-                "method": {"pruner": pruner, "induction": {"enabled": True, "permute": permute}},
+                # "layer": the walk that collects every group's statistics before pruning; the
+                # default walk for this fit prunes the linears in turn and skips the permutation
+                "method": {
+                    "pruner": pruner,
+                    "sequential": "layer",
+                    "induction": {"enabled": True, "permute": permute},
+                },
                 "calibration": {"source": "pydoc", "samples": 4, "seq_len": 32},
                 "evaluation": {"sources": ["pydoc"], "seq_len": 32, "max_windows": 2},
             }

@@ -79,6 +79,14 @@ CASES = [
     pytest.param("opt", {"pruner": "sparsegpt", "allocation": "owl"}, [0], id="opt-sparsegpt-owl"),
     # fit_to="model" walks the dense model's activations too: they are saved and resumed as well.
     pytest.param("llama", {"pruner": "sparsegpt", "fit_to": "model"}, [1], id="llama-sparsegpt-fit-model"),
+    # ... in the walk that collects every linear's statistics before pruning (method.sequential)
+    pytest.param(
+        "llama",
+        {"pruner": "sparsegpt", "fit_to": "model", "sequential": "layer"},
+        [1],
+        id="llama-sparsegpt-fit-model-layer-walk",
+    ),
+    pytest.param("opt", {"pruner": "wanda", "sequential": "linear"}, [0], id="opt-wanda-linear-walk"),
     # Induction draws from the run's generator: the resumed run must continue its stream.
     pytest.param(
         "qwen2",

@@ -74,6 +74,7 @@ def test_body_round_trips():
         ("method.fit_to", "model", "method.fit_to"),  # BODY's pruner is wanda: no weight update
         ("method.row_weight", "columns", "method.row_weight"),
         ("method.row_weight", 1, "method.row_weight"),
+        ("method.sequential", "token", "method.sequential"),
         ("model", "", "model"),
         ("colour", "blue", "colour"),
         ("calibration.colour", "blue", "calibration.colour"),
@@ -121,6 +122,33 @@ def test_fit_to_model_is_a_sparsegpt_setting():
     with pytest.raises(SpecError, match="sparsegpt") as err:
         CompressionSpec.from_dict(_with("method.fit_to", "model"))
     assert err.value.param == "method.fit_to"
+
+
+@pytest.mark.parametrize(
+    ("pruner", "sparsity", "induction", "ok"),
+    [
+        ("sparsegpt", "2:4", False, True),
+        ("sparsegpt", 0.5, False, True),
+        ("wanda", 0.7, False, True),
+        ("sparsegpt", "2:4", True, True),  # fits the dense model: induction is skipped there
+        ("sparsegpt", 0.5, True, False),  # induction trains on the whole layer before pruning
+        ("wanda", 0.5, True, False),
+        ("magnitude", 0.5, False, False),  # no statistics: nothing to take in turn
+    ],
+)
+def test_sequential_linear_needs_statistics_and_no_induction(pruner, sparsity, induction, ok):
+    body = _with("method.pruner", pruner) | {"sparsity": sparsity}
+    body["method"]["sequential"] = "linear"
+    body["method"]["induction"] = {"enabled": induction}
+    if ok:
+        spec = CompressionSpec.from_dict(body)
+        assert spec.sequential == "linear" and CompressionSpec.from_dict(spec.to_dict()) == spec
+    else:
+        with pytest.raises(SpecError, match="linear") as err:
+            CompressionSpec.from_dict(body)
+        assert err.value.param == "method.sequential"
+    body["method"]["sequential"] = "layer"  # always valid: the walk every pruner can take
+    assert CompressionSpec.from_dict(body).sequential == "layer"
 
 
 def test_induction_is_valid_with_every_pruner_and_structure():

@@ -10,7 +10,15 @@ from core.arch import arch_for, decoder_layers, input_groups, layer_linears
 from core.errors import Cancelled
 from core.evaluate import output_head
 from core.stats import InputStats
-from core.walker import LayerBatch, capture_inputs, collect_paired_stats, collect_stats, run_layer, walk
+from core.walker import (
+    LayerBatch,
+    capture_inputs,
+    collect_paired_stats,
+    collect_stats,
+    prune_in_forward,
+    run_layer,
+    walk,
+)
 from tests.tiny import ARCHES, VOCAB, tiny_model
 
 pytestmark = pytest.mark.unit
@@ -359,3 +367,129 @@ def test_an_mlp_of_another_form_fails_loudly_and_leaves_no_hooks(monkeypatch):
     with pytest.raises(SystemFault, match="not the expected"):
         collect_stats(layer, arch, batches, device="cpu", want_hessian=False, sensitivity={})
     assert _hook_count(layer) == 0
+
+
+def _one_batch(name: str, noise: float = 0.1) -> tuple:
+    """(arch, every calibration token of the first layer in one batch, the dense model's input of
+    the same tokens (perturbed), the first layer) of a tiny ``name`` model."""
+    model = tiny_model(name)
+    arch = arch_for(model)
+    (batch,) = capture_inputs(model, arch, [_ids()], device="cpu")
+    g = torch.Generator().manual_seed(5)
+    dense = batch.hidden + noise * torch.randn(batch.hidden.shape, generator=g)
+    return arch, batch, dense, decoder_layers(model, arch)[0]
+
+
+@pytest.mark.parametrize("name", ARCHES)
+def test_in_forward_without_pruning_equals_the_paired_statistics(name):
+    """With a ``prune`` that changes nothing, each group sees exactly what collect_paired_stats
+    measures (Hessian, and the writers' cross statistics), in forward order, and both outputs
+    are the plain forwards'."""
+    arch, batch, dense, layer = _one_batch(name)
+    want, want_out, want_dense = collect_paired_stats(layer, arch, [batch], [dense], device="cpu")
+    seen: list[tuple[tuple[str, ...], InputStats]] = []
+
+    out, dense_out = prune_in_forward(
+        layer,
+        arch,
+        batch,
+        dense,
+        device="cpu",
+        prune=lambda group, st: seen.append((group, st)),
+        fit_reference=True,
+    )
+
+    assert [group for group, _ in seen] == list(input_groups(arch))
+    for group, st in seen:
+        ref = want[group[0]]
+        assert st.n == ref.n == sum(SIZES) * SEQ
+        torch.testing.assert_close(st.H, ref.H, rtol=1e-5, atol=1e-4)
+        if ref.G is None:
+            assert st.G is None
+        else:
+            torch.testing.assert_close(st.G, ref.G, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(out, want_out[0], atol=0, rtol=0)
+    torch.testing.assert_close(dense_out, want_dense[0], atol=0, rtol=0)
+    assert _hook_count(layer) == 0
+
+
+@pytest.mark.parametrize("name", ARCHES)
+def test_in_forward_without_a_dense_fit_equals_collect_stats(name):
+    """Wanda's walk: the reference is the batch itself, norms only, no cross statistics."""
+    arch, batch, _, layer = _one_batch(name)
+    want, want_out = collect_stats(layer, arch, [batch], device="cpu", want_hessian=False)
+    seen: list[tuple[tuple[str, ...], InputStats]] = []
+
+    out, ref_out = prune_in_forward(
+        layer, arch, batch, batch.hidden, device="cpu", prune=lambda group, st: seen.append((group, st)),
+        fit_reference=False, want_hessian=False,
+    )  # fmt: skip
+
+    assert [group for group, _ in seen] == list(input_groups(arch))
+    for group, st in seen:
+        assert st.H is None and st.G is None and st.n == want[group[0]].n
+        torch.testing.assert_close(st.sq_sum, want[group[0]].sq_sum, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, want_out[0], atol=0, rtol=0)
+    torch.testing.assert_close(ref_out, want_out[0], atol=0, rtol=0)
+    assert _hook_count(layer) == 0
+
+
+@pytest.mark.parametrize("name", ["llama", "opt"])
+def test_in_forward_fits_each_group_on_what_the_pruned_groups_before_it_produce(name):
+    """Halving q/k/v/gate/up... as they are reached: o's and down's statistics are those of the
+    layer whose earlier groups are already changed, and the output is the changed layer's."""
+    arch, batch, dense, layer = _one_batch(name)
+    linears = layer_linears(layer, arch)
+    seen: dict[str, InputStats] = {}
+
+    def prune(group: tuple[str, ...], st: InputStats) -> None:
+        seen[group[0]] = st
+        for path in group:
+            linears[path].weight.data.mul_(0.5)
+
+    out, _ = prune_in_forward(layer, arch, batch, dense, device="cpu", prune=prune, fit_reference=True)
+
+    X = _inputs_without_hooks(layer, arch, [batch])  # every group is halved by now
+    for path in (arch.o, arch.mlp_out):
+        # the writer itself was halved after its statistics were taken: its input is unaffected
+        torch.testing.assert_close(seen[path].H, X[path].T @ X[path], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(out, run_layer(layer, [batch], device="cpu")[0], atol=1e-6, rtol=1e-5)
+    assert _hook_count(layer) == 0
+
+
+def test_in_forward_measures_the_sensitivity_on_the_dense_model():
+    arch, batch, dense, layer = _one_batch("llama", noise=0.5)
+    sens: dict = {}
+    prune_in_forward(
+        layer,
+        arch,
+        batch,
+        dense,
+        device="cpu",
+        prune=lambda g, st: None,
+        fit_reference=True,
+        sensitivity=sens,
+    )
+    on_dense: dict = {}
+    dense_batch = [LayerBatch(dense, batch.kwargs)]
+    collect_stats(layer, arch, dense_batch, device="cpu", want_hessian=False, sensitivity=on_dense)
+    for path in arch.mlp_in:
+        assert sens[path].n == on_dense[path].n == sum(SIZES) * SEQ
+        torch.testing.assert_close(sens[path].sq_sum, on_dense[path].sq_sum, rtol=1e-5, atol=1e-5)
+    assert _hook_count(layer) == 0
+
+
+def test_in_forward_removes_its_hooks_when_prune_raises():
+    arch, batch, dense, layer = _one_batch("qwen2")
+    before = run_layer(layer, [batch], device="cpu")[0]
+
+    def prune(group: tuple[str, ...], st: InputStats) -> None:
+        if group[0] == arch.o:
+            raise RuntimeError("o failed")
+
+    with pytest.raises(RuntimeError, match="o failed"):
+        prune_in_forward(
+            layer, arch, batch, dense, device="cpu", prune=prune, fit_reference=False, sensitivity={}
+        )
+    assert _hook_count(layer) == 0
+    torch.testing.assert_close(run_layer(layer, [batch], device="cpu")[0], before, atol=0, rtol=0)

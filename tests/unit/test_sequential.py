@@ -1,0 +1,90 @@
+"""``method.sequential``: SparseGPT's fit to the dense model, pruning each layer's linears in turn
+inside one forward (``walker.prune_in_forward``) or all from the dense layer's activations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from core.compress import compress
+from core.spec import CompressionSpec
+from tests.tiny import tiny_model_dir
+
+pytestmark = pytest.mark.unit
+
+
+def _run(
+    tmp_path: Path, arch: str, sparsity: Any, sequential: str, pruner: str = "sparsegpt"
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    model = tiny_model_dir(tmp_path / "models", arch, layers=2, hidden=64)
+    spec = CompressionSpec.from_dict(
+        {
+            "model": str(model),
+            "sparsity": sparsity,
+            "method": {"pruner": pruner, "sequential": sequential},
+            "calibration": {"source": "pydoc", "samples": 6, "seq_len": 32, "seed": 1},
+            "evaluation": {"sources": ["pydoc"], "seq_len": 32, "max_windows": 4},
+            "options": {"batch_size": 4},  # two batches when the walk streams
+        }
+    )
+    out = tmp_path / f"{arch}-{pruner}-{sparsity}-{sequential}".replace(":", "_")
+    return compress(spec, out_dir=out).to_dict(), load_file(out / "hf" / "model.safetensors")
+
+
+CASES = [
+    # (method.sequential, pruner, sparsity); auto takes "linear" where SparseGPT fits the dense model
+    *[
+        pytest.param("auto", "sparsegpt", sp, arch, id=f"{arch}-sparsegpt-{sp}")
+        for arch in ("llama", "qwen2", "opt")
+        for sp in ("2:4", 0.7)
+    ],
+    pytest.param("linear", "sparsegpt", 0.5, "llama", id="llama-sparsegpt-0.5-fits-the-layer"),
+    pytest.param("linear", "wanda", 0.5, "qwen2", id="qwen2-wanda-0.5"),
+    pytest.param("linear", "wanda", "4:8", "opt", id="opt-wanda-4:8"),
+]
+
+
+@pytest.mark.parametrize(("sequential", "pruner", "sparsity", "arch"), CASES)
+def test_linear_walk_prunes_in_turn_and_reports_it(
+    tmp_path: Path, sequential: str, pruner: str, sparsity: Any, arch: str
+) -> None:
+    report, linear = _run(tmp_path, arch, sparsity, sequential, pruner)
+    ref, layer = _run(tmp_path, arch, sparsity, "layer", pruner)
+
+    assert report["sequential"] == "linear" and ref["sequential"] == "layer"
+    fits_model = CompressionSpec.from_dict(report["spec"]).fits_dense_model
+    # the layer's error is against the dense model where the walk carries it, else the dense layer
+    assert all(row.get("error_vs") == ("dense model" if fits_model else None) for row in report["layers"])
+    assert all("error_vs" not in row for row in ref["layers"])
+    for rep in (report, ref):
+        if isinstance(sparsity, str):
+            assert rep["sparsity"]["nm_ok"] is True
+        else:
+            assert rep["sparsity"]["mean"] == pytest.approx(sparsity, abs=2e-3)
+        assert all(0.0 < row["rel_error"] < 1.0 for row in rep["layers"])
+        assert torch.isfinite(torch.tensor(rep["perplexity"]["sparse"]["pydoc"]))
+    # Layer 0's first group reads the same inputs either way; o, the MLP and down then read what
+    # the already pruned q/k/v (and o, gate/up) produce, so they differ.
+    keys = {k for k in linear if ".layers.0." in k and k.endswith(".weight")}
+    q = next(k for k in keys if "self_attn.q_proj" in k)
+    down = next(k for k in keys if ("fc2" if arch == "opt" else "mlp.down_proj") in k)
+    torch.testing.assert_close(linear[q], layer[q], atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(linear[down], layer[down], atol=1e-4)
+
+
+def test_auto_streams_when_one_forward_would_not_fit(tmp_path: Path, monkeypatch) -> None:
+    import core.compress
+
+    monkeypatch.setattr(core.compress, "IN_FORWARD_BYTES", 0)
+    report, _ = _run(tmp_path, "llama", "2:4", "auto")
+    assert report["sequential"] == "layer"
+    assert report["spec"]["method"]["sequential"] == "auto"
+
+
+def test_other_pruners_and_the_dense_layer_fit_stream(tmp_path: Path) -> None:
+    report, _ = _run(tmp_path, "llama", 0.5, "auto")  # SparseGPT at 50% fits the dense layer
+    assert report["sequential"] == "layer"
