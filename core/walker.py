@@ -338,7 +338,7 @@ def _sensitivity_hooks(
     The input linears' outputs are kept until the MLP's output linear is reached; there the
     activation's derivative comes from autograd on the activation module alone (the layer itself
     runs without gradients), and the recomputed hidden activation must equal the one the output
-    linear receives, so a model whose MLP is not act(gate) * up or act(fc1) fails loudly instead
+    linear receives (on the first tokens of each batch), so a model whose MLP is not act(gate) * up or act(fc1) fails loudly instead
     of weighting rows by the wrong formula.
     """
     linears = layer_linears(layer, arch)
@@ -359,19 +359,25 @@ def _sensitivity_hooks(
     def measure(module: nn.Module, args: tuple) -> None:
         if len(outs) < len(arch.mlp_in):
             return
-        h = args[0].detach().to(torch.float32)
         with torch.enable_grad():
             z = outs[arch.mlp_in[0]].to(torch.float32).requires_grad_(True)  # a detached leaf
             a = act(z)
             (da,) = torch.autograd.grad(a.sum(), z)
         a = a.detach()
-        if arch.gated:  # h = act(gate) * up
-            up = outs[arch.mlp_in[-1]].to(torch.float32)
-            rebuilt, derivs = a * up, {arch.mlp_in[0]: da * up, arch.mlp_in[-1]: a}
-        else:  # h = act(fc1)
-            rebuilt, derivs = a, {arch.mlp_in[0]: da}
+        up = outs[arch.mlp_in[-1]].to(torch.float32) if arch.gated else None
+        # The form check reads the first _FORM_CHECK_ROWS tokens: an MLP of another form shows on
+        # any token, and on every token the check cost a third of this hook's time.
+        n_in = a.shape[-1]
+        h = args[0].detach().reshape(-1, n_in)[:_FORM_CHECK_ROWS].to(torch.float32)
+        rebuilt = a.reshape(-1, n_in)[:_FORM_CHECK_ROWS]
+        if up is not None:  # h = act(gate) * up
+            rebuilt = rebuilt * up.reshape(-1, n_in)[:_FORM_CHECK_ROWS]
         if float((rebuilt - h).norm()) > 1e-2 * float(h.norm()) + 1e-6:
             raise SystemFault(f"the {arch.name} MLP's hidden activation is not the expected act(...) form")
+        if up is not None:
+            derivs = {arch.mlp_in[0]: da * up, arch.mlp_in[-1]: a}
+        else:  # h = act(fc1)
+            derivs = {arch.mlp_in[0]: da}
         for name, d in derivs.items():
             into[name].update(d)
         outs.clear()
@@ -468,6 +474,7 @@ def _accumulate_into(stats: InputStats) -> Callable[[nn.Module, tuple], None]:
 
 
 _DENSE_PASS = "<dense pass>"
+_FORM_CHECK_ROWS = 1024
 
 
 def _pair_into(
