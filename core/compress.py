@@ -450,7 +450,7 @@ def _prune_layers(
         row: dict[str, Any] = {"index": i, "target": round(target.ratio, 6), "induction": None}
         if in_forward:
             if spec.induction.enabled:  # (spec.walks_in_turn: only where SparseGPT fits the dense model)
-                # Pruning in turn lowered SparseGPT 2:4 from 26.45 to 23.20 on the benchmark; what
+                # Pruning in turn lowered SparseGPT 2:4 from 26.45 to 23.28 on the benchmark; what
                 # induction gave this fit (the N:M permutation below: -1.3%) needs every group's
                 # statistics before any pruning, so it is skipped with the scales (docs/induction.md).
                 row["induction_skipped"] = (
@@ -525,7 +525,7 @@ def _prune_layers(
 
         def prune(group: tuple[str, ...], stats: Any) -> None:
             row_weights = {}
-            if sens and group == arch.mlp_in:  # down is still dense here
+            if sens is not None and group == arch.mlp_in:  # filled by the reference pass; down still dense
                 w_out = layer_linears(layer, arch)[arch.mlp_out].weight
                 row_weights = {name: mlp_row_weights(w_out, s) for name, s in sens.items()}
             done.update(
