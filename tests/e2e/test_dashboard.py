@@ -179,6 +179,9 @@ def test_submit_through_the_form_watch_it_run_and_read_the_results(page: Any, se
     assert sparsity and sparsity[0] == pytest.approx([r["sparsity"] for r in results["layers"]])
     error = chart_data(page, "chart-error")
     assert error and error[0] == pytest.approx([r["rel_error"] for r in results["layers"]])
+    vs_model = any(r.get("error_vs") == "dense model" for r in results["layers"])
+    heading = "Error against the dense model per layer" if vs_model else "Reconstruction error per layer"
+    assert page.get_by_role("heading", name=heading).is_visible()
     assert all(v is not None and v > 0 for v in error[0])
     losses = chart_data(page, "chart-induction")
     assert losses and len(losses) == n_layers
@@ -371,7 +374,8 @@ def test_field_matching_and_report_parsing_helpers(page: Any, service: Service) 
                 method: f.fmtMethod({ pruner: 'sparsegpt', allocation: 'owl', induction: { enabled: true } }),
                 bytes: f.fmtBytes(3 * 1024 * 1024),
                 layers: layerRows({ layers: [{ index: 0, target: 0.5, sparsity: 0.49, rel_error: 0.1, induction: null },
-                                             { index: 1, achieved_sparsity: 0.51 }] }),
+                                             { index: 1, achieved_sparsity: 0.51 },
+                                             { index: 2, rel_error: 0.3, error_vs: 'dense model' }] }),
                 flat: perplexityRows({ perplexity: { dense: 10, sparse: 12 } }),
                 nested: perplexityRows({ perplexity: { dense: { pydoc: 10 }, sparse: { pydoc: 12, c4: 30 } } }),
             };
@@ -390,8 +394,10 @@ def test_field_matching_and_report_parsing_helpers(page: Any, service: Service) 
         "target": 0.5,
         "sparsity": 0.49,
         "relError": 0.1,
+        "errorVs": None,
         "losses": None,
     }
+    assert result["layers"][2]["errorVs"] == "dense model" and result["layers"][2]["relError"] == 0.3
     assert result["layers"][1]["sparsity"] == 0.51 and result["layers"][1]["relError"] is None
     assert result["flat"] == [{"source": "", "dense": 10, "sparse": 12}]
     assert {r["source"]: (r["dense"], r["sparse"]) for r in result["nested"]} == {

@@ -31,6 +31,9 @@ export function layerRows(results) {
     target: num(l.target ?? l.target_sparsity),
     sparsity: num(l.sparsity ?? l.achieved ?? l.achieved_sparsity),
     relError: num(l.rel_error ?? l.relative_error ?? l.reconstruction_error),
+    // "dense model": the layer's output against the dense model's (docs/pruners.md,
+    // "Linears in turn"); absent: against the dense layer on the same inputs.
+    errorVs: l.error_vs ?? null,
     losses: Array.isArray(l.induction?.losses) ? l.induction.losses.map(Number) : null,
   }));
 }
@@ -380,10 +383,14 @@ export function mount(root, ctx) {
       role: "img",
       "aria-label": "Achieved sparsity per layer",
     });
+    const vsModel = layers.some((l) => l.errorVs === "dense model");
+    const errorTitle = vsModel ? "Error against the dense model per layer" : "Reconstruction error per layer";
     const errorCanvas = h("canvas", {
       id: "chart-error",
       role: "img",
-      "aria-label": "Relative reconstruction error per layer",
+      "aria-label": vsModel
+        ? "Relative error of each layer's output against the dense model's"
+        : "Relative reconstruction error per layer",
     });
     const withLosses = layers.filter((l) => l.losses && l.losses.length);
     const lossCanvas = withLosses.length
@@ -423,7 +430,7 @@ export function mount(root, ctx) {
             h(
               "section",
               { class: "card" },
-              h("h2", {}, "Reconstruction error per layer"),
+              h("h2", {}, errorTitle),
               h("div", { class: "chart" }, errorCanvas),
             ),
           )
@@ -476,7 +483,9 @@ export function mount(root, ctx) {
         kind: "bar",
         labels,
         xTitle: "layer",
-        yTitle: "relative error ‖WX − ŴX‖ / ‖WX‖",
+        yTitle: vsModel
+          ? "relative error vs the dense model ‖Y − Ŷ‖ / ‖Y‖"
+          : "relative error ‖WX − ŴX‖ / ‖WX‖",
         datasets: [{ label: "relative error", data: errs, color: "#d97706" }],
       }),
     );
