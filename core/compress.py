@@ -450,13 +450,8 @@ def _prune_layers(
         row: dict[str, Any] = {"index": i, "target": round(target.ratio, 6), "induction": None}
         if in_forward:
             if spec.induction.enabled:  # (spec.walks_in_turn: only where SparseGPT fits the dense model)
-                # Pruning in turn lowered SparseGPT 2:4 from 26.45 to 23.28 on the benchmark; what
-                # induction gave this fit (the N:M permutation below: -1.3%) needs every group's
-                # statistics before any pruning, so it is skipped with the scales (docs/induction.md).
-                row["induction_skipped"] = (
-                    "scales and permutation: sparsegpt fits the dense model, its linears in turn "
-                    "(method.fit_to, method.sequential)"
-                )
+                # as below; the N:M permutation is chosen inside the forward (_permute_writer)
+                row["induction_skipped"] = "scales: sparsegpt fits the dense model (method.fit_to)"
             return _visit_in_forward(i, layer, batches, target, row)
         col_weights: dict[str, torch.Tensor] = {}
         pruned: dict[str, PruneResult] = {}
@@ -522,8 +517,23 @@ def _prune_layers(
         (batch,) = batches
         sens = _sensitivity_wanted(spec, target)
         done: dict[str, dict[str, Any]] = {}
+        plan = None
+        if spec.induction.enabled and spec.induction.permute and target.is_nm:
+            from core.induction.transform import plan_layer  # torch-heavy induction code, only when asked for
 
-        def prune(group: tuple[str, ...], stats: Any) -> None:
+            plan = plan_layer(layer, arch)
+
+        def prune(group: tuple[str, ...], stats: Any) -> torch.Tensor | None:
+            if plan is not None and group[0] in (arch.o, arch.mlp_out):
+                entries, p, info, seconds = _permute_writer(
+                    layer, arch, plan, group[0], stats, target, spec, generator, fact, i
+                )
+                done.update(entries)
+                perms = row.setdefault("permutation", {})
+                perms["down" if group[0] == arch.mlp_out else "o"] = info
+                perms["seconds"] = round(perms.get("seconds", 0.0) + seconds, 4)
+                row["induction_seconds"] = row.get("induction_seconds", 0.0) + seconds
+                return p
             row_weights = {}
             if sens is not None and group == arch.mlp_in:  # filled by the reference pass; down still dense
                 w_out = layer_linears(layer, arch)[arch.mlp_out].weight
@@ -534,6 +544,7 @@ def _prune_layers(
                     only=group,
                 )
             )  # fmt: skip
+            return None
 
         out, ref_out = prune_in_forward(
             layer,
@@ -664,6 +675,52 @@ def _permute_layer(
     row["permutation"] = perm.info
     row["induction_seconds"] = row.get("induction_seconds", 0.0) + seconds
     return chosen
+
+
+def _permute_writer(
+    layer: nn.Module,
+    arch: ArchSpec,
+    plan: Any,
+    path: str,
+    stats: Any,
+    target: LayerTarget,
+    spec: CompressionSpec,
+    generator: torch.Generator,
+    fact: list[dict[str, Any]],
+    index: int,
+) -> tuple[dict[str, dict[str, Any]], torch.Tensor | None, dict[str, Any], float]:
+    """``_permute_layer`` for one writer (o or down) inside the forward that prunes the layer in
+    turn: choose its N:M channel permutation from the statistics the forward brought, prune it in
+    both orders, and keep the permutation (folded into the layer) only where SparseGPT's own fit
+    error comes out lower. Returns (its report entry, the permutation kept or None, the
+    permutation's report, the seconds it cost beyond the pruning the step does anyway)."""
+    from core.induction.permute import LayerPermutation, fold_permutation_, permuted_stats, writer_permutation
+
+    start = time.perf_counter()
+    group = "down" if path == arch.mlp_out else "o"
+    p, info = writer_permutation(
+        layer, plan, target, spec.pruner, group, stats, None,
+        dampening=spec.dampening, rounds=spec.induction.rounds_for(spec.pruner), generator=generator,
+    )  # fmt: skip
+    W = layer_linears(layer, arch)[path].weight.data
+    t0 = time.perf_counter()
+    plain, plain_err = _fit(W, stats, target, spec, None)
+    t1 = time.perf_counter()
+    moved_stats = permuted_stats(stats, p)
+    moved, moved_err = _fit(W[:, p.to(W.device)], moved_stats, target, spec, None)
+    t2 = time.perf_counter()
+    keep = moved_err < plain_err
+    info.update(fit_error_before=round(plain_err, 8), fit_error_after=round(moved_err, 8), kept=keep)
+    if keep:
+        fold_permutation_(
+            layer, plan, LayerPermutation(p if group == "down" else None, p if group == "o" else None)
+        )
+    entries = _prune_linears(
+        layer, arch, target, {path: moved_stats if keep else stats}, spec, {}, fact, index,
+        {path: moved if keep else plain}, only=(path,),
+    )  # fmt: skip
+    seconds = time.perf_counter() - start - ((t2 - t1) if keep else (t1 - t0))
+    return entries, (p if keep else None), info, seconds
 
 
 def _fit(

@@ -193,7 +193,9 @@ def collect_paired_stats(
     return stats, outputs, dense_outputs
 
 
-PruneGroup = Callable[[tuple[str, ...], InputStats], None]
+# Prunes the group in place from its statistics; returns the permutation of the group's input
+# channels it folded into the layer (new channel j is old p[j]), or None.
+PruneGroup = Callable[[tuple[str, ...], InputStats], "Tensor | None"]
 
 
 def prune_in_forward(
@@ -221,6 +223,9 @@ def prune_in_forward(
     group is fitted on the inputs the already pruned groups before it produce (sequential within
     the layer), and the forward's output is the pruned layer's: two forwards per layer where
     statistics, pruning and propagation take three with ``collect_paired_stats`` (two without).
+    Where ``prune`` folded a permutation p of the group's inputs into the layer (induction's N:M
+    channel permutation of o or down: the readers' rows already ran in this forward, in the old
+    order), the input arriving now is reordered by p as well, so the forward stays consistent.
 
     Every token must be in the one batch: a group's statistics are complete only then. Hooks
     are removed even when the forward or ``prune`` raises.
@@ -239,10 +244,10 @@ def prune_in_forward(
 
         return hook
 
-    def fit(group: tuple[str, ...]) -> Callable[[nn.Module, tuple], None]:
-        def hook(module: nn.Module, args: tuple) -> None:
+    def fit(group: tuple[str, ...]) -> Callable[[nn.Module, tuple], tuple | None]:
+        def hook(module: nn.Module, args: tuple) -> tuple | None:
             if reference_pass[0]:
-                return
+                return None
             x = args[0].detach()
             first = linears[group[0]]
             cross = group[0] in writers
@@ -254,7 +259,10 @@ def prune_in_forward(
                 stats.update_against(x, kept.pop(group[0]), first.weight, first.bias)
             else:
                 stats.update(x)
-            prune(group, stats)
+            p = prune(group, stats)
+            if p is None:
+                return None
+            return (args[0].index_select(-1, p.to(args[0].device)), *args[1:])
 
         return hook
 

@@ -250,27 +250,48 @@ def choose_permutations(
     """The down and o permutations of ``layer`` for an N:M ``target`` (None for unstructured)."""
     if not target.is_nm:
         return LayerPermutation(None, None, {})
-    assert target.n is not None and target.m is not None
-    n, m = target.n, target.m
     start = time.perf_counter()
     a = plan.arch
     info: dict[str, Any] = {}
-
-    def costs(path: str) -> torch.Tensor:
-        W = layer.get_submodule(path).weight
-        assert isinstance(W, torch.Tensor)
-        return weight_costs(W, pruner, stats.get(path), col_weight=col_weights.get(path), dampening=dampening)
-
-    C_down = costs(a.mlp_out)
-    down = nm_permutation(C_down, n, m, rounds=rounds, generator=generator)
-    info["down"] = _gain(C_down, down, n, m)
-    C_o = costs(a.o)
-    o = tied_head_permutation(
-        C_o, plan.n_kv, plan.groups, plan.head_dim, n, m, rounds=rounds, generator=generator
+    kw: dict[str, Any] = {"dampening": dampening, "rounds": rounds, "generator": generator}
+    down, info["down"] = writer_permutation(
+        layer, plan, target, pruner, "down", stats.get(a.mlp_out), col_weights.get(a.mlp_out), **kw
     )
-    info["o"] = _gain(C_o, o, n, m)
+    o, info["o"] = writer_permutation(
+        layer, plan, target, pruner, "o", stats.get(a.o), col_weights.get(a.o), **kw
+    )
     info["seconds"] = round(time.perf_counter() - start, 4)
     return LayerPermutation(down, o, info)
+
+
+def writer_permutation(
+    layer: nn.Module,
+    plan: LayerPlan,
+    target: LayerTarget,
+    pruner: str,
+    group: str,
+    stats: InputSums | None,
+    col_weight: torch.Tensor | None,
+    *,
+    dampening: float = 0.01,
+    rounds: int = 200,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The permutation of one writer's inputs (``group`` "down" or "o", head-tied for o) for an N:M
+    ``target``, and its cost before and after (``choose_permutations`` does both writers)."""
+    assert target.n is not None and target.m is not None
+    n, m = target.n, target.m
+    path = plan.arch.mlp_out if group == "down" else plan.arch.o
+    W = layer.get_submodule(path).weight
+    assert isinstance(W, torch.Tensor)
+    C = weight_costs(W, pruner, stats, col_weight=col_weight, dampening=dampening)
+    if group == "down":
+        p = nm_permutation(C, n, m, rounds=rounds, generator=generator)
+    else:
+        p = tied_head_permutation(
+            C, plan.n_kv, plan.groups, plan.head_dim, n, m, rounds=rounds, generator=generator
+        )
+    return p, _gain(C, p, n, m)
 
 
 def _gain(C: torch.Tensor, p: torch.Tensor, n: int, m: int) -> dict[str, float]:

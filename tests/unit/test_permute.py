@@ -187,8 +187,11 @@ def test_a_run_with_permutation_keeps_two_four_and_reports_the_gain(tmp_path, ti
     assert all("permutation" not in i for i in (r["induction"]["info"] for r in off["layers"]))
 
 
-@pytest.mark.parametrize("pruner", ["sparsegpt"])
-def test_the_paired_sparsegpt_fit_permutes_after_its_statistics(tmp_path, tiny_dirs, pruner: str) -> None:
+# "layer": the walk that collects every group's statistics before pruning; "auto" (here "linear"):
+# the default walk for this fit, which prunes the linears in turn and permutes o and down inside
+# the forward as it reaches them.
+@pytest.mark.parametrize("sequential", ["layer", "auto"])
+def test_the_paired_sparsegpt_fit_permutes_after_its_statistics(tmp_path, tiny_dirs, sequential: str) -> None:
     from core.compress import compress
 
     def run(permute: bool) -> dict:
@@ -196,11 +199,9 @@ def test_the_paired_sparsegpt_fit_permutes_after_its_statistics(tmp_path, tiny_d
             {
                 "model": str(tiny_dirs["llama"]),
                 "sparsity": "2:4",
-                # "layer": the walk that collects every group's statistics before pruning; the
-                # default walk for this fit prunes the linears in turn and skips the permutation
                 "method": {
-                    "pruner": pruner,
-                    "sequential": "layer",
+                    "pruner": "sparsegpt",
+                    "sequential": sequential,
                     "induction": {"enabled": True, "permute": permute},
                 },
                 "calibration": {"source": "pydoc", "samples": 4, "seq_len": 32},
@@ -210,6 +211,7 @@ def test_the_paired_sparsegpt_fit_permutes_after_its_statistics(tmp_path, tiny_d
         return compress(spec, out_dir=tmp_path / str(permute)).to_dict()
 
     on, off = run(True), run(False)
+    assert on["sequential"] == ("layer" if sequential == "layer" else "linear")
     assert on["sparsity"]["nm_ok"] is True
     for r in on["layers"]:
         for group in ("o", "down"):

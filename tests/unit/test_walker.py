@@ -493,3 +493,31 @@ def test_in_forward_removes_its_hooks_when_prune_raises():
         )
     assert _hook_count(layer) == 0
     torch.testing.assert_close(run_layer(layer, [batch], device="cpu")[0], before, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["llama", "opt"])
+def test_in_forward_reorders_the_input_of_a_group_whose_permutation_prune_folded(name):
+    """A ``prune`` that permutes down's inputs (and gate/up's or fc1's rows) and returns the
+    permutation: the forward goes on with the reordered input, so nothing changes."""
+    arch, batch, dense, layer = _one_batch(name)
+    want = run_layer(layer, [batch], device="cpu")[0]
+    linears = layer_linears(layer, arch)
+    p = torch.randperm(linears[arch.mlp_out].in_features, generator=torch.Generator().manual_seed(2))
+
+    def prune(group: tuple[str, ...], st: InputStats) -> torch.Tensor | None:
+        if group[0] != arch.mlp_out:
+            return None
+        down = linears[arch.mlp_out]
+        down.weight.data = down.weight.data[:, p].contiguous()
+        for path in arch.mlp_in:
+            lin = linears[path]
+            lin.weight.data = lin.weight.data[p].contiguous()
+            if lin.bias is not None:
+                lin.bias.data = lin.bias.data[p].contiguous()
+        return p
+
+    out, _ = prune_in_forward(layer, arch, batch, dense, device="cpu", prune=prune, fit_reference=True)
+
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)  # the permuted layer, same function
+    torch.testing.assert_close(run_layer(layer, [batch], device="cpu")[0], want, atol=1e-5, rtol=1e-5)
+    assert _hook_count(layer) == 0
