@@ -88,7 +88,7 @@ class Method(BaseModel):
     )
     sequential: str = Field(
         default=_d("sequential"),
-        description=f"SparseGPT fitting the dense model: 'linear' prunes q/k/v, o, gate/up, down in turn inside one forward of every calibration token, 'layer' fits all of a layer's linears on the dense layer's activations, 'auto' is 'linear' when that forward fits in memory and induction is off; one of {SEQUENTIALS}",
+        description=f"SparseGPT fitting the dense model: 'linear' prunes q/k/v, o, gate/up, down in turn inside one forward of every calibration token, 'layer' fits all of a layer's linears on the dense layer's activations, 'auto' is 'linear' where SparseGPT fits the dense model and that forward fits a 4 GiB activation budget; one of {SEQUENTIALS}",
     )
 
 

@@ -63,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="SparseGPT fitting the dense model: prune q/k/v, o, gate/up, down in turn inside one "
         "forward of every calibration token (linear), or fit every linear on the dense layer's "
-        "activations (layer); auto: linear when that forward fits in memory and induction is off",
+        "activations (layer); auto: linear where SparseGPT fits the dense model and that forward "
+        "fits a 4 GiB activation budget",
     )
     p.add_argument(
         "--fit-to",

@@ -35,13 +35,13 @@ SWEEP_ORDERS: tuple[str, ...] = ("auto", "ascending", "descending", "natural")
 # "none" is the reference (every row's error counts alike).
 RowWeight = Literal["output", "none"]
 ROW_WEIGHTS: tuple[str, ...] = ("output", "none")
-# How SparseGPT's fit to the dense model walks one layer (core.walker.prune_in_forward):
-# "linear" prunes q/k/v, o, gate/up and down in turn inside one forward of every calibration
-# token, each fitted on what the already pruned linears before it produce (two forwards per
-# layer); "layer" fits every linear of the layer on the dense layer's activations (three
-# forwards). "auto" is "linear" where the fit to the dense model runs without induction and one
-# forward of all calibration tokens needs at most IN_FORWARD_BYTES of activations, "layer"
-# otherwise. Measured on the benchmark: docs/pruners.md, "Sequential linears".
+# How the walk prunes one layer (core.walker.prune_in_forward): "linear" prunes q/k/v, o,
+# gate/up and down in turn inside one forward of every calibration token, each fitted on what
+# the already pruned linears before it produce (two forwards per layer where SparseGPT fits the
+# dense model, instead of three); "layer" collects every linear's statistics from the dense
+# layer first. "auto" is "linear" where SparseGPT fits the dense model and one forward of all
+# calibration tokens needs at most IN_FORWARD_BYTES of activations, "layer" otherwise (Wanda and
+# SparseGPT at 50% measured no better with "linear"). docs/pruners.md, "Linears in turn".
 Sequential = Literal["auto", "linear", "layer"]
 SEQUENTIALS: tuple[str, ...] = ("auto", "linear", "layer")
 IN_FORWARD_BYTES = 4 << 30
