@@ -636,7 +636,7 @@ def _permute_layer(
     Guarded per linear on SparseGPT's own objective: o and down are pruned in both orders and the
     permutation is kept only where it fits the dense model better (||W* X - W_pruned X||, from the
     statistics). Returns the chosen pruning of o and down, so they are not pruned a third time."""
-    from core.induction.permute import choose_permutations, fold_permutation_, permute_inputs_, permuted_stats
+    from core.induction.permute import choose_permutations, fold_permutation_, permute_inputs_
     from core.induction.transform import plan_layer
 
     start = time.perf_counter()
@@ -652,20 +652,10 @@ def _permute_layer(
         if p is None:
             continue
         W = layer_linears(layer, arch)[path].weight.data
-        cw = col_weights.get(path)
-        t0 = time.perf_counter()
-        plain, plain_err = _fit(W, stats[path], target, spec, cw)
-        t1 = time.perf_counter()
-        moved, moved_err = _fit(
-            W[:, p], permuted_stats(stats[path], p), target, spec, None if cw is None else cw[p]
+        chosen[path], _, keep, spent = _guarded_permutation(
+            W, stats[path], p, target, spec, col_weights.get(path), perm.info[group]
         )
-        t2 = time.perf_counter()
-        keep = moved_err < plain_err
-        perm.info[group].update(
-            fit_error_before=round(plain_err, 8), fit_error_after=round(moved_err, 8), kept=keep
-        )
-        chosen[path] = moved if keep else plain
-        chosen_seconds += (t2 - t1) if keep else (t1 - t0)  # the pruning the step would do anyway
+        chosen_seconds += spent
         if not keep:
             setattr(perm, group, None)
     fold_permutation_(layer, plan, perm)
@@ -694,7 +684,7 @@ def _permute_writer(
     both orders, and keep the permutation (folded into the layer) only where SparseGPT's own fit
     error comes out lower. Returns (its report entry, the permutation kept or None, the
     permutation's report, the seconds it cost beyond the pruning the step does anyway)."""
-    from core.induction.permute import LayerPermutation, fold_permutation_, permuted_stats, writer_permutation
+    from core.induction.permute import LayerPermutation, fold_permutation_, writer_permutation
 
     start = time.perf_counter()
     group = "down" if path == arch.mlp_out else "o"
@@ -703,24 +693,45 @@ def _permute_writer(
         dampening=spec.dampening, rounds=spec.induction.rounds_for(spec.pruner), generator=generator,
     )  # fmt: skip
     W = layer_linears(layer, arch)[path].weight.data
-    t0 = time.perf_counter()
-    plain, plain_err = _fit(W, stats, target, spec, None)
-    t1 = time.perf_counter()
-    moved_stats = permuted_stats(stats, p)
-    moved, moved_err = _fit(W[:, p.to(W.device)], moved_stats, target, spec, None)
-    t2 = time.perf_counter()
-    keep = moved_err < plain_err
-    info.update(fit_error_before=round(plain_err, 8), fit_error_after=round(moved_err, 8), kept=keep)
+    result, used_stats, keep, spent = _guarded_permutation(W, stats, p, target, spec, None, info)
     if keep:
         fold_permutation_(
             layer, plan, LayerPermutation(p if group == "down" else None, p if group == "o" else None)
         )
     entries = _prune_linears(
-        layer, arch, target, {path: moved_stats if keep else stats}, spec, {}, fact, index,
-        {path: moved if keep else plain}, only=(path,),
-    )  # fmt: skip
-    seconds = time.perf_counter() - start - ((t2 - t1) if keep else (t1 - t0))
+        layer, arch, target, {path: used_stats}, spec, {}, fact, index, {path: result}, only=(path,)
+    )
+    seconds = time.perf_counter() - start - spent
     return entries, (p if keep else None), info, seconds
+
+
+def _guarded_permutation(
+    W: torch.Tensor,
+    st: Any,
+    p: torch.Tensor,
+    target: LayerTarget,
+    spec: CompressionSpec,
+    col_weight: torch.Tensor | None,
+    info: dict[str, Any],
+) -> tuple[PruneResult, Any, bool, float]:
+    """SparseGPT on W in its own order and with its inputs permuted by ``p``; the permutation is
+    kept only where the fit error against the dense model comes out lower. Both errors and the
+    choice go into ``info``. Returns (the chosen pruning, the statistics in its order, whether
+    ``p`` is kept, the seconds of the one pruning the step would do anyway)."""
+    from core.induction.permute import permuted_stats
+
+    t0 = time.perf_counter()
+    plain, plain_err = _fit(W, st, target, spec, col_weight)
+    t1 = time.perf_counter()
+    moved_stats = permuted_stats(st, p)
+    cw = None if col_weight is None else col_weight[p.to(col_weight.device)]
+    moved, moved_err = _fit(W[:, p.to(W.device)], moved_stats, target, spec, cw)
+    t2 = time.perf_counter()
+    keep = moved_err < plain_err
+    info.update(fit_error_before=round(plain_err, 8), fit_error_after=round(moved_err, 8), kept=keep)
+    if keep:
+        return moved, moved_stats, True, t2 - t1
+    return plain, st, False, t1 - t0
 
 
 def _fit(

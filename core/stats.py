@@ -54,10 +54,7 @@ class InputStats:
         """Add a batch ``x`` of shape [..., in] (any float dtype, any device); with cross statistics,
         ``dy`` [..., out] is y_dense - y of the linear on the same tokens."""
         X = self._rows(x)  # [rows, in]
-        self.n += X.shape[0]
-        self.sq_sum += X.square().sum(dim=0)  # [in]
-        if self.H is not None:
-            self.H += gram(X)  # [in, in] += X^T X
+        self._add(X)
         if self.G is not None:
             if dy is None or dy.shape[:-1] != x.shape[:-1] or dy.shape[-1] != self.G.shape[0]:
                 raise SystemFault("cross statistics need y_dense - y of every batch, one row per token")
@@ -80,15 +77,24 @@ class InputStats:
             or tuple(weight.shape) != tuple(self.G.shape)
         ):
             raise SystemFault("cross statistics need the reference output of every token, one row per token")
-        self.n += X.shape[0]
-        self.sq_sum += X.square().sum(dim=0)
-        XtX = gram(X)  # [in, in]
-        self.H += XtX
+        XtX = self._add(X)  # [in, in]
+        assert XtX is not None  # (a Hessian is kept: checked above)
         Y = y_ref.detach().reshape(-1, out).to(device=self.G.device, dtype=torch.float32)  # [rows, out]
         if bias is not None:
             Y = Y - bias.detach().to(device=Y.device, dtype=torch.float32)
         self.G.addmm_(Y.T, X)  # += (Y_ref - b)^T X
         self.G.addmm_(weight.detach().to(device=self.G.device, dtype=torch.float32), XtX, alpha=-1.0)
+
+    def _add(self, X: torch.Tensor) -> torch.Tensor | None:
+        """Count the rows X [rows, in] into ``n``, ``sq_sum`` and ``H``; returns their X^T X
+        (None when no Hessian is kept)."""
+        self.n += X.shape[0]
+        self.sq_sum += X.square().sum(dim=0)  # [in]
+        if self.H is None:
+            return None
+        XtX = gram(X)  # [in, in]
+        self.H += XtX
+        return XtX
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         in_features = self.sq_sum.shape[0]

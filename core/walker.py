@@ -346,8 +346,8 @@ def _sensitivity_hooks(
     The input linears' outputs are kept until the MLP's output linear is reached; there the
     activation's derivative comes from autograd on the activation module alone (the layer itself
     runs without gradients), and the recomputed hidden activation must equal the one the output
-    linear receives (on the first tokens of each batch), so a model whose MLP is not act(gate) * up or act(fc1) fails loudly instead
-    of weighting rows by the wrong formula.
+    linear receives (on the first tokens of each batch), so a model whose MLP is not
+    act(gate) * up or act(fc1) fails loudly instead of weighting rows by the wrong formula.
     """
     linears = layer_linears(layer, arch)
     act = mlp_activation(layer, arch)
