@@ -111,9 +111,13 @@ document.getElementById("signout").addEventListener("click", () => signOut(null)
 
 // A saved session is re-checked once so a revoked key does not leave a half-working page.
 if (session.key) {
+  const checked = session.key;
   api("/v1/me")
     .then((me) => {
-      session.save(session.key, me);
+      // Signed out (or in with another key) while this was in flight: saving would store the
+      // key as the string "null", or pair the new key with the old key's identity.
+      if (session.key !== checked) return;
+      session.save(checked, me);
       renderChrome();
     })
     .catch(() => {});
