@@ -90,6 +90,10 @@ class Method(BaseModel):
         default=_d("sequential"),
         description=f"SparseGPT fitting the dense model: 'linear' prunes q/k/v, o, gate/up, down in turn inside one forward of every calibration token, 'layer' fits all of a layer's linears on the dense layer's activations, 'auto' is 'linear' where SparseGPT fits the dense model and that forward fits a 4 GiB activation budget; one of {SEQUENTIALS}",
     )
+    swap_rounds: int = Field(
+        default=_d("swap_rounds"),
+        description="Wanda: rounds of mask swaps against each linear's full X^T X, lowering its output error with the kept weights unchanged (one swap per row per round); 0 is the paper's Wanda; -1 (default): 20 for Wanda, 0 for the others (a positive value with magnitude or sparsegpt is refused)",
+    )
 
 
 class Options(BaseModel):

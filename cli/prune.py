@@ -67,6 +67,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "fits a 4 GiB activation budget",
     )
     p.add_argument(
+        "--swap-rounds",
+        type=int,
+        default=-1,
+        help="Wanda: rounds of mask swaps against each linear's full X^T X (one swap per row per "
+        "round, kept weights unchanged); 0 is the paper's Wanda; -1 (default): 20 for Wanda",
+    )
+    p.add_argument(
         "--fit-to",
         choices=["auto", "model", "layer"],
         default="auto",
@@ -134,6 +141,7 @@ def spec_body(args: argparse.Namespace) -> dict[str, Any]:
             "order": args.order,
             "row_weight": args.row_weight,
             "sequential": args.sequential,
+            "swap_rounds": args.swap_rounds,
             "owl_lambda": args.owl_lambda,
             "owl_m": args.owl_m,
         },

@@ -337,7 +337,10 @@ def _prunes_in_forward(spec: CompressionSpec, loaded: LoadedModel, calib: torch.
         return False  # ("linear" where it cannot is refused by spec.validate)
     if spec.sequential == "linear":
         return True
-    return spec.fits_dense_model and _forward_bytes(loaded, calib) <= IN_FORWARD_BYTES
+    # Wanda with swaps: one forward prunes and propagates (the dense pass only measures), the
+    # same perplexity as the layer walk on the benchmark (docs/pruners.md, "Swaps").
+    in_turn = spec.fits_dense_model or (spec.pruner == "wanda" and spec.swaps > 0)
+    return in_turn and _forward_bytes(loaded, calib) <= IN_FORWARD_BYTES
 
 
 def _forward_bytes(loaded: LoadedModel, calib: torch.Tensor) -> int:
@@ -491,7 +494,13 @@ def _prune_layers(
             dense_stream[:] = dense_next
         elif needs_stats:
             stats, outputs = collect_stats(
-                layer, arch, batches, device=device, want_hessian=spec.pruner == "sparsegpt", sensitivity=sens
+                layer,
+                arch,
+                batches,
+                device=device,
+                want_hessian=spec.wants_hessian,
+                sensitivity=sens,
+                hessian_every=spec.hessian_every,
             )
         else:
             # Magnitude needs no data: this dense pass only measures the layer's error.
@@ -546,6 +555,7 @@ def _prune_layers(
             )  # fmt: skip
             return None
 
+        passes: dict[str, float] = {}
         out, ref_out = prune_in_forward(
             layer,
             arch,
@@ -554,9 +564,15 @@ def _prune_layers(
             device=device,
             prune=prune,
             fit_reference=paired,
-            want_hessian=spec.pruner == "sparsegpt",
+            want_hessian=spec.wants_hessian,
             sensitivity=sens,
+            timings=passes,
+            hessian_every=spec.hessian_every,
         )
+        if not paired and sens is None:
+            # The dense pass then only yields the dense layer's output, for the layer's error
+            # (as magnitude's): reported as measurement, apart from the pruning step.
+            row["measure_seconds"] = passes["reference"]
         dense_out.append([ref_out])
         if paired:
             dense_stream[:] = [ref_out]
@@ -780,8 +796,12 @@ def _prune_linears(
             col_weight=col_weights.get(name),
             order=spec.order,
             row_weight=(row_weights or {}).get(name),
+            swap_rounds=spec.swaps,
         )
         entry: dict[str, Any] = {"sparsity": round(sparsity_of(result.W), 6), "params": W.numel()}
+        if result.swaps is not None:
+            entry["swaps"] = result.swaps.swaps
+            entry["swap_gain"] = round(result.swaps.gain, 6)
         if st is not None and st.H is not None:
             entry["rel_error"] = round(reconstruction_error(W, result.W, st.H), 6)
         if result.retries:

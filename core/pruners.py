@@ -19,6 +19,7 @@ from core.errors import FactorizationError, SpecError, SystemFault
 from core.sparsity import LayerTarget, mask_for, pruned_per_row
 from core.spec import SweepOrder
 from core.stats import InputStats, OutputSensitivity
+from core.swaps import SwapResult, swap_refine
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class PruneResult:
     keep: torch.Tensor  # [out, in] bool, True where the weight survives
     damp: float | None = None  # SparseGPT: the dampening fraction finally used
     retries: int = 0  # SparseGPT: how many times the dampening had to be raised
+    swaps: SwapResult | None = None  # Wanda with swap rounds: what the refinement did
 
 
 @dataclass
@@ -365,6 +367,7 @@ def prune_weight(
     col_weight: torch.Tensor | None = None,
     order: SweepOrder = "natural",
     row_weight: torch.Tensor | None = None,
+    swap_rounds: int = 0,
 ) -> PruneResult:
     """Prune W [out, in] with ``pruner`` ("magnitude", "wanda" or "sparsegpt") to ``target``.
 
@@ -375,6 +378,8 @@ def prune_weight(
     magnitude and Wanda by col_weight[j], SparseGPT's w^2/[Hinv]_jj^2 by col_weight[j]^2.
     ``row_weight`` [out] does the same for output row i, and only SparseGPT reads it (``sparsegpt``):
     Wanda compares weights within a row, where a row's factor cancels, and magnitude is data-free.
+    ``swap_rounds`` > 0 refines Wanda's mask by that many rounds of ``core.swaps.swap_refine``
+    against the full X^T X (``stats`` must carry it).
     """
     if pruner == "sparsegpt":
         H = _need(stats, pruner).hessian()
@@ -399,7 +404,16 @@ def prune_weight(
     if col_weight is not None:
         scores = scores * col_weight.to(device=W.device, dtype=torch.float32)  # [out, in] * [in]
     keep = mask_for(scores, target)
-    return PruneResult(W=W.detach().masked_fill(~keep, 0), keep=keep)
+    swaps = None
+    if swap_rounds > 0 and pruner == "wanda":
+        st = _need(stats, pruner)
+        if st.H is None:
+            raise SystemFault(
+                "Wanda's swap rounds need the layer's X^T X: collect statistics with want_hessian"
+            )
+        swaps = swap_refine(W, keep, st.H, target, swap_rounds)
+        keep = swaps.keep
+    return PruneResult(W=W.detach().masked_fill(~keep, 0), keep=keep, swaps=swaps)
 
 
 def mlp_row_weights(W_out: torch.Tensor, sensitivity: OutputSensitivity) -> torch.Tensor:

@@ -26,6 +26,10 @@ class InputStats:
     # model's input of the token, so y_dense - y = W (x_dense - x), read off the forward passes
     # instead of multiplied again. None unless asked for.
     G: torch.Tensor | None = None
+    # H reads every ``every``-th token only (Wanda's swaps: half the Gram products at no
+    # measured loss, docs/pruners.md); ``h_rows`` counts the tokens it read.
+    every: int = 1
+    h_rows: int = 0
 
     @classmethod
     def new(
@@ -35,8 +39,12 @@ class InputStats:
         device: torch.device | str,
         want_hessian: bool,
         cross_out: int | None = None,
+        hessian_every: int = 1,
     ) -> InputStats:
-        """``cross_out``: the linear's output size, to accumulate ``G`` too."""
+        """``cross_out``: the linear's output size, to accumulate ``G`` too; ``hessian_every``:
+        H from every n-th token (cross statistics need every token)."""
+        if hessian_every < 1 or (cross_out is not None and hessian_every != 1):
+            raise SystemFault(f"hessian_every={hessian_every}: must be >= 1, and 1 with cross statistics")
         sq_sum = torch.zeros(in_features, dtype=torch.float32, device=device)
         H = (
             torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
@@ -48,7 +56,7 @@ class InputStats:
             if cross_out is None
             else torch.zeros(cross_out, in_features, dtype=torch.float32, device=device)
         )
-        return cls(n=0, sq_sum=sq_sum, H=H, G=G)
+        return cls(n=0, sq_sum=sq_sum, H=H, G=G, every=hessian_every)
 
     def update(self, x: torch.Tensor, dy: torch.Tensor | None = None) -> None:
         """Add a batch ``x`` of shape [..., in] (any float dtype, any device); with cross statistics,
@@ -92,7 +100,9 @@ class InputStats:
         self.sq_sum += X.square().sum(dim=0)  # [in]
         if self.H is None:
             return None
-        XtX = gram(X)  # [in, in]
+        Xh = X[:: self.every] if self.every > 1 else X
+        self.h_rows += Xh.shape[0]
+        XtX = gram(Xh)  # [in, in]
         self.H += XtX
         return XtX
 
@@ -113,9 +123,9 @@ class InputStats:
         """[in, in] SparseGPT's H = 2/n X^T X (a new tensor; the sums stay untouched)."""
         if self.H is None:
             raise SystemFault("InputStats was created with want_hessian=False: no Hessian was accumulated")
-        if self.n == 0:
+        if self.h_rows == 0:
             raise SystemFault("InputStats has seen no inputs: the Hessian is undefined")
-        return self.H * (2.0 / self.n)
+        return self.H * (2.0 / self.h_rows)
 
     def cross(self) -> torch.Tensor | None:
         """[out, in] W (X_d - X)^T X on the scale of ``hessian()``; None without cross statistics."""

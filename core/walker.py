@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,13 +106,14 @@ def collect_stats(
     device: Device,
     want_hessian: bool,
     sensitivity: dict[str, OutputSensitivity] | None = None,
+    hessian_every: int = 1,
 ) -> tuple[dict[str, InputStats], list[Tensor]]:
     """Input statistics of every prunable linear of ``layer`` over ``batches``, and the layer's outputs.
 
     Linears that read the same tensor (q/k/v, gate/up) share one ``InputStats`` object, filled once
     by a hook on the group's first linear. Hooks are removed even when the forward raises.
     A ``sensitivity`` dict (empty) is filled with each MLP input linear's ``OutputSensitivity``
-    from the same pass.
+    from the same pass. ``hessian_every``: the Hessian from every n-th token (``InputStats``).
     """
     linears = layer_linears(layer, arch)
     stats: dict[str, InputStats] = {}
@@ -121,7 +123,9 @@ def collect_stats(
             handles += _sensitivity_hooks(layer, arch, sensitivity, device, active=lambda: True)
         for group in input_groups(arch):
             first = linears[group[0]]
-            shared = InputStats.new(first.in_features, device=device, want_hessian=want_hessian)
+            shared = InputStats.new(
+                first.in_features, device=device, want_hessian=want_hessian, hessian_every=hessian_every
+            )
             for name in group:
                 stats[name] = shared
             handles.append(first.register_forward_pre_hook(_accumulate_into(shared)))
@@ -209,6 +213,8 @@ def prune_in_forward(
     fit_reference: bool,
     want_hessian: bool = True,
     sensitivity: dict[str, OutputSensitivity] | None = None,
+    timings: dict[str, float] | None = None,
+    hessian_every: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """Prune the layer group by group inside one forward of all calibration tokens (``batch``).
 
@@ -228,7 +234,10 @@ def prune_in_forward(
     order), the input arriving now is reordered by p as well, so the forward stays consistent.
 
     Every token must be in the one batch: a group's statistics are complete only then. Hooks
-    are removed even when the forward or ``prune`` raises.
+    are removed even when the forward or ``prune`` raises. ``timings["reference"]`` receives
+    the seconds of the dense pass (without ``fit_reference`` and ``sensitivity`` it only
+    measures: its output is the dense layer's, for the layer's error). ``hessian_every``: as in
+    ``collect_stats`` (not with ``fit_reference``, whose cross statistics need every token).
     Returns (the pruned layer's output on ``batch``, the dense layer's output on ``reference``).
     """
     linears = layer_linears(layer, arch)
@@ -254,6 +263,7 @@ def prune_in_forward(
             stats = InputStats.new(
                 first.in_features, device=device, want_hessian=want_hessian,
                 cross_out=first.out_features if cross else None,
+                hessian_every=1 if cross else hessian_every,
             )  # fmt: skip
             if cross:  # against the reference outputs, with the group's weights still dense
                 stats.update_against(x, kept.pop(group[0]), first.weight, first.bias)
@@ -273,7 +283,10 @@ def prune_in_forward(
             handles.append(linears[name].register_forward_hook(keep(name)))
         for group in input_groups(arch):
             handles.append(linears[group[0]].register_forward_pre_hook(fit(group)))
+        started = time.perf_counter()
         (ref_out,) = run_layer(layer, [dataclasses.replace(batch, hidden=reference)], device=device)
+        if timings is not None:
+            timings["reference"] = time.perf_counter() - started
         reference_pass[0] = False
         (out,) = run_layer(layer, [batch], device=device)
     finally:

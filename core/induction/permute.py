@@ -27,6 +27,7 @@ costs less: so the cost never rises above the layer's own order.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -229,7 +230,7 @@ def weight_costs(
         assert stats is not None
         C = C * stats.sq_sum.to(C.device)
     elif pruner == "sparsegpt":
-        assert stats is not None and stats.H is not None and stats.n > 0
+        assert stats is not None and stats.H is not None and stats.n > 0  # (SparseGPT: H of every token)
         U = inverse_hessian_factor(stats.H * (2.0 / stats.n), dampening=dampening).Hinv  # H^-1 = U^T U
         C = C / U.square().sum(dim=0).clamp_min(1e-30).to(C.device)
     return C
@@ -329,8 +330,8 @@ def _permute(
 def permuted_stats(st: InputStats, p: torch.Tensor) -> InputStats:
     """A copy of ``st`` for the input with its channels reordered (new channel j is old p[j])."""
     q = p.to(st.sq_sum.device)
-    return InputStats(
-        n=st.n,
+    return dataclasses.replace(
+        st,
         sq_sum=st.sq_sum[q],
         H=None if st.H is None else st.H[q][:, q],
         G=None if st.G is None else st.G[:, q],

@@ -75,6 +75,9 @@ def test_body_round_trips():
         ("method.row_weight", "columns", "method.row_weight"),
         ("method.row_weight", 1, "method.row_weight"),
         ("method.sequential", "token", "method.sequential"),
+        ("method.swap_rounds", -2, "method.swap_rounds"),
+        ("method.swap_rounds", 2.5, "method.swap_rounds"),
+        ("method.swap_rounds", "many", "method.swap_rounds"),
         ("model", "", "model"),
         ("colour", "blue", "colour"),
         ("calibration.colour", "blue", "calibration.colour"),
@@ -149,6 +152,32 @@ def test_sequential_linear_needs_statistics_and_no_induction(pruner, sparsity, i
         assert err.value.param == "method.sequential"
     body["method"]["sequential"] = "layer"  # always valid: the walk every pruner can take
     assert CompressionSpec.from_dict(body).sequential == "layer"
+
+
+@pytest.mark.parametrize(
+    ("pruner", "rounds", "resolved", "ok"),
+    [
+        ("wanda", -1, 20, True),  # the default: Wanda refines its mask
+        ("wanda", 0, 0, True),  # the paper's Wanda
+        ("wanda", 50, 50, True),
+        ("magnitude", -1, 0, True),
+        ("magnitude", 0, 0, True),
+        ("magnitude", 5, None, False),  # data-free: no X^T X to swap against
+        ("sparsegpt", -1, 0, True),
+        ("sparsegpt", 5, None, False),  # changes the weights it keeps: a mask swap does not apply
+    ],
+)
+def test_swap_rounds_refine_wanda_only(pruner, rounds, resolved, ok):
+    body = _with("method.pruner", pruner)
+    body["method"]["swap_rounds"] = rounds
+    if ok:
+        spec = CompressionSpec.from_dict(body)
+        assert spec.swaps == resolved and CompressionSpec.from_dict(spec.to_dict()) == spec
+        assert spec.wants_hessian is (pruner == "sparsegpt" or resolved > 0)
+    else:
+        with pytest.raises(SpecError, match=pruner) as err:
+            CompressionSpec.from_dict(body)
+        assert err.value.param == "method.swap_rounds"
 
 
 def test_induction_is_valid_with_every_pruner_and_structure():

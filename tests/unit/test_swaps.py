@@ -1,0 +1,140 @@
+"""``core.swaps``: Wanda's mask refinement keeps every count and pattern and only lowers the error."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from core.errors import SystemFault
+from core.pruners import prune_weight, wanda_scores
+from core.sparsity import LayerTarget, mask_for, nm_ok
+from core.stats import InputStats
+from core.swaps import swap_refine
+
+pytestmark = pytest.mark.unit
+
+
+def correlated_inputs(n: int, d: int, seed: int) -> torch.Tensor:
+    """Tokens whose channels are strongly correlated (a shared factor), unlike a diagonal H."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(d, d, generator=g) * 0.4 + torch.eye(d)
+    return (torch.randn(n, d, generator=g) + 2.0) @ mix  # a non-zero mean correlates every channel
+
+
+def error(W: torch.Tensor, keep: torch.Tensor, H: torch.Tensor) -> float:
+    R = W * ~keep
+    return float(((R @ H) * R).sum(dtype=torch.float64))
+
+
+def wanda_keep(W: torch.Tensor, X: torch.Tensor, target: LayerTarget) -> torch.Tensor:
+    return mask_for(wanda_scores(W, X.square().sum(0).sqrt()), target)
+
+
+@pytest.mark.parametrize(
+    "target", [LayerTarget(0.5), LayerTarget(0.7), LayerTarget(0.5, 2, 4), LayerTarget(0.5, 4, 8)]
+)
+def test_swaps_lower_the_error_and_keep_every_count_and_pattern(target: LayerTarget) -> None:
+    X = correlated_inputs(400, 32, seed=1)
+    W = torch.randn(12, 32, generator=torch.Generator().manual_seed(2))
+    H = X.T @ X
+    keep0 = wanda_keep(W, X, target)
+    result = swap_refine(W, keep0, H, target, rounds=200)
+    assert result.swaps > 0
+    assert torch.equal(result.keep.sum(dim=1), keep0.sum(dim=1))  # each row keeps its count
+    if target.is_nm:
+        assert nm_ok(W * result.keep, target.n, target.m)
+    e0, e1 = error(W, keep0, H), error(W, result.keep, H)
+    assert e1 < 0.9 * e0
+    assert result.before == pytest.approx(e0, rel=1e-5)
+    assert result.after == pytest.approx(e1, rel=1e-4, abs=1e-4 * e0)
+    assert result.gain == pytest.approx(1 - e1 / e0, abs=1e-4)
+
+
+def test_nm_swaps_close_most_of_the_gap_to_the_exhaustive_optimum() -> None:
+    target = LayerTarget(0.5, 2, 4)
+    choices = list(itertools.combinations(range(4), 2))  # which 2 of a group of 4 survive
+    closed = []
+    for seed in range(6):
+        X = correlated_inputs(300, 12, seed=seed)
+        W = torch.randn(4, 12, generator=torch.Generator().manual_seed(seed + 20))
+        H = X.T @ X
+        keep0 = wanda_keep(W, X, target)
+        keep1 = swap_refine(W, keep0, H, target, rounds=1000).keep
+        assert nm_ok(W * keep1, 2, 4)
+        e0, e1 = error(W, keep0, H), error(W, keep1, H)
+        best = 0.0
+        for i in range(4):
+            masks = (
+                torch.tensor([[j % 4 in combo[j // 4] for j in range(12)]])
+                for combo in itertools.product(choices, repeat=3)
+            )
+            best += min(error(W[i : i + 1], mask, H) for mask in masks)
+        assert best * (1 - 1e-6) <= e1 <= e0
+        closed.append((e0 - e1) / (e0 - best))
+    assert min(closed) > 0.6 and sum(closed) / len(closed) > 0.8, closed
+
+
+def test_unstructured_swaps_close_most_of_the_gap_to_the_exhaustive_optimum() -> None:
+    target = LayerTarget(0.5)
+    closed = []
+    for seed in range(6):
+        X = correlated_inputs(300, 12, seed=seed)
+        W = torch.randn(6, 12, generator=torch.Generator().manual_seed(seed + 10))
+        H = X.T @ X
+        keep0 = wanda_keep(W, X, target)
+        e0, e1 = error(W, keep0, H), error(W, swap_refine(W, keep0, H, target, rounds=1000).keep, H)
+        best = sum(
+            min(
+                error(W[i : i + 1], torch.tensor([[j not in c for j in range(12)]]), H)
+                for c in itertools.combinations(range(12), 6)
+            )
+            for i in range(6)
+        )
+        assert best * (1 - 1e-6) <= e1 <= e0
+        closed.append((e0 - e1) / (e0 - best))
+    assert min(closed) > 0.6 and sum(closed) / len(closed) > 0.8
+
+
+def test_uncorrelated_inputs_leave_nothing_to_swap() -> None:
+    # With a diagonal H each weight's error stands alone, and Wanda's ranking is already optimal.
+    g = torch.Generator().manual_seed(5)
+    scale = torch.rand(24, generator=g) + 0.1
+    H = torch.diag(scale.square())
+    W = torch.randn(8, 24, generator=g)
+    target = LayerTarget(0.5)
+    keep0 = mask_for(wanda_scores(W, scale), target)
+    result = swap_refine(W, keep0, H, target, rounds=50)
+    assert result.swaps == 0 and result.rounds == 0
+    assert torch.equal(result.keep, keep0)
+
+
+def test_zero_rounds_and_rows_without_zeros_change_nothing() -> None:
+    X = correlated_inputs(200, 16, seed=6)
+    W = torch.randn(5, 16, generator=torch.Generator().manual_seed(7))
+    H = X.T @ X
+    target = LayerTarget(0.5)
+    keep0 = wanda_keep(W, X, target)
+    assert torch.equal(swap_refine(W, keep0, H, target, rounds=0).keep, keep0)
+    full = torch.ones_like(keep0)
+    result = swap_refine(W, full, H, LayerTarget(0.0), rounds=10)
+    assert result.swaps == 0 and bool(result.keep.all())
+
+
+def test_prune_weight_refines_wanda_only_with_the_full_second_moment() -> None:
+    X = correlated_inputs(256, 16, seed=8)
+    W = torch.randn(6, 16, generator=torch.Generator().manual_seed(9))
+    target = LayerTarget(0.5)
+    with_h = InputStats.new(16, device="cpu", want_hessian=True)
+    with_h.update(X)
+    plain = prune_weight(W, "wanda", target, with_h)
+    refined = prune_weight(W, "wanda", target, with_h, swap_rounds=20)
+    assert plain.swaps is None and refined.swaps is not None and refined.swaps.swaps > 0
+    H = X.T @ X
+    assert error(W, refined.keep, H) < error(W, plain.keep, H)
+    assert torch.equal(refined.W, W * refined.keep)  # surviving weights keep their values
+    norms_only = InputStats.new(16, device="cpu", want_hessian=False)
+    norms_only.update(X)
+    with pytest.raises(SystemFault, match="X\\^T X"):
+        prune_weight(W, "wanda", target, norms_only, swap_rounds=5)
