@@ -88,3 +88,42 @@ def test_auto_streams_when_one_forward_would_not_fit(tmp_path: Path, monkeypatch
 def test_other_pruners_and_the_dense_layer_fit_stream(tmp_path: Path) -> None:
     report, _ = _run(tmp_path, "llama", 0.5, "auto")  # SparseGPT at 50% fits the dense layer
     assert report["sequential"] == "layer"
+
+
+def _wanda(tmp_path: Path, arch: str, sparsity: Any, swap_rounds: int) -> dict:
+    model = tiny_model_dir(tmp_path / "models", arch, layers=2, hidden=64)
+    spec = CompressionSpec.from_dict(
+        {
+            "model": str(model),
+            "sparsity": sparsity,
+            "method": {"pruner": "wanda", "swap_rounds": swap_rounds},
+            "calibration": {"source": "pydoc", "samples": 6, "seq_len": 32, "seed": 1},
+            "evaluation": {"sources": ["none"]},
+        }
+    )
+    return compress(spec).to_dict()
+
+
+@pytest.mark.parametrize(("arch", "sparsity"), [("llama", 0.5), ("qwen2", "2:4"), ("opt", 0.7)])
+def test_wanda_swaps_walk_in_turn_and_report_what_they_gained(
+    tmp_path: Path, arch: str, sparsity: Any
+) -> None:
+    refined = _wanda(tmp_path, arch, sparsity, -1)  # the default: 20 rounds
+    plain = _wanda(tmp_path, arch, sparsity, 0)  # the paper's Wanda
+    assert refined["sequential"] == "linear" and plain["sequential"] == "layer"
+    assert refined["spec"]["method"]["swap_rounds"] == -1
+    for rep in (refined, plain):
+        if isinstance(sparsity, str):
+            assert rep["sparsity"]["nm_ok"] is True
+        else:
+            assert rep["sparsity"]["mean"] == pytest.approx(sparsity, abs=4e-3)  # round(0.7 * 64) / 64
+    for row in refined["layers"]:
+        # the dense pass of the walk in turn only measures the layer's error: reported apart
+        assert row["measure_seconds"] > 0
+        for entry in row["linears"].values():
+            assert entry["swaps"] >= 0 and 0.0 <= entry["swap_gain"] < 1.0
+    assert sum(e["swaps"] for row in refined["layers"] for e in row["linears"].values()) > 0
+    assert all("swaps" not in e for row in plain["layers"] for e in row["linears"].values())
+    # Each linear's error on its calibration inputs, against Wanda's own mask on the same statistics
+    q = refined["layers"][0]["linears"][next(k for k in refined["layers"][0]["linears"] if "q_proj" in k)]
+    assert q["swaps"] > 0 and q["swap_gain"] > 0.0 and q["rel_error"] > 0.0

@@ -46,3 +46,19 @@ def test_update_against_needs_cross_statistics_and_matching_shapes() -> None:
     with pytest.raises(SystemFault, match="reference output"):
         stats.update_against(x, lin(x)[:3], lin.weight, lin.bias)
     assert stats.n == 0
+
+
+def test_hessian_every_reads_every_nth_token_and_keeps_the_norms_whole() -> None:
+    X = torch.randn(2, 50, 12, generator=torch.Generator().manual_seed(5))
+    st = InputStats.new(12, device="cpu", want_hessian=True, hessian_every=3)
+    st.update(X[0])
+    st.update(X[1])
+    rows = X.reshape(-1, 12)
+    picked = torch.cat([X[0][::3], X[1][::3]])  # every 3rd token of each batch
+    assert st.n == 100 and st.h_rows == picked.shape[0] == 34
+    torch.testing.assert_close(st.sq_sum, rows.square().sum(0))  # Wanda's norms: every token
+    torch.testing.assert_close(st.hessian(), picked.T @ picked * (2.0 / 34), rtol=1e-5, atol=1e-5)
+    with pytest.raises(SystemFault, match="hessian_every"):
+        InputStats.new(12, device="cpu", want_hessian=True, cross_out=4, hessian_every=2)
+    with pytest.raises(SystemFault, match="hessian_every"):
+        InputStats.new(12, device="cpu", want_hessian=True, hessian_every=0)

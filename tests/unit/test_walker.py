@@ -11,6 +11,7 @@ from core.errors import Cancelled
 from core.evaluate import output_head
 from core.stats import InputStats
 from core.walker import (
+    _SENSITIVITY_EVERY,
     LayerBatch,
     capture_inputs,
     collect_paired_stats,
@@ -331,9 +332,11 @@ def test_mlp_sensitivity_is_the_derivative_of_the_hidden_activation(name):
     else:
         want = {arch.mlp_in[0]: (Z[arch.mlp_in[0]] > 0).to(torch.float32)}
     assert set(sens) == set(arch.mlp_in)
+    every = _SENSITIVITY_EVERY  # tokens read: every n-th of each batch (each batch a multiple of n)
+    assert all(size * SEQ % every == 0 for size in SIZES) and every > 1
     for path, d in want.items():
-        assert sens[path].n == sum(SIZES) * SEQ
-        torch.testing.assert_close(sens[path].sq_sum, d.square().sum(dim=0), rtol=1e-4, atol=1e-4)
+        assert sens[path].n == sum(SIZES) * SEQ // every
+        torch.testing.assert_close(sens[path].sq_sum, d[::every].square().sum(dim=0), rtol=1e-4, atol=1e-4)
     assert _hook_count(layer) == 0
     for got, want_out in zip(outputs, run_layer(layer, batches, device="cpu"), strict=True):
         torch.testing.assert_close(got, want_out, atol=0, rtol=0)
@@ -474,7 +477,7 @@ def test_in_forward_measures_the_sensitivity_on_the_dense_model():
     dense_batch = [LayerBatch(dense, batch.kwargs)]
     collect_stats(layer, arch, dense_batch, device="cpu", want_hessian=False, sensitivity=on_dense)
     for path in arch.mlp_in:
-        assert sens[path].n == on_dense[path].n == sum(SIZES) * SEQ
+        assert sens[path].n == on_dense[path].n == sum(SIZES) * SEQ // _SENSITIVITY_EVERY
         torch.testing.assert_close(sens[path].sq_sum, on_dense[path].sq_sum, rtol=1e-5, atol=1e-5)
     assert _hook_count(layer) == 0
 
