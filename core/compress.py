@@ -481,6 +481,7 @@ def _prune_layers(
                 dampening=spec.dampening,
                 blocksize=spec.blocksize,
                 order=spec.order,
+                swap_rounds=spec.swaps,
             )
             col_weights = dict(result.col_weights)
             row["induction"] = rep.induction_row(result)

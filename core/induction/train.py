@@ -43,6 +43,7 @@ from core.induction.transform import (
 from core.pruners import HinvFactor, inverse_hessian_factor, sparsegpt
 from core.sparsity import LayerTarget
 from core.spec import InductionSpec, SweepOrder
+from core.swaps import swap_refine
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ def induce_layer(
     dampening: float = 0.01,
     blocksize: int = 128,
     order: SweepOrder = "natural",
+    swap_rounds: int = 0,
 ) -> InductionResult:
     """Train the layer's transform on ``batches`` against its pruned block, then fold it in place.
 
@@ -149,19 +151,22 @@ def induce_layer(
     the folded layer computes the same dense function. Prune it afterwards with
     ``prune_weight(..., col_weight=result.col_weights.get(path))`` to get the learned masks.
     ``dampening``, ``blocksize`` and ``order`` are SparseGPT's (pass the spec's): its training-time
-    proxy and the final check prune exactly as the pruner will.
+    proxy and the final check prune exactly as the pruner will. ``swap_rounds``: Wanda's swaps
+    (``core.swaps``), which the final check applies too.
     """
     start = time.perf_counter()
     device = torch.device(device)
     plan = plan_layer(layer, arch)
     params = {n: p.detach().to(device=device, dtype=torch.float32) for n, p in layer.named_parameters()}
     minibatches = list(_minibatches(batches, spec.batch_size))
-    targets, stats = dense_pass(layer, plan, params, minibatches, device=device, want_H=pruner == "sparsegpt")
+    swaps = swap_rounds if pruner == "wanda" else 0
+    want_H = pruner == "sparsegpt" or swaps > 0
+    targets, stats = dense_pass(layer, plan, params, minibatches, device=device, want_H=want_H)
     permuted = None
     if spec.permute and target.is_nm:
         # Regroup first, so the scales train for the groups the pruner will see; the plain
         # pruning of the layer as it came is kept as the bar the permuted candidates must beat.
-        args = (target, pruner, spec, dampening, blocksize, device, order)
+        args = (target, pruner, spec, dampening, blocksize, device, order, swaps)
         plain = _Trainer(layer, plan, params, stats, *args)
         T_id = Transform.identity(
             plan, device=device, shifts=spec.shifts, qk=spec.qk_scale, per_linear=spec.per_linear
@@ -172,7 +177,9 @@ def induce_layer(
         permuted = _permute_first(layer, plan, stats, target, pruner, dampening, spec, generator)
         params = {n: p.detach().to(device=device, dtype=torch.float32) for n, p in layer.named_parameters()}
     T0 = init_transform(plan, stats, spec, pruner, device=device)
-    trainer = _Trainer(layer, plan, params, stats, target, pruner, spec, dampening, blocksize, device, order)
+    trainer = _Trainer(
+        layer, plan, params, stats, target, pruner, spec, dampening, blocksize, device, order, swaps
+    )  # fmt: skip
     T, losses = trainer.fit(T0, minibatches, targets, generator)
     candidates = {"identity": _identity_like(T0), "init": T0}
     if losses:  # with no training step "trained" is the init itself
@@ -391,8 +398,10 @@ class _Trainer:
         blocksize: int,
         device: torch.device,
         order: SweepOrder = "natural",
+        swap_rounds: int = 0,
     ) -> None:
         self.layer, self.plan, self.params, self.stats = layer, plan, params, stats
+        self.swap_rounds = swap_rounds
         self.device = device
         self.target, self.pruner, self.spec, self.dampening = target, pruner, spec, dampening
         self.blocksize = blocksize
@@ -441,9 +450,14 @@ class _Trainer:
             self._L0[key] = log_base_scores(self.params[f"{path}.weight"], self.base_col(group, d))
         return self._L0[key]
 
-    def pruned_params(self, T: Transform, *, mode: str | None = None) -> dict[str, torch.Tensor]:
+    def pruned_params(
+        self, T: Transform, *, mode: str | None = None, swaps: bool = False
+    ) -> dict[str, torch.Tensor]:
         """The pruned block's linears in original coordinates: W_eff = W * M (magnitude, Wanda) or
-        SparseGPT's compensated weights for mask M, and b + (W - W_eff) d where a shift exists."""
+        SparseGPT's compensated weights for mask M, and b + (W - W_eff) d where a shift exists.
+        ``swaps`` (hard masks, no gradient): Wanda's masks refined as the pruner will refine them;
+        its objective is the same in original and folded coordinates, so only the mask it starts
+        from carries the transform."""
         c, d = importance(self.plan, T), input_shifts(self.plan, T)
         out: dict[str, torch.Tensor] = {}
         for path in self.linears:
@@ -453,6 +467,10 @@ class _Trainer:
             M = keep_mask(L, self.target, mode=mode or self.spec.mask, tau=self.tau, segment=self.segment)
             if self.pruner == "sparsegpt":  # the compensating update, differentiable in M
                 W_eff = sparsegpt_weights(W, M, self._chain[group], SPARSEGPT_HOPS)
+            elif swaps and self.swap_rounds > 0:
+                H = self.stats[group].centred_H(d[group])  # (detaches the shift itself)
+                keep = swap_refine(W.detach(), M.detach() > 0.5, H, self.target, self.swap_rounds).keep
+                W_eff = W * keep
             else:
                 W_eff = W * M
             out[f"{path}.weight"] = W_eff
@@ -569,7 +587,8 @@ class _Trainer:
             params = self._sparsegpt_folded(T)
         else:
             self.refresh(T)
-            params = {**self.params, **self.pruned_params(T, mode="ste")}  # "ste" forward = hard mask
+            # "ste" forward = hard mask; then Wanda's swaps, as the pruner will
+            params = {**self.params, **self.pruned_params(T, mode="ste", swaps=True)}
         num = den = 0.0
         for mb, Y in zip(minibatches, targets, strict=True):
             Y = Y.to(self.device)

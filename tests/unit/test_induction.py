@@ -50,11 +50,14 @@ def rel_mse(Y: list[torch.Tensor], Y_hat: list[torch.Tensor]) -> float:
     )
 
 
-def prune_layer(layer, arch, batches, pruner, target, col_weights=None) -> None:
-    stats, _ = collect_stats(layer, arch, batches, device="cpu", want_hessian=pruner == "sparsegpt")
+def prune_layer(layer, arch, batches, pruner, target, col_weights=None, swap_rounds: int = 0) -> None:
+    want = pruner == "sparsegpt" or swap_rounds > 0
+    stats, _ = collect_stats(layer, arch, batches, device="cpu", want_hessian=want)
     for name, lin in layer_linears(layer, arch).items():
         cw = (col_weights or {}).get(name)
-        r = prune_weight(lin.weight.data, pruner, target, stats[name], blocksize=16, col_weight=cw)
+        r = prune_weight(
+            lin.weight.data, pruner, target, stats[name], blocksize=16, col_weight=cw, swap_rounds=swap_rounds
+        )
         lin.weight.data.copy_(r.W)
 
 
@@ -159,11 +162,14 @@ def test_training_moves_the_mask() -> None:
 
 
 @pytest.mark.parametrize("arch_name", ARCHES)
-@pytest.mark.parametrize("pruner", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("pruner", ["magnitude", "wanda", "sparsegpt", "wanda+swaps"])
 def test_reported_loss_is_the_pruners_loss_after_folding(arch_name: str, pruner: str) -> None:
     """The loss induction reports for its folded transform is the loss of the folded layer pruned by
     prune_weight with the returned col_weights: for magnitude and Wanda the training mask is the
-    pruner's mask; for SparseGPT the check runs the pruner itself."""
+    pruner's mask (and Wanda's swaps refine it in the check as in the pruner); for SparseGPT the
+    check runs the pruner itself."""
+    pruner, _, refine = pruner.partition("+")
+    rounds = 20 if refine else 0
     model = tiny_model(arch_name)
     arch = arch_for(model)
     layer = decoder_layers(model, arch)[0]
@@ -171,9 +177,10 @@ def test_reported_loss_is_the_pruners_loss_after_folding(arch_name: str, pruner:
     Y = run_layer(layer, batches, device="cpu")
     spec = InductionSpec(enabled=True, epochs=1, lr=0.1, batch_size=4)
     result = induce_layer(
-        layer, arch, batches, device="cpu", target=TARGETS["50%"], pruner=pruner, spec=spec, blocksize=16
-    )
-    prune_layer(layer, arch, batches, pruner, TARGETS["50%"], result.col_weights)
+        layer, arch, batches, device="cpu", target=TARGETS["50%"], pruner=pruner, spec=spec, blocksize=16,
+        swap_rounds=rounds,
+    )  # fmt: skip
+    prune_layer(layer, arch, batches, pruner, TARGETS["50%"], result.col_weights, swap_rounds=rounds)
     check = [0]  # the check subset: every 8th minibatch; here batches == minibatches
     got = rel_mse([Y[i] for i in check], run_layer(layer, [batches[i] for i in check], device="cpu"))
     # SparseGPT: the Hessian of the folded layer's own forward differs from S^-1 H S^-1 by rounding
