@@ -67,16 +67,18 @@ def swap_refine(
     tol = 1e-6 * Wd.sum(dim=1)  # [out]
     # Weights that cannot take a move are priced out by adding _OUT rather than masked: boolean
     # masking (masked_fill, where) took 20-30x the time of an add on a CPU, most of a round.
-    shut_grow = (1 - pruned).mul_(_OUT)  # kept weights cannot be revived
-    shut_drop = pruned * _OUT  # pruned weights cannot be pruned again
+    # base_grow / base_drop: w_j^2 H_jj where the move is allowed, _OUT where it is not.
+    base_grow = Wd + (1 - pruned).mul_(_OUT)  # kept weights cannot be revived
+    base_drop = Wd + pruned * _OUT  # pruned weights cannot be pruned again
+    W2 = 2 * W
     rows = torch.arange(W.shape[0], device=W.device)
     m = target.m if target.is_nm else None
     change = 0.0
     swaps = used = idle = 0
     for k in range(max(0, rounds)):
-        T = (W * U).mul_(2)  # 2 w_j u_j
-        grow = torch.sub(Wd, T).add_(shut_grow)  # change from reviving a pruned weight
-        drop = T.add_(Wd).add_(shut_drop)  # change from pruning a kept weight
+        T = W2 * U  # 2 w_j u_j
+        grow = torch.sub(base_grow, T)  # change from reviving a pruned weight
+        drop = T.add_(base_drop)  # change from pruning a kept weight
         if m:
             g, p, delta = _best_in_group(grow, drop, W, H, m)
         else:
@@ -90,15 +92,15 @@ def swap_refine(
             continue
         idle = 0
         r, gt, pt = rows[take], g[take], p[take]
-        shut_grow[r, gt], shut_drop[r, gt] = _OUT, 0.0  # g now survives
-        shut_grow[r, pt], shut_drop[r, pt] = 0.0, _OUT  # p is now pruned
+        base_grow[r, gt], base_drop[r, gt] = _OUT, Wd[r, gt]  # g now survives
+        base_grow[r, pt], base_drop[r, pt] = Wd[r, pt], _OUT  # p is now pruned
         on = take.to(W.dtype)  # rows that did not swap add zero rows of H
         U.addcmul_((W[rows, p] * on).unsqueeze(1), H.index_select(0, p))
         U.addcmul_((W[rows, g] * on).unsqueeze(1), H.index_select(0, g), value=-1.0)
         change += float(delta[take].sum(dtype=torch.float64))
         swaps += int(take.sum())
         used += 1
-    keep = shut_grow > 0
+    keep = base_grow >= _OUT / 2
     return SwapResult(keep=keep, swaps=swaps, rounds=used, before=before, after=max(0.0, before + change))
 
 
