@@ -31,10 +31,12 @@ def test_wanda_half_sparsity_is_exact_and_perplexity_stays_bounded(tmp_path):
     assert sp["min"] == pytest.approx(0.5, abs=1e-9) and sp["max"] == pytest.approx(0.5, abs=1e-9)
     assert len(report["layers"]) == 30
     dense, sparse = report["perplexity"]["dense"]["pydoc"], report["perplexity"]["sparse"]["pydoc"]
-    # The issue asked for < 2x dense. On this 135M model plain Wanda at 50% lands at about 2.0x
-    # (24.74 vs 12.33 on the full benchmark; llm-compressor's Wanda: 24.71), and 2.04x on this
-    # smaller CI setting, so 2x cannot hold; 2.25x still catches any real regression.
-    assert math.isfinite(sparse) and dense < sparse < 2.25 * dense
+    # The issue's bound: below 2x dense. The paper's Wanda (swap_rounds 0) landed at about 2.0x on
+    # this 135M model (24.76 vs 12.33 on the full benchmark) and could not hold it; with the
+    # default swaps the full benchmark gives 18.21 (1.48x).
+    assert math.isfinite(sparse) and dense < sparse < 2.0 * dense
+    assert report["sequential"] == "linear"  # Wanda with swaps prunes in turn, one forward per layer
+    assert sum(e["swaps"] for row in report["layers"] for e in row["linears"].values()) > 0
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["perplexity"] == report["perplexity"]
     assert report["sizes"]["compact_bytes"] < report["sizes"]["hf_bytes"]
