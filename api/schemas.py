@@ -88,7 +88,7 @@ class Method(BaseModel):
     )
     sequential: str = Field(
         default=_d("sequential"),
-        description=f"SparseGPT fitting the dense model: 'linear' prunes q/k/v, o, gate/up, down in turn inside one forward of every calibration token, 'layer' fits all of a layer's linears on the dense layer's activations, 'auto' is 'linear' where SparseGPT fits the dense model and that forward fits a 4 GiB activation budget; one of {SEQUENTIALS}",
+        description=f"SparseGPT fitting the dense model, and Wanda with swaps: 'linear' prunes q/k/v, o, gate/up, down in turn inside one forward of every calibration token, 'layer' takes every linear's statistics from the dense layer, 'auto' is 'linear' for those two where that forward fits a 4 GiB activation budget; one of {SEQUENTIALS}",
     )
     swap_rounds: int = Field(
         default=_d("swap_rounds"),

@@ -61,9 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--sequential",
         choices=["auto", "linear", "layer"],
         default="auto",
-        help="SparseGPT fitting the dense model: prune q/k/v, o, gate/up, down in turn inside one "
-        "forward of every calibration token (linear), or fit every linear on the dense layer's "
-        "activations (layer); auto: linear where SparseGPT fits the dense model and that forward "
+        help="SparseGPT fitting the dense model, and Wanda with swaps: prune q/k/v, o, gate/up, down "
+        "in turn inside one forward of every calibration token (linear), or take every linear's "
+        "statistics from the dense layer (layer); auto: linear for those two when that forward "
         "fits a 4 GiB activation budget",
     )
     p.add_argument(

@@ -181,7 +181,7 @@ class CompressionSpec:
     fit_to: str = "auto"  # SparseGPT: one of FIT_TARGETS
     order: SweepOrder = "auto"  # SparseGPT: the column sweep order (docs/pruners.md, "Sweep order")
     row_weight: RowWeight = "output"  # SparseGPT, unstructured: one of ROW_WEIGHTS
-    sequential: Sequential = "auto"  # SparseGPT fitting the dense model: one of SEQUENTIALS
+    sequential: Sequential = "auto"  # SparseGPT fitting the dense model, Wanda with swaps: SEQUENTIALS
     swap_rounds: int = -1  # Wanda's mask refinement (core.swaps); -1: the default per pruner
     induction: InductionSpec = field(default_factory=InductionSpec)
     calibration: TextSpec = field(default_factory=TextSpec)
