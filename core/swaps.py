@@ -12,8 +12,8 @@ promise), unlike SparseGPT, which also changes the weights it keeps.
 
 With u = H r (kept per row), reviving g changes the error by w_g^2 H_gg - 2 w_g u_g, pruning p by
 w_p^2 H_pp + 2 w_p u_p, and doing both by their sum - 2 w_g w_p H_gp. Each round picks one pair
-per row and applies it where that exact change is negative: for N:M, in each group the best g
-and the best p on their own, and of those pairs the one whose exact change is lowest;
+per row and applies it where that exact change is negative: for N:M, the groups whose best g
+plus best p (each on its own) promise most, and the exact best pair inside each of them;
 unstructured, the best g and then the best p given g, and in the next round the best p and then
 the best g given p (the exact best of in x in pairs per row would cost a matrix product per
 round). One round costs a few passes over [out, in] and two gathered rows of H per row.
@@ -56,6 +56,9 @@ def swap_refine(
     """
     if W.dim() != 2 or keep.shape != W.shape or H.shape != (W.shape[1], W.shape[1]):
         raise SystemFault(f"swap_refine: W {tuple(W.shape)}, keep {tuple(keep.shape)}, H {tuple(H.shape)}")
+    m = target.m if target.is_nm else None
+    if m and W.shape[1] % m:
+        raise SystemFault(f"swap_refine: {W.shape[1]} inputs are not a multiple of the group size {m}")
     W = W.detach().to(torch.float32)
     H = H.detach().to(device=W.device, dtype=torch.float32)
     pruned = (~keep.to(device=W.device)).to(torch.float32)  # [out, in], 1 where pruned
@@ -72,7 +75,6 @@ def swap_refine(
     base_drop = Wd + pruned * _OUT  # pruned weights cannot be pruned again
     W2 = 2 * W
     rows = torch.arange(W.shape[0], device=W.device)
-    m = target.m if target.is_nm else None
     change = 0.0
     swaps = used = idle = 0
     for k in range(max(0, rounds)):
@@ -80,9 +82,9 @@ def swap_refine(
         grow = torch.sub(base_grow, T)  # change from reviving a pruned weight
         drop = T.add_(base_drop)  # change from pruning a kept weight
         if m:
-            g, p, delta = _best_in_group(grow, drop, W, H, m)
+            g, p, delta = _best_in_group(grow, drop, W, H, m, rows)
         else:
-            g, p, delta = _pair(grow, drop, W, H, revive_first=k % 2 == 0)
+            g, p, delta = _pair(grow, drop, W, H, rows, revive_first=k % 2 == 0)
         take = delta < -tol  # [out], the exact change (a priced-out move is never negative)
         if not bool(take.any()):
             idle += 1
@@ -110,14 +112,19 @@ _OUT = 1e30
 
 
 def _pair(
-    grow: torch.Tensor, drop: torch.Tensor, W: torch.Tensor, H: torch.Tensor, *, revive_first: bool
+    grow: torch.Tensor,
+    drop: torch.Tensor,
+    W: torch.Tensor,
+    H: torch.Tensor,
+    rows: torch.Tensor,
+    *,
+    revive_first: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Unstructured: per row the best weight to revive, then the best to prune given that one
     (their cross term included), or the other way round; returns (g, p, exact change). The
     exact best pair would cost an [in, in] search per row; the two greedy orders, alternated,
     closed 70-100% of the gap between Wanda's mask and the exhaustive optimum on small random
-    rows (one order alone: 33-77%)."""
-    rows = torch.arange(W.shape[0], device=W.device)
+    rows (one order alone: 33-77%). ``rows``: arange(out)."""
     first, second = (grow, drop) if revive_first else (drop, grow)
     best_a, a = first.min(dim=1)  # [out]
     cross = H.index_select(0, a).mul_(W).mul_((2 * W[rows, a]).unsqueeze(1))  # [out, in]: 2 w_a w_b H_ab
@@ -127,20 +134,18 @@ def _pair(
 
 
 def _best_in_group(
-    grow: torch.Tensor, drop: torch.Tensor, W: torch.Tensor, H: torch.Tensor, m: int
+    grow: torch.Tensor, drop: torch.Tensor, W: torch.Tensor, H: torch.Tensor, m: int, rows: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """N:M: per row the group where the best revival plus the best pruning, each on its own,
     promise most, and in it the exact best (revive, prune) pair, cross term included; then the
     same in the row's next most promising groups, up to _GROUP_TRIES, keeping the best pair
-    (the first group's pair alone left rows stuck where its cross term made it a loss). Returns (g, p, exact change). (Reductions over the m entries of every
-    group are slow on a CPU, so only the values are reduced over all groups; the exact m x m
-    search runs in the one chosen group per row.)"""
+    (the first group's pair alone left rows stuck where its cross term made it a loss).
+    Returns (g, p, exact change). Reductions over the m entries of every group are slow on a
+    CPU, so only the values are reduced over all groups; the exact m x m search runs in the one
+    chosen group per row. ``rows``: arange(out); the caller checked that M divides in."""
     out, n_in = W.shape
-    if n_in % m:
-        raise SystemFault(f"swap_refine: {n_in} inputs are not a multiple of the group size {m}")
     groups = n_in // m
     promise = grow.view(out, groups, m).amin(dim=2) + drop.view(out, groups, m).amin(dim=2)
-    rows = torch.arange(out, device=W.device)
     within = torch.arange(m, device=W.device)
     g = p = delta = torch.empty(0)
     for attempt in range(min(_GROUP_TRIES, groups)):
