@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--reports", type=Path, default=None, help="folder for each row's full report.json")
+    ap.add_argument(
+        "--skip-dense", action="store_true", help="do not evaluate the dense model (saves a pass)"
+    )
     args = ap.parse_args(argv)
 
     configs = [(p, s, a) for p in PRUNERS for s, a in TARGETS]
@@ -160,13 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.induction]
     rows: list[dict[str, Any]] = []
     dense = None
+    dense_wanted = not args.skip_dense
     started = time.time()
     for pruner, sparsity, allocation in configs:
         for induction in modes:
             key = f"{pruner}:{sparsity}" if allocation == "uniform" else ""
             body = _body(
-                pruner, sparsity, allocation, induction, args.samples, dense is None, args.seed, args.method
+                pruner, sparsity, allocation, induction, args.samples, dense_wanted, args.seed, args.method
             )
+            dense_wanted = False
             induced = body["method"]["induction"].get("enabled", False)  # --method may switch it on
             label = f"{pruner} {sparsity}{' owl' if allocation == 'owl' else ''}{' +SI' if induced else ''}"
             report = run_one(body, args.threads)
@@ -174,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.reports.mkdir(parents=True, exist_ok=True)
                 name = label.replace(" ", "_").replace(":", "-").replace("+", "")
                 (args.reports / f"{name}.json").write_text(json.dumps(report, indent=1, default=str))
-            dense = dense or report["perplexity"]["dense"]["pydoc"]
+            dense = dense or report["perplexity"].get("dense", {}).get("pydoc")
             rows.append(row_of(label, key, report))
             print(
                 f"[{time.time() - started:.0f}s] {label}: ppl {rows[-1]['ppl']:.2f}",
