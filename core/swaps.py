@@ -74,9 +74,18 @@ def swap_refine(
     base_grow = Wd + (1 - pruned).mul_(_OUT)  # kept weights cannot be revived
     base_drop = Wd + pruned * _OUT  # pruned weights cannot be pruned again
     W2 = 2 * W
-    rows = torch.arange(W.shape[0], device=W.device)
+    out = W.shape[0]
+    rows = torch.arange(out, device=W.device)
+    # Rows still searching. A row's moves depend on its own state only, so a row that found no
+    # gaining swap (N:M), or none in both greedy orders in a row (unstructured), never will: it
+    # leaves the working set, whose tensors are compacted once enough rows have left (the result
+    # is the same as searching every row every round; the rounds get cheaper).
+    where = rows  # original row of each working row
+    fails = torch.zeros(out, dtype=torch.int64, device=W.device)
+    limit = 1 if m else 2
+    keep_out = torch.empty(W.shape, dtype=torch.bool, device=W.device)
     change = 0.0
-    swaps = used = idle = 0
+    swaps = used = 0
     for k in range(max(0, rounds)):
         T = W2 * U  # 2 w_j u_j
         grow = torch.sub(base_grow, T)  # change from reviving a pruned weight
@@ -85,25 +94,37 @@ def swap_refine(
             g, p, delta = _best_in_group(grow, drop, W, H, m, rows)
         else:
             g, p, delta = _pair(grow, drop, W, H, rows, revive_first=k % 2 == 0)
-        take = delta < -tol  # [out], the exact change (a priced-out move is never negative)
-        if not bool(take.any()):
-            idle += 1
-            # the unstructured search alternates two greedy orders: stop when both found nothing
-            if m or idle == 2:
-                break
-            continue
-        idle = 0
-        r, gt, pt = rows[take], g[take], p[take]
-        base_grow[r, gt], base_drop[r, gt] = _OUT, Wd[r, gt]  # g now survives
-        base_grow[r, pt], base_drop[r, pt] = Wd[r, pt], _OUT  # p is now pruned
-        on = take.to(W.dtype)  # rows that did not swap add zero rows of H
-        U.addcmul_((W[rows, p] * on).unsqueeze(1), H.index_select(0, p))
-        U.addcmul_((W[rows, g] * on).unsqueeze(1), H.index_select(0, g), value=-1.0)
-        change += float(delta[take].sum(dtype=torch.float64))
-        swaps += int(take.sum())
-        used += 1
-    keep = base_grow >= _OUT / 2
-    return SwapResult(keep=keep, swaps=swaps, rounds=used, before=before, after=max(0.0, before + change))
+        take = delta < -tol  # [rows], the exact change (a priced-out move is never negative)
+        fails = (fails + 1) * (~take)
+        n_take = int(take.sum())
+        if n_take:
+            r, gt, pt = rows[take], g[take], p[take]
+            base_grow[r, gt], base_drop[r, gt] = _OUT, Wd[r, gt]  # g now survives
+            base_grow[r, pt], base_drop[r, pt] = Wd[r, pt], _OUT  # p is now pruned
+            on = take.to(W.dtype)  # rows that did not swap add zero rows of H
+            U.addcmul_((W[rows, p] * on).unsqueeze(1), H.index_select(0, p))
+            U.addcmul_((W[rows, g] * on).unsqueeze(1), H.index_select(0, g), value=-1.0)
+            change += float(delta[take].sum(dtype=torch.float64))
+            swaps += n_take
+            used += 1
+        live = fails < limit
+        n_live = int(live.sum())
+        if n_live == 0:
+            break
+        if n_live <= _COMPACT * rows.numel():
+            done = ~live
+            keep_out[where[done]] = base_grow[done] >= _OUT / 2
+            W, W2, U, Wd, base_grow, base_drop, tol, where, fails = (
+                t[live] for t in (W, W2, U, Wd, base_grow, base_drop, tol, where, fails)
+            )
+            rows = torch.arange(n_live, device=W.device)
+    keep_out[where] = base_grow >= _OUT / 2
+    return SwapResult(keep=keep_out, swaps=swaps, rounds=used, before=before, after=max(0.0, before + change))
+
+
+# Compact the working rows once at most this share of them is still searching: a compaction
+# copies every working tensor once (about a round's passes), a round touches every working row.
+_COMPACT = 0.75
 
 
 # Added to the change of a move that is not allowed (reviving a kept weight, pruning a pruned
@@ -136,36 +157,31 @@ def _pair(
 def _best_in_group(
     grow: torch.Tensor, drop: torch.Tensor, W: torch.Tensor, H: torch.Tensor, m: int, rows: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """N:M: per row the group where the best revival plus the best pruning, each on its own,
-    promise most, and in it the exact best (revive, prune) pair, cross term included; then the
-    same in the row's next most promising groups, up to _GROUP_TRIES, keeping the best pair
-    (the first group's pair alone left rows stuck where its cross term made it a loss).
-    Returns (g, p, exact change). Reductions over the m entries of every group are slow on a
-    CPU, so only the values are reduced over all groups; the exact m x m search runs in the one
-    chosen group per row. ``rows``: arange(out); the caller checked that M divides in."""
+    """N:M: per row the groups where the best revival plus the best pruning, each on its own,
+    promise most (up to _GROUP_TRIES of them), and in those the exact best (revive, prune) pair,
+    cross term included (the most promising group alone left rows stuck where its cross term made
+    the pair a loss). Returns (g, p, exact change). Reductions over the m entries of every group
+    are slow on a CPU, so only the values are reduced over all groups; the exact m x m search runs
+    in the chosen groups, all of them in one batch. ``rows``: arange(out); the caller checked that
+    M divides in."""
     out, n_in = W.shape
     groups = n_in // m
     promise = grow.view(out, groups, m).amin(dim=2) + drop.view(out, groups, m).amin(dim=2)
-    within = torch.arange(m, device=W.device)
-    g = p = delta = torch.empty(0)
-    for attempt in range(min(_GROUP_TRIES, groups)):
-        group = promise.argmin(dim=1)  # [out]
-        cols = (group * m).unsqueeze(1) + within  # [out, m]
-        Wc = W.gather(1, cols)
-        pair = (
-            grow.gather(1, cols).unsqueeze(2)
-            + drop.gather(1, cols).unsqueeze(1)
-            - 2 * Wc.unsqueeze(2) * Wc.unsqueeze(1) * H[cols.unsqueeze(2), cols.unsqueeze(1)]
-        )  # [out, m (revive), m (prune)]
-        d, at = pair.view(out, m * m).min(dim=1)
-        gi, pi = cols[rows, at // m], cols[rows, at % m]
-        if attempt == 0:
-            g, p, delta = gi, pi, d
-        else:  # the best pair over the groups tried so far
-            better = d < delta
-            g, p, delta = torch.where(better, gi, g), torch.where(better, pi, p), torch.minimum(d, delta)
-        promise[rows, group] = _OUT  # next try: the row's next most promising group
-    return g, p, delta
+    tries = min(_GROUP_TRIES, groups)
+    chosen = promise.topk(tries, dim=1, largest=False, sorted=True).indices  # [out, tries]
+    cols = (chosen * m).unsqueeze(2) + torch.arange(m, device=W.device)  # [out, tries, m]
+    flat = cols.view(out, tries * m)
+    Wc = W.gather(1, flat).view(out, tries, m)
+    Hc = H[cols.unsqueeze(3), cols.unsqueeze(2)]  # [out, tries, m, m]
+    pair = (
+        grow.gather(1, flat).view(out, tries, m, 1)
+        + drop.gather(1, flat).view(out, tries, 1, m)
+        - 2 * Wc.unsqueeze(3) * Wc.unsqueeze(2) * Hc
+    )  # [out, tries, m (revive), m (prune)]
+    delta, at = pair.view(out, tries * m * m).min(dim=1)  # the first best: earlier groups win ties
+    t, within = at // (m * m), at % (m * m)
+    base = chosen[rows, t] * m
+    return base + within // m, base + within % m, delta
 
 
 # Groups tried per row and round before the row counts as stuck (N:M).

@@ -121,3 +121,23 @@ def test_prune_weight_refines_wanda_only_with_the_full_second_moment() -> None:
     norms_only.update(X)
     with pytest.raises(SystemFault, match="X\\^T X"):
         prune_weight(W, "wanda", target, norms_only, swap_rounds=5)
+
+
+@pytest.mark.parametrize("target", [LayerTarget(0.5), LayerTarget(0.5, 2, 4), LayerTarget(0.5, 4, 8)])
+def test_dropping_stuck_rows_from_the_search_changes_nothing(
+    target: LayerTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows that can no longer gain leave the working set (``_COMPACT``); the result must be the
+    one of searching every row every round."""
+    import core.swaps
+
+    X = correlated_inputs(300, 32, seed=5)
+    W = torch.randn(64, 32, generator=torch.Generator().manual_seed(6))
+    H, keep0 = X.T @ X, wanda_keep(W, X, target)
+    compacted = swap_refine(W, keep0, H, target, rounds=40)
+    monkeypatch.setattr(core.swaps, "_COMPACT", 0.0)  # never compact
+    full = swap_refine(W, keep0, H, target, rounds=40)
+    assert compacted.swaps == full.swaps > 0
+    assert compacted.rounds == full.rounds
+    assert torch.equal(compacted.keep, full.keep)
+    assert compacted.after == pytest.approx(full.after, rel=1e-6)
