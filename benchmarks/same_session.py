@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -51,24 +52,16 @@ def _run(cmd: list[str], out: Path) -> dict[str, Any]:
 
 
 def _env() -> dict[str, str]:
-    import os
-
     env = os.environ.copy()
     env["PYTHONPATH"] = str(ROOT) + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
 
-def spruce_row(config: str, tmp: Path, seed: int) -> dict[str, Any]:
-    out = tmp / f"spruce-{config.replace(':', '-')}.json"
-    cmd = [sys.executable, str(HERE / "quality.py"), "--only", config, "--skip-dense", "--seed", str(seed)]
-    row: dict[str, Any] = _run([*cmd, "--json", str(out)], out)["rows"][0]
-    return row
-
-
-def llmc_row(config: str, tmp: Path, python: Path, seed: int) -> dict[str, Any]:
-    out = tmp / f"llmc-{config.replace(':', '-')}.json"
-    cmd = [str(python), str(HERE / "reference_llmcompressor.py"), "--only", config, "--seed", str(seed)]
-    row: dict[str, Any] = _run([*cmd, "--json", str(out)], out)["rows"][0]
+def _row(tool: str, python: Path, script: str, config: str, tmp: Path, extra: list[str]) -> dict[str, Any]:
+    """One configuration through one tool's benchmark script: the first row of its JSON."""
+    out = tmp / f"{tool}-{config.replace(':', '-')}.json"
+    cmd = [str(python), str(HERE / script), "--only", config, *extra, "--json", str(out)]
+    row: dict[str, Any] = _run(cmd, out)["rows"][0]
     return row
 
 
@@ -100,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with tempfile.TemporaryDirectory() as d:
         for config in args.only or CONFIGS:
-            ours = spruce_row(config, Path(d), args.seed)
-            ref = llmc_row(config, Path(d), args.llmc_python, args.seed)
+            seed = ["--seed", str(args.seed)]
+            ours = _row(
+                "spruce", Path(sys.executable), "quality.py", config, Path(d), ["--skip-dense", *seed]
+            )
+            ref = _row("llmc", args.llmc_python, "reference_llmcompressor.py", config, Path(d), seed)
             pairs.append((config, ours, ref))
             print(
                 f"[{time.time() - started:.0f}s] {config}: Spruce {ours['ppl']:.2f} in {ours['seconds']:.1f} s,"
