@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from core.spec import (
     ALLOCATIONS,
+    COMPUTE_DTYPES,
     DTYPES,
     FIT_TARGETS,
     PRUNERS,
@@ -100,6 +101,10 @@ class Options(BaseModel):
     model_config = STRICT
 
     dtype: str = Field(default=_d("dtype"), description=f"one of {DTYPES}")
+    compute_dtype: str = Field(
+        default=_d("compute_dtype"),
+        description=f"the dtype the calibration forwards compute in (statistics and propagation; pruning, evaluation and the exported weights keep `dtype`): 'auto' is bfloat16 on hardware that multiplies it natively when the model is float32, 'model' is `dtype`; one of {COMPUTE_DTYPES}",
+    )
     batch_size: int = Field(default=_d("batch_size"))
 
 

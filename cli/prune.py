@@ -38,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-windows", type=int, default=40, help="at most this many evaluation windows")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument(
+        "--compute-dtype",
+        default="auto",
+        choices=["auto", "model", "bfloat16"],
+        help="dtype of the calibration forwards (auto: bfloat16 where the hardware has it natively)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="calibration sequences per forward pass")
     p.add_argument("--blocksize", type=int, default=128, help="SparseGPT block size")
     p.add_argument(
@@ -157,7 +163,7 @@ def spec_body(args: argparse.Namespace) -> dict[str, Any]:
             "seq_len": args.eval_seq_len,
             "max_windows": args.eval_windows,
         },
-        "options": {"dtype": args.dtype, "batch_size": args.batch_size},
+        "options": {"dtype": args.dtype, "compute_dtype": args.compute_dtype, "batch_size": args.batch_size},
     }
 
 

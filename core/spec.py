@@ -56,6 +56,10 @@ WANDA_SWAP_ROUNDS = 20
 # and 50% (+0.2%) for half the Gram products; every 4th lost 1.3-2 points of the gain.
 WANDA_HESSIAN_EVERY = 2
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+# The dtype of the walk's layer forwards (core.walker.forward_precision): "auto" is bfloat16
+# where the hardware multiplies it natively and the model is float32, else the model's dtype
+# ("model"). docs/pruners.md, "Forward precision".
+COMPUTE_DTYPES: tuple[str, ...] = ("auto", "model", "bfloat16")
 
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
@@ -187,6 +191,7 @@ class CompressionSpec:
     calibration: TextSpec = field(default_factory=TextSpec)
     evaluation: EvalSpec = field(default_factory=EvalSpec)
     dtype: str = "float32"
+    compute_dtype: str = "auto"  # one of COMPUTE_DTYPES
     batch_size: int = 8  # calibration sequences per forward pass
 
     @property
@@ -266,6 +271,7 @@ class CompressionSpec:
             )
         induction = _build(InductionSpec, _section(method, "induction"), "method.induction")
         options = _section(body, "options")
+        _require_keys(options, {"dtype", "compute_dtype", "batch_size"}, "options")
         spec = cls(
             model=model.strip(),
             sparsity=sparsity,
@@ -284,6 +290,7 @@ class CompressionSpec:
             calibration=_build(TextSpec, _section(body, "calibration"), "calibration"),
             evaluation=_build(EvalSpec, _section(body, "evaluation"), "evaluation"),
             dtype=str(options.get("dtype", "float32")),
+            compute_dtype=str(options.get("compute_dtype", "auto")),
             batch_size=int(_number(options, "batch_size", 8, "options", lo=1, hi=4096, integer=True)),
         )
         spec.validate()
@@ -293,6 +300,11 @@ class CompressionSpec:
         """Range checks shared by every way of building a spec."""
         if self.dtype not in DTYPES:
             raise SpecError(f"{self.dtype!r} is not one of {', '.join(DTYPES)}", param="options.dtype")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise SpecError(
+                f"{self.compute_dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}",
+                param="options.compute_dtype",
+            )
         cal, ev, ind = self.calibration, self.evaluation, self.induction
         _check(
             self.fit_to in FIT_TARGETS,
@@ -373,7 +385,11 @@ class CompressionSpec:
             },
             "calibration": dataclasses.asdict(self.calibration),
             "evaluation": {**dataclasses.asdict(self.evaluation), "sources": list(self.evaluation.sources)},
-            "options": {"dtype": self.dtype, "batch_size": self.batch_size},
+            "options": {
+                "dtype": self.dtype,
+                "compute_dtype": self.compute_dtype,
+                "batch_size": self.batch_size,
+            },
         }
 
 

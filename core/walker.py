@@ -10,10 +10,13 @@ the store device, so peak device memory is one layer plus one batch of its activ
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import inspect
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +30,37 @@ from core.stats import InputStats, OutputSensitivity
 Device = torch.device | str
 # A visit may return the layer's outputs when it computed them itself (``prune_in_forward``).
 Visit = Callable[[int, nn.Module, list["LayerBatch"]], "list[Tensor] | None"]
+
+
+@dataclass(frozen=True)
+class ForwardPrecision:
+    """How the walk's layer forwards compute (see ``forward_precision``)."""
+
+    dtype: torch.dtype  # the autocast dtype of the layer's matrix products
+    # Linears (paths inside a decoder layer) that compute in the model's own dtype regardless:
+    # the residual writers o and down where SparseGPT fits the dense model, whose cross
+    # statistics are y_dense - y of their outputs, a small difference of two large outputs; with
+    # them in bfloat16 SparseGPT 2:4 lost 0.8% perplexity, with them exact it matched float32
+    # (docs/pruners.md, "Forward precision").
+    exact: tuple[str, ...] = ()
+
+
+_PRECISION: ContextVar[ForwardPrecision | None] = ContextVar("spruce_forward_precision", default=None)
+
+
+@contextlib.contextmanager
+def forward_precision(precision: ForwardPrecision | None) -> Iterator[None]:
+    """Within this block, ``run_layer`` computes the layer's matrix products (linears, attention)
+    under autocast to ``precision.dtype`` (None: the model's dtype). Everything else stays
+    exact: the layer's inputs and outputs keep the model's dtype, the linears in
+    ``precision.exact`` run in it, and the walker's hooks (statistics, pruning) run with
+    autocast off, so every Gram product, factorisation and mask choice is float32 as before.
+    Only the activations the statistics are read from carry the rounding."""
+    token = _PRECISION.set(precision)
+    try:
+        yield
+    finally:
+        _PRECISION.reset(token)
 
 
 @dataclass
@@ -86,10 +120,11 @@ def capture_inputs(
 def run_layer(layer: nn.Module, batches: list[LayerBatch], *, device: Device) -> list[Tensor]:
     """The layer's output for each batch, on the store device of that batch's input.
 
-    The layer must already be on ``device``; gradients are off.
+    The layer must already be on ``device``; gradients are off. Inside ``forward_precision``
+    the forward computes as that block says.
     """
     outputs: list[Tensor] = []
-    with torch.no_grad():
+    with torch.no_grad(), _reduced(layer, torch.device(device), _PRECISION.get()):
         for batch in batches:
             out = layer(batch.hidden.to(device), **_to_device(batch.kwargs, device))
             if isinstance(out, tuple):  # older transformers return (hidden, ...)
@@ -254,6 +289,7 @@ def prune_in_forward(
         return hook
 
     def fit(group: tuple[str, ...]) -> Callable[[nn.Module, tuple], tuple | None]:
+        @_exact
         def hook(module: nn.Module, args: tuple) -> tuple | None:
             if reference_pass[0]:
                 return None
@@ -377,6 +413,7 @@ def _sensitivity_hooks(
 
         return hook
 
+    @_exact
     def measure(module: nn.Module, args: tuple) -> None:
         if len(outs) < len(arch.mlp_in):
             return
@@ -492,7 +529,52 @@ def move_module(module: nn.Module, device: Device) -> None:
         module.to(device)
 
 
+@contextlib.contextmanager
+def _reduced(layer: nn.Module, device: torch.device, precision: ForwardPrecision | None) -> Iterator[None]:
+    """Autocast for one run of ``layer``, its ``exact`` linears excepted (their ``forward`` is
+    wrapped for the duration and restored after, also on error)."""
+    if precision is None:
+        yield
+        return
+    wrapped = []
+    try:
+        for path in precision.exact:
+            module = layer.get_submodule(path)
+            module.forward = _exact_forward(module)  # an instance attribute shadows the method
+            wrapped.append(module)
+        with torch.autocast(device.type, dtype=precision.dtype):
+            yield
+    finally:
+        for module in wrapped:
+            del module.forward  # back to the class's forward
+
+
+def _exact_forward(module: nn.Module) -> Callable[..., Any]:
+    """``module.forward`` with autocast off, its input (lowered by the products before it) cast
+    to the module's weight dtype."""
+    forward, dtype = module.forward, next(module.parameters()).dtype
+
+    @_exact
+    def run(x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        return forward(x.to(dtype), *args, **kwargs)
+
+    return run
+
+
+def _exact(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (a hook or a forward) run with autocast off: the walker's statistics and pruning
+    compute as they would without ``forward_precision``."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            return fn(*args, **kwargs)
+
+    return run
+
+
 def _accumulate_into(stats: InputStats) -> Callable[[nn.Module, tuple], None]:
+    @_exact
     def hook(module: nn.Module, args: tuple) -> None:
         stats.update(args[0])
 
@@ -510,6 +592,7 @@ def _pair_into(
     """Forward hook. During the dense pass: keep the linear's output (``cross``) or nothing; then
     accumulate the pruned input, with y_dense - y from the kept output (``cross``)."""
 
+    @_exact
     def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
         if _DENSE_PASS in kept:
             if cross:

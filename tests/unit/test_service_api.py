@@ -126,6 +126,7 @@ def test_other_team_gets_404_everywhere(svc: Svc) -> None:
         (with_field(BODY, "model", "../../etc/passwd"), "model"),
         (with_field(BODY, "model", "not a model!"), "model"),
         (with_field(BODY, "extra", 1), "extra"),
+        (with_field(BODY, "options.compute_dtype", "float8"), "options.compute_dtype"),  # engine check
         ({k: v for k, v in BODY.items() if k != "model"}, "model"),
         (with_field(BODY, "method.allocation", "owl"), "method.allocation"),  # OWL with N:M: engine semantics
     ],

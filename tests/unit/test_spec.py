@@ -78,6 +78,8 @@ def test_body_round_trips():
         ("method.swap_rounds", -2, "method.swap_rounds"),
         ("method.swap_rounds", 2.5, "method.swap_rounds"),
         ("method.swap_rounds", "many", "method.swap_rounds"),
+        ("options.compute_dtype", "float8", "options.compute_dtype"),
+        ("options.precision", "bfloat16", "options.precision"),
         ("model", "", "model"),
         ("colour", "blue", "colour"),
         ("calibration.colour", "blue", "calibration.colour"),
