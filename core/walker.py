@@ -536,17 +536,19 @@ def _reduced(layer: nn.Module, device: torch.device, precision: ForwardPrecision
     if precision is None:
         yield
         return
-    wrapped = []
+    wrapped: list[tuple[nn.Module, Any]] = []  # (module, the instance's own forward it had, if any)
     try:
         for path in precision.exact:
             module = layer.get_submodule(path)
+            wrapped.append((module, vars(module).get("forward")))
             module.forward = _exact_forward(module)  # an instance attribute shadows the method
-            wrapped.append(module)
         with torch.autocast(device.type, dtype=precision.dtype):
             yield
     finally:
-        for module in wrapped:
-            del module.forward  # back to the class's forward
+        for module, own in wrapped:
+            del module.forward  # back to the class's forward ...
+            if own is not None:
+                module.forward = own  # ... or to the one the instance had
 
 
 def _exact_forward(module: nn.Module) -> Callable[..., Any]:

@@ -90,6 +90,23 @@ def test_a_failing_forward_leaves_no_wrapped_linear_and_no_autocast(monkeypatch)
     assert _wrapped(layer, arch) == [] and not torch.is_autocast_enabled("cpu")
 
 
+def test_an_exact_linear_keeps_a_forward_of_its_own(monkeypatch):
+    arch, batches, layer = _first_layer("llama")
+    down = layer.get_submodule(arch.mlp_out)
+    plain = down.forward
+    seen: list[torch.dtype] = []
+
+    def counting(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.dtype)
+        return plain(x)
+
+    monkeypatch.setattr(down, "forward", counting)
+    with forward_precision(_bf16(arch)):
+        run_layer(layer, batches, device="cpu")
+    assert seen == [torch.float32] * len(batches)  # its input cast back before its own forward ran
+    assert vars(down)["forward"] is counting
+
+
 @pytest.mark.parametrize(
     ("compute_dtype", "model_dtype", "native", "fits", "want"),
     [
