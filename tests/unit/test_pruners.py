@@ -110,6 +110,24 @@ def test_nm_rejects_an_input_size_that_is_not_a_multiple_of_m(pruner: str) -> No
         run(W, pruner, LayerTarget(0.5, 2, 4), stats)
 
 
+def test_magnitude_breaks_exact_ties_towards_the_column_with_smaller_weights() -> None:
+    W = torch.tensor(
+        [
+            [0.5, -0.5, 0.5, 0.1],  # three equal magnitudes compete for two places
+            [4.0, 0.0, 0.0, 0.0],  # column 0 carries the largest weights
+            [0.0, 2.0, 0.0, 0.0],  # column 1 the next
+        ]
+    )
+    keep = prune_weight(W, "magnitude", LayerTarget(0.5, 2, 4), None).keep
+    assert keep[0].tolist() == [False, True, True, False]  # columns 2 and 1: the smaller norms
+    # Distinct magnitudes keep their order, also on a grid of few levels next to each other.
+    levels = torch.arange(1, 17, dtype=torch.float32) * 0.0123
+    G = levels[torch.randint(0, 16, (64, 96), generator=torch.Generator().manual_seed(0))]
+    G = G * torch.where(torch.rand(64, 96, generator=torch.Generator().manual_seed(1)) < 0.5, -1.0, 1.0)
+    S, A = magnitude_scores(G), G.abs().double()
+    assert bool((S[:, :, None] > S[:, None, :])[A[:, :, None] > A[:, None, :]].all())
+
+
 def test_wanda_with_equal_activation_norms_is_row_wise_magnitude() -> None:
     W, _ = layer()
     stats = InputStats.new(IN, device="cpu", want_hessian=False)
@@ -119,7 +137,7 @@ def test_wanda_with_equal_activation_norms_is_row_wise_magnitude() -> None:
         magnitude = prune_weight(W, "magnitude", target, None)
         assert torch.equal(wanda.keep, magnitude.keep)
         assert torch.equal(wanda.W, magnitude.W)
-    assert torch.equal(magnitude_scores(W), W.abs())
+    assert torch.equal(magnitude_scores(W).argsort(dim=1), W.abs().argsort(dim=1))  # no ties here
     torch.testing.assert_close(wanda_scores(W, stats.col_norm), W.abs() * 0.3 * 5**0.5)
 
 
