@@ -11,6 +11,8 @@ from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from core.spec import COMPUTE_DTYPES, DTYPES  # light: no torch; the choices come from the spec
+
     p = sub.add_parser(
         "prune",
         help="prune a model locally (no service needed)",
@@ -37,11 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-seq-len", type=int, default=512)
     p.add_argument("--eval-windows", type=int, default=40, help="at most this many evaluation windows")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument(
         "--compute-dtype",
         default="auto",
-        choices=["auto", "model", "bfloat16"],
+        choices=COMPUTE_DTYPES,
         help="dtype of the calibration forwards (auto: bfloat16 where the hardware has it natively)",
     )
     p.add_argument("--batch-size", type=int, default=8, help="calibration sequences per forward pass")
