@@ -8,6 +8,8 @@ pruning step (statistics pass + pruner + output pass). Then the ablations of doc
 
     python -m benchmarks.induction_ablation                       # main table, layers 3, 15, 27
     python -m benchmarks.induction_ablation --variants ablations --layers 5,20 --pruners wanda --targets 2:4
+    python -m benchmarks.induction_ablation --pruners wanda --swap-rounds 20 --layers 5,15,25 \
+        --variants 'SI={"epochs":1};alone 10={"epochs":0,"permute_rounds":10};alone 50={"epochs":0}'
 
 "err" = ||Y - Y_pruned|| / ||Y - X||; "gain" = 1 - err^2 / err_plain^2; "ratio" = induction time /
 the plain pruning step's time (process CPU time: noisy on a shared machine). Inputs are the dense
@@ -89,6 +91,7 @@ def prune_and_measure(
     col_weights: dict[str, torch.Tensor],
     Y: list[torch.Tensor],
     bias_correction: bool = False,
+    swap_rounds: int = 0,
 ) -> tuple[float, float]:
     """(relative error of the pruned layer's output against ``Y``, seconds of the pruning step).
 
@@ -97,7 +100,8 @@ def prune_and_measure(
     would do if the layer had biases to fold it into."""
     means = input_means(layer, arch, batches) if bias_correction else {}
     start = time.process_time()
-    stats, _ = collect_stats(layer, arch, batches, device="cpu", want_hessian=pruner == "sparsegpt")
+    want_hessian = pruner == "sparsegpt" or (pruner == "wanda" and swap_rounds > 0)
+    stats, _ = collect_stats(layer, arch, batches, device="cpu", want_hessian=want_hessian)
     for name, lin in layer_linears(layer, arch).items():
         r = prune_weight(
             lin.weight.data,
@@ -105,6 +109,7 @@ def prune_and_measure(
             target,
             stats.get(name) if pruner != "magnitude" else None,
             col_weight=col_weights.get(name),
+            swap_rounds=swap_rounds if pruner == "wanda" else 0,
         )
         if bias_correction:
             b = (lin.weight.data - r.W) @ means[name]
@@ -126,6 +131,7 @@ def run_variant(
     spec: InductionSpec | None,
     Y: list[torch.Tensor],
     bias_correction: bool = False,
+    swap_rounds: int = 0,
 ) -> dict[str, Any]:
     work = copy.deepcopy(layer)
     row: dict[str, Any] = {}
@@ -141,6 +147,7 @@ def run_variant(
             pruner=pruner,
             spec=spec,
             generator=torch.Generator().manual_seed(0),
+            swap_rounds=swap_rounds if pruner == "wanda" else 0,
         )
         cw = res.col_weights
         row.update(
@@ -149,7 +156,7 @@ def run_variant(
             init_loss=res.init_loss,
             final_loss=res.final_loss,
         )
-    err, sec = prune_and_measure(work, arch, batches, pruner, target, cw, Y, bias_correction)
+    err, sec = prune_and_measure(work, arch, batches, pruner, target, cw, Y, bias_correction, swap_rounds)
     row.update(err=err, prune_s=sec)
     return row
 
@@ -194,6 +201,7 @@ def main() -> None:
     ap.add_argument("--pruners", default=",".join(PRUNERS))
     ap.add_argument("--targets", default="50%,2:4")
     ap.add_argument("--variants", default="main", help="main | ablations | 'name={json};name={json}'")
+    ap.add_argument("--swap-rounds", type=int, default=0, help="Wanda's swaps (the service's default: 20)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     loaded = load_model("smollm2-135m")
@@ -214,8 +222,9 @@ def main() -> None:
                 for vname, over in variants.items():
                     spec = None if over is None else dataclasses.replace(InductionSpec(enabled=True), **over)
                     row = run_variant(
-                        layer, arch, batches, pruner, TARGETS[tname], spec, Y, vname.startswith("+bias")
-                    )
+                        layer, arch, batches, pruner, TARGETS[tname], spec, Y, vname.startswith("+bias"),
+                        args.swap_rounds,
+                    )  # fmt: skip
                     base = base or row
                     gain = 100 * (1 - row["err"] ** 2 / base["err"] ** 2)
                     ratio = f"{row['ind_s'] / base['prune_s']:.2f}" if "ind_s" in row else "-"

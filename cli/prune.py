@@ -95,7 +95,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--induction-epochs",
         type=int,
         default=None,
-        help="training passes per layer (default 1); 0 keeps the statistics initialisation alone",
+        help="training passes per layer (default 1, and 0 for Wanda with swaps: docs/induction.md); "
+        "0 keeps the statistics initialisation alone",
     )
     p.add_argument("--induction-lr", type=float, default=None)
     p.add_argument("--induction-reg", type=float, default=None)

@@ -497,21 +497,23 @@ def _prune_layers(
     def visit(i: int, layer: nn.Module, batches: list[LayerBatch]) -> list[torch.Tensor] | None:
         target = LayerTarget.from_sparsity(spec.sparsity, None if spec.sparsity.is_nm else ratios[i])
         row: dict[str, Any] = {"index": i, "target": round(target.ratio, 6), "induction": None}
+        skipped = spec.induction_scales_skipped
         if in_forward:
-            if spec.induction.enabled:  # (spec.walks_in_turn: only where SparseGPT fits the dense model)
+            if skipped is not None:  # (spec.walks_in_turn: induction is off or its scales skipped)
                 # as below; the N:M permutation is chosen inside the forward (_permute_writer)
-                row["induction_skipped"] = "scales: sparsegpt fits the dense model (method.fit_to)"
+                row["induction_skipped"] = skipped
             return _visit_in_forward(i, layer, batches, target, row)
         col_weights: dict[str, torch.Tensor] = {}
         pruned: dict[str, PruneResult] = {}
-        if spec.induction.enabled and paired:
+        if skipped is not None:
             # SparseGPT is invariant to induction's foldable scales (docs/induction.md section 2);
             # induction reaches it only through per-linear importances and the scale-dependence of
             # the dampening, both learned and guarded against the paper's fit to the dense layer.
             # With the fit to the dense model they made SparseGPT 2:4 worse (27.20 -> 28.02 with the
             # importances, 27.77 with the folded scales alone), so induction is skipped there.
-            # The N:M channel permutation below still applies: SparseGPT is not invariant to it.
-            row["induction_skipped"] = "scales: sparsegpt fits the dense model (method.fit_to)"
+            # Wanda with swaps: untrained scales start at 1, plain pruning (spec.induction_epochs).
+            # The N:M channel permutation below still applies: no pruner is invariant to it.
+            row["induction_skipped"] = skipped
         elif spec.induction.enabled:
             from core.induction import induce_layer  # torch-heavy training code, only when asked for
 
@@ -554,8 +556,8 @@ def _prune_layers(
             stats, outputs = {}, run_layer(layer, batches, device=device)
             row["measure_seconds"] = time.perf_counter() - start
         dense_out.append(outputs)
-        if spec.induction.enabled and spec.induction.permute and target.is_nm and paired:
-            # (without the paired fit, induce_layer above permuted the layer before training)
+        if spec.induction.enabled and spec.induction.permute and target.is_nm and skipped is not None:
+            # (where the scales train, induce_layer above permuted the layer before training)
             pruned = _permute_layer(layer, arch, target, stats, spec, col_weights, generator, row)
         # from the dense mlp_out, before _prune_linears prunes it
         w_out = layer_linears(layer, arch)[arch.mlp_out].weight
@@ -682,6 +684,11 @@ def _resumed_batches(
     return resumed, dense
 
 
+def _permute_rounds(spec: CompressionSpec) -> int:
+    """The N:M permutation's search rounds where the walk chooses it (the scales do not train)."""
+    return spec.induction.rounds_for(spec.pruner, trains=spec.induction_epochs > 0)
+
+
 def _permute_layer(
     layer: nn.Module,
     arch: ArchSpec,
@@ -692,13 +699,13 @@ def _permute_layer(
     generator: torch.Generator,
     row: dict[str, Any],
 ) -> dict[str, PruneResult]:
-    """Induction's N:M channel permutation (docs/induction.md) where SparseGPT fits the dense
-    model: chosen from the statistics just collected, folded into the layer, and applied to those
-    statistics, so no pass is repeated.
+    """Induction's N:M channel permutation (docs/induction.md) where its scales are skipped
+    (SparseGPT fitting the dense model, Wanda with swaps): chosen from the statistics just
+    collected, folded into the layer, and applied to those statistics, so no pass is repeated.
 
-    Guarded per linear on SparseGPT's own objective: o and down are pruned in both orders and the
-    permutation is kept only where it fits the dense model better (||W* X - W_pruned X||, from the
-    statistics). Returns the chosen pruning of o and down, so they are not pruned a third time."""
+    Guarded per linear on the pruner's own objective (``_fit``): o and down are pruned in both
+    orders and the permutation is kept only where it fits better (||W* X - W_pruned X||, from
+    the statistics). Returns the chosen pruning of o and down, so they are not pruned a third time."""
     from core.induction.permute import choose_permutations, fold_permutation_, permute_inputs_
     from core.induction.transform import plan_layer
 
@@ -706,7 +713,7 @@ def _permute_layer(
     plan = plan_layer(layer, arch)
     perm = choose_permutations(
         layer, plan, target, spec.pruner, stats, col_weights,
-        dampening=spec.dampening, rounds=spec.induction.rounds_for(spec.pruner), generator=generator,
+        dampening=spec.dampening, rounds=_permute_rounds(spec), generator=generator,
     )  # fmt: skip
     chosen: dict[str, PruneResult] = {}
     chosen_seconds = 0.0
@@ -744,7 +751,7 @@ def _permute_writer(
 ) -> tuple[dict[str, dict[str, Any]], torch.Tensor | None, dict[str, Any], float]:
     """``_permute_layer`` for one writer (o or down) inside the forward that prunes the layer in
     turn: choose its N:M channel permutation from the statistics the forward brought, prune it in
-    both orders, and keep the permutation (folded into the layer) only where SparseGPT's own fit
+    both orders, and keep the permutation (folded into the layer) only where the pruner's own fit
     error comes out lower. Returns (its report entry, the permutation kept or None, the
     permutation's report, the seconds it cost beyond the pruning the step does anyway)."""
     from core.induction.permute import LayerPermutation, fold_permutation_, writer_permutation
@@ -753,7 +760,7 @@ def _permute_writer(
     group = "down" if path == arch.mlp_out else "o"
     p, info = writer_permutation(
         layer, plan, target, spec.pruner, group, stats, None,
-        dampening=spec.dampening, rounds=spec.induction.rounds_for(spec.pruner), generator=generator,
+        dampening=spec.dampening, rounds=_permute_rounds(spec), generator=generator,
     )  # fmt: skip
     W = layer_linears(layer, arch)[path].weight.data
     result, used_stats, keep, spent = _guarded_permutation(W, stats, p, target, spec, None, info)
@@ -777,10 +784,11 @@ def _guarded_permutation(
     col_weight: torch.Tensor | None,
     info: dict[str, Any],
 ) -> tuple[PruneResult, Any, bool, float]:
-    """SparseGPT on W in its own order and with its inputs permuted by ``p``; the permutation is
-    kept only where the fit error against the dense model comes out lower. Both errors and the
-    choice go into ``info``. Returns (the chosen pruning, the statistics in its order, whether
-    ``p`` is kept, the seconds of the one pruning the step would do anyway)."""
+    """The pruner (SparseGPT, or Wanda with its swaps) on W in its own order and with its inputs
+    permuted by ``p``; the permutation is kept only where the pruner's own fit error (``_fit``)
+    comes out lower. Both errors and the choice go into ``info``. Returns (the chosen pruning,
+    the statistics in its order, whether ``p`` is kept, the seconds of the one pruning the step
+    would do anyway)."""
     from core.induction.permute import permuted_stats
 
     t0 = time.perf_counter()
@@ -800,11 +808,12 @@ def _guarded_permutation(
 def _fit(
     W: torch.Tensor, st: Any, target: LayerTarget, spec: CompressionSpec, col_weight: torch.Tensor | None
 ) -> tuple[PruneResult, float]:
-    """SparseGPT's pruning of W and its error against the dense model's output (or the dense
-    layer's, without cross statistics), relative, from the statistics."""
+    """The pruning of W and its error against the dense model's output (SparseGPT fitting it)
+    or the dense layer's (without cross statistics: the objective of Wanda's swaps), relative,
+    from the statistics."""
     result = prune_weight(
         W, spec.pruner, target, st, blocksize=spec.blocksize, dampening=spec.dampening, col_weight=col_weight,
-        order=spec.order,
+        order=spec.order, swap_rounds=spec.swaps,
     )  # fmt: skip
     H, cross = st.hessian(), st.cross()
     goal = W if cross is None else dense_target(W, H, cross)

@@ -62,6 +62,8 @@ def build(
         rows = [r["induction"] for r in layers if r.get("induction")]
         induction = {
             "settings": spec.to_dict()["method"]["induction"],
+            "epochs": spec.induction_epochs,  # the settings' -1 resolved for this pruner
+            "scales_skipped": spec.induction_scales_skipped,
             "seconds": round(sum(r["seconds"] for r in rows), 4),
         }
     return {

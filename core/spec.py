@@ -123,8 +123,9 @@ class InductionSpec:
     enabled: bool = False
     # Passes of training over the layer's calibration inputs. 0 keeps the statistics
     # initialisation alone (still guarded): for magnitude it keeps most of the gain at a sixth of
-    # the time (docs/induction.md section 5: "Epochs" and the full-model table).
-    epochs: int = 1
+    # the time (docs/induction.md section 5: "Epochs" and the full-model table). -1: the measured
+    # default for the pruner (``epochs_for``).
+    epochs: int = -1
     lr: float = 5e-2  # Adam, on log scales
     shifts: bool = True  # shifts only where they fold into an existing bias (see docs)
     qk_scale: bool = True
@@ -142,14 +143,27 @@ class InductionSpec:
     # (``rounds_for``: more where the pruning step is long enough to pay for them).
     permute_rounds: int = -1
 
-    def rounds_for(self, pruner: str) -> int:
+    def epochs_for(self, pruner: str, swaps: int) -> int:
+        """The training passes to run: ``epochs``, or where it is -1, 1, except 0 for Wanda with
+        swaps (``swaps`` rounds > 0). The swaps refine any starting mask on each linear's own
+        X^T X, an objective no exact rescaling changes; measured, the trained scales never beat
+        plain Wanda with swaps on held-out data (docs/induction.md, "Wanda with swaps"), so their
+        training would only cost time."""
+        if self.epochs >= 0:
+            return self.epochs
+        return 0 if pruner == "wanda" and swaps > 0 else 1
+
+    def rounds_for(self, pruner: str, *, trains: bool = True) -> int:
         """The swap-search rounds to run: ``permute_rounds``, or where it is -1, 100 for SparseGPT
-        (its search converges by then and costs under half its pruning step) and 10 for
-        magnitude and Wanda, whose training already takes most of the 3x budget
+        (its search converges by then and costs under half its pruning step), 10 for magnitude
+        and Wanda with training, which already takes most of the 3x budget, and 50 for Wanda
+        without (``trains`` False: the permutation is then all of induction's work)
         (docs/induction.md, "N:M channel permutation")."""
         if self.permute_rounds >= 0:
             return self.permute_rounds
-        return 100 if pruner == "sparsegpt" else 10
+        if pruner == "sparsegpt":
+            return 100
+        return 10 if trains else 50
 
 
 @dataclass(frozen=True)
@@ -219,12 +233,33 @@ class CompressionSpec:
         return 1 if self.pruner == "sparsegpt" else WANDA_HESSIAN_EVERY
 
     @property
+    def induction_epochs(self) -> int:
+        """Induction's training passes per layer, resolved (``InductionSpec.epochs_for``)."""
+        return self.induction.epochs_for(self.pruner, self.swaps)
+
+    @property
+    def induction_scales_skipped(self) -> str | None:
+        """Why induction's scales are not learned for this job (it then only permutes N:M groups,
+        where ``induction.permute``), or None where they are. SparseGPT fitting the dense model:
+        the scales made it worse (core/compress.py). Wanda with swaps and no training: the scales
+        would start at 1, which is plain pruning (docs/induction.md, "Wanda with swaps")."""
+        if not self.induction.enabled:
+            return None
+        if self.fits_dense_model:
+            return "scales: sparsegpt fits the dense model (method.fit_to)"
+        untrained = self.pruner == "wanda" and self.swaps > 0 and self.induction_epochs == 0
+        if untrained and self.induction.init in ("auto", "one"):
+            return "scales: wanda's swaps refine any start on X^T X, which no exact rescaling changes"
+        return None
+
+    @property
     def walks_in_turn(self) -> bool:
         """The layer's linears can be pruned in turn inside its forward (``method.sequential``):
         the pruner reads statistics (not magnitude), and induction, which trains on the whole
-        layer's statistics before any pruning, is off or skipped (where SparseGPT fits the dense
-        model: core/compress.py)."""
-        return self.pruner != "magnitude" and (not self.induction.enabled or self.fits_dense_model)
+        layer's statistics before any pruning, is off or its scales skipped
+        (``induction_scales_skipped``; its N:M permutation is chosen inside the forward)."""
+        learns = self.induction.enabled and self.induction_scales_skipped is None
+        return self.pruner != "magnitude" and not learns
 
     @classmethod
     def from_dict(cls, body: dict[str, Any]) -> CompressionSpec:
@@ -322,7 +357,8 @@ class CompressionSpec:
             self.sequential != "linear" or self.walks_in_turn,
             "method.sequential",
             "'linear' needs a pruner that reads calibration statistics (wanda, sparsegpt), and "
-            "induction off unless SparseGPT fits the dense model (method.fit_to)",
+            "induction off, or its scales skipped (SparseGPT fitting the dense model, Wanda with "
+            "swaps and no induction epochs)",
         )
         _check(
             -1 <= self.swap_rounds <= 10_000,
@@ -346,7 +382,11 @@ class CompressionSpec:
         _check(8 <= ev.seq_len <= 131_072, "evaluation.seq_len", "must be between 8 and 131072")
         _check(1 <= ev.max_windows <= 100_000, "evaluation.max_windows", "must be at least 1")
         _check(1 <= ev.batch_size <= 4096, "evaluation.batch_size", "must be at least 1")
-        _check(0 <= ind.epochs <= 100, "method.induction.epochs", "must be between 0 and 100")
+        _check(
+            -1 <= ind.epochs <= 100,
+            "method.induction.epochs",
+            "must be between 0 and 100, or -1 for the default",
+        )
         _check(0.0 < ind.lr <= 1.0, "method.induction.lr", "must be in (0, 1]")
         _check(ind.reg >= 0.0, "method.induction.reg", "must be >= 0")
         _check(ind.mask in ("ste", "soft"), "method.induction.mask", "must be 'ste' or 'soft'")

@@ -63,6 +63,19 @@ def forward_precision(precision: ForwardPrecision | None) -> Iterator[None]:
         _PRECISION.reset(token)
 
 
+@contextlib.contextmanager
+def walk_autocast(device: Device) -> Iterator[None]:
+    """Autocast to the walk's forward precision (``forward_precision``; a no-op without one), for
+    a forward outside ``run_layer`` that may carry the same rounding: induction's training steps,
+    whose masks come from float32 statistics and whose chosen transform is checked in float32."""
+    precision = _PRECISION.get()
+    if precision is None:
+        yield
+        return
+    with torch.autocast(torch.device(device).type, dtype=precision.dtype):
+        yield
+
+
 @dataclass
 class LayerBatch:
     """One batch of inputs of the current decoder layer."""

@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -44,6 +44,7 @@ from core.pruners import HinvFactor, inverse_hessian_factor, sparsegpt
 from core.sparsity import LayerTarget
 from core.spec import InductionSpec, SweepOrder
 from core.swaps import swap_refine
+from core.walker import walk_autocast
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ def induce_layer(
     (``core.swaps``), which the final check applies too.
     """
     start = time.perf_counter()
+    spec = replace(spec, epochs=spec.epochs_for(pruner, swap_rounds))  # -1: the default
     device = torch.device(device)
     plan = plan_layer(layer, arch)
     params = {n: p.detach().to(device=device, dtype=torch.float32) for n, p in layer.named_parameters()}
@@ -237,7 +239,7 @@ def _permute_first(
         by_path,
         {},
         dampening=dampening,
-        rounds=spec.rounds_for(pruner),
+        rounds=spec.rounds_for(pruner, trains=spec.epochs > 0),
         generator=generator,
     )
     fold_permutation_(layer, plan, perm)
@@ -541,7 +543,9 @@ class _Trainer:
             for i in order:
                 hidden, kwargs = minibatches[i].on(self.device)
                 opt.zero_grad(set_to_none=True)
-                mse = self.loss(T, hidden, kwargs, targets[i].to(self.device))
+                # the walk's precision (bfloat16 where native): the steps only steer the masks
+                with walk_autocast(self.device):
+                    mse = self.loss(T, hidden, kwargs, targets[i].to(self.device))
                 objective = mse + self.spec.reg * self.regulariser(T) if self.spec.reg > 0 else mse
                 objective.backward()
                 opt.step()

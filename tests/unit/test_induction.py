@@ -276,7 +276,7 @@ def test_group_stats_centre_from_sums() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("epochs", -1), ("epochs", 101), ("lr", -1.0), ("mask", "foo"), ("batch_size", 0), ("reg", -0.5), ("temperature", 0.0),
+    [("epochs", -2), ("epochs", 101), ("lr", -1.0), ("mask", "foo"), ("batch_size", 0), ("reg", -0.5), ("temperature", 0.0),
      ("init", "bogus"), ("init_alpha", 9.0)],
 )  # fmt: skip
 def test_spec_rejects_bad_induction_settings(field: str, value: object) -> None:
@@ -286,8 +286,19 @@ def test_spec_rejects_bad_induction_settings(field: str, value: object) -> None:
     assert info.value.param == f"method.induction.{field}"
 
 
-@pytest.mark.parametrize("pruner", ["sparsegpt", "wanda"])
-def test_induction_is_skipped_only_where_sparsegpt_fits_the_dense_model(tmp_path, pruner: str) -> None:
+# (pruner, swap_rounds, epochs, why the scales are skipped or None where they train)
+SKIPS = [
+    ("sparsegpt", -1, -1, "fit_to"),  # 2:4 fits the dense model
+    ("wanda", -1, -1, "swaps"),  # swaps by default, and no training by default with them
+    ("wanda", 0, -1, None),  # the paper's Wanda: the scales train
+    ("wanda", -1, 1, None),  # training asked for explicitly: it runs, swaps or not
+]
+
+
+@pytest.mark.parametrize(("pruner", "swap_rounds", "epochs", "why"), SKIPS)
+def test_induction_scales_are_skipped_only_where_they_cannot_help(
+    tmp_path, pruner: str, swap_rounds: int, epochs: int, why: str | None
+) -> None:
     from safetensors.torch import load_file
 
     from core.compress import compress
@@ -300,25 +311,28 @@ def test_induction_is_skipped_only_where_sparsegpt_fits_the_dense_model(tmp_path
             {
                 "model": str(model),
                 "sparsity": "2:4",
-                # permute off: the channel permutation applies to SparseGPT (tests/unit/test_permute.py)
+                # permute off: the channel permutation has its own tests (tests/unit/test_permute.py)
                 "method": {
                     "pruner": pruner,
-                    "induction": {"enabled": induction, "batch_size": 2, "permute": False},
+                    "swap_rounds": swap_rounds,
+                    "induction": {"enabled": induction, "batch_size": 2, "permute": False, "epochs": epochs},
                 },
                 "calibration": {"source": "pydoc", "samples": 4, "seq_len": 32, "seed": 1},
                 "evaluation": {"sources": ["none"]},
             }
         )
-        out = tmp_path / f"{pruner}-{induction}"
+        out = tmp_path / f"{pruner}-{swap_rounds}-{epochs}-{induction}"
         return compress(spec, out_dir=out).to_dict(), load_file(out / "hf" / "model.safetensors")
 
     report, induced = run(True)
     _, plain = run(False)
-    if pruner == "sparsegpt":  # 2:4 fits the dense model: induction is skipped, and says so
-        assert all(
-            row["induction"] is None and "fit_to" in row["induction_skipped"] for row in report["layers"]
-        )
+    assert report["induction"]["epochs"] == (0 if why == "swaps" else 1)
+    if why is not None:  # skipped, and says so: the result is plain pruning's, bit for bit
+        assert why in report["induction"]["scales_skipped"]
+        assert all(row["induction"] is None and why in row["induction_skipped"] for row in report["layers"])
         assert all(torch.equal(induced[k], plain[k]) for k in plain)
     else:
+        assert report["induction"]["scales_skipped"] is None
         assert all(row["induction"]["info"] and "induction_skipped" not in row for row in report["layers"])
+        assert all(row["induction"]["info"]["epochs"] == 1 for row in report["layers"])
         assert any(not torch.equal(induced[k], plain[k]) for k in plain)

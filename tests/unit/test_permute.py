@@ -160,7 +160,12 @@ def _run(tmp_path, folder, **induction) -> dict:
         {
             "model": str(folder),
             "sparsity": "2:4",
-            "method": {"pruner": "wanda", "induction": {"enabled": True, "epochs": 0, **induction}},
+            # swap_rounds 0: induce_layer permutes (with Wanda's swaps the walk does: below)
+            "method": {
+                "pruner": "wanda",
+                "swap_rounds": 0,
+                "induction": {"enabled": True, "epochs": 0, **induction},
+            },
             "calibration": {"source": "pydoc", "samples": 4, "seq_len": 32},
             "evaluation": {"sources": ["pydoc"], "seq_len": 32, "max_windows": 2},
         }
@@ -190,8 +195,13 @@ def test_a_run_with_permutation_keeps_two_four_and_reports_the_gain(tmp_path, ti
 # "layer": the walk that collects every group's statistics before pruning; "auto" (here "linear"):
 # the default walk for this fit, which prunes the linears in turn and permutes o and down inside
 # the forward as it reaches them.
+# Wanda with swaps (its default) skips the scales: the walk permutes the same way, guarded by the
+# swaps' own objective, in both walks ("auto" is "linear" there too).
+@pytest.mark.parametrize("pruner", ["sparsegpt", "wanda"])
 @pytest.mark.parametrize("sequential", ["layer", "auto"])
-def test_the_paired_sparsegpt_fit_permutes_after_its_statistics(tmp_path, tiny_dirs, sequential: str) -> None:
+def test_the_walk_permutes_after_its_statistics_where_the_scales_are_skipped(
+    tmp_path, tiny_dirs, sequential: str, pruner: str
+) -> None:
     from core.compress import compress
 
     def run(permute: bool) -> dict:
@@ -200,7 +210,7 @@ def test_the_paired_sparsegpt_fit_permutes_after_its_statistics(tmp_path, tiny_d
                 "model": str(tiny_dirs["llama"]),
                 "sparsity": "2:4",
                 "method": {
-                    "pruner": "sparsegpt",
+                    "pruner": pruner,
                     "sequential": sequential,
                     "induction": {"enabled": True, "permute": permute},
                 },
@@ -211,13 +221,15 @@ def test_the_paired_sparsegpt_fit_permutes_after_its_statistics(tmp_path, tiny_d
         return compress(spec, out_dir=tmp_path / str(permute)).to_dict()
 
     on, off = run(True), run(False)
+    assert on["induction"]["scales_skipped"] is not None
     assert on["sequential"] == ("layer" if sequential == "layer" else "linear")
     assert on["sparsity"]["nm_ok"] is True
     for r in on["layers"]:
         for group in ("o", "down"):
             g = r["permutation"][group]
             assert g["cost_after"] <= g["cost_before"] * (1 + 1e-6)
-            # kept only where SparseGPT's own fit to the dense model came out better
+            # kept only where the pruner's own fit (SparseGPT's to the dense model, Wanda's swaps'
+            # objective) came out better
             assert g["kept"] == (g["fit_error_after"] < g["fit_error_before"])
     assert all("permutation" not in r for r in off["layers"])
     assert on["perplexity"] != off["perplexity"]
@@ -238,6 +250,20 @@ def test_spec_checks_permute_settings() -> None:
         10,
         10,
     )
+    # without training the permutation is all of induction's work: more rounds
+    assert (ind.rounds_for("sparsegpt", trains=False), ind.rounds_for("wanda", trains=False)) == (100, 50)
+    # epochs -1: one pass, none for Wanda with swaps; a number given is kept as given
+    assert ind.epochs == -1
+    assert [
+        ind.epochs_for(p, s) for p, s in [("wanda", 20), ("wanda", 0), ("magnitude", 0), ("sparsegpt", 0)]
+    ] == [
+        0,
+        1,
+        1,
+        1,
+    ]
+    two = CompressionSpec.from_dict({**base, "method": {"induction": {"enabled": True, "epochs": 2}}})
+    assert two.induction.epochs_for("wanda", 20) == 2 and two.induction_epochs == 2
     chosen = CompressionSpec.from_dict(
         {**base, "method": {"induction": {"enabled": True, "permute_rounds": 0}}}
     )

@@ -165,3 +165,27 @@ def test_a_bfloat16_walk_prunes_exactly_and_close_to_the_float32_one(tmp_path, p
     assert any(not torch.equal(low_w[k], full_w[k]) for k in names)  # the statistics did change
     ppl, low_ppl = full["perplexity"]["sparse"]["pydoc"], low["perplexity"]["sparse"]["pydoc"]
     assert abs(low_ppl / ppl - 1) < 0.05, (low_ppl, ppl)
+
+
+def test_induction_trains_in_the_walks_precision_and_checks_in_float32():
+    """Induction's training steps only steer the masks: they take the walk's bfloat16; the dense
+    targets, the statistics and the guard's comparison of candidates stay float32."""
+    from core.induction import induce_layer
+    from core.sparsity import LayerTarget
+    from core.spec import InductionSpec
+
+    arch, batches, layer = _first_layer("llama")
+    seen: list[torch.dtype] = []
+    handle = layer.get_submodule(arch.q).register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    spec = InductionSpec(enabled=True, epochs=1, batch_size=1, permute=False)
+    try:
+        with forward_precision(ForwardPrecision(torch.bfloat16)):
+            result = induce_layer(
+                layer, arch, batches, device="cpu", target=LayerTarget(0.5), pruner="wanda", spec=spec
+            )
+    finally:
+        handle.remove()
+    steps = len(result.losses)
+    assert steps > 0 and seen.count(torch.bfloat16) == steps  # one lowered forward per training step
+    assert seen.count(torch.float32) >= 2  # the dense pass, and the check of the candidates
+    assert all(v == v and v >= 0 for v in result.info["check_losses"].values())

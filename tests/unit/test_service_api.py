@@ -110,7 +110,7 @@ def test_other_team_gets_404_everywhere(svc: Svc) -> None:
         (with_field(BODY, "method.pruner", "random"), "method.pruner"),
         (with_field(BODY, "method.bogus", 1), "method.bogus"),
         (with_field(BODY, "method.induction.epochs", "two"), "method.induction.epochs"),
-        (with_field(BODY, "method.induction.epochs", -1), "method.induction.epochs"),  # engine range check
+        (with_field(BODY, "method.induction.epochs", -2), "method.induction.epochs"),  # engine range check
         (with_field(BODY, "sparsity", "3:2"), "sparsity"),
         (with_field(BODY, "sparsity", 1.5), "sparsity"),
         (with_field(BODY, "sparsity", True), "sparsity"),

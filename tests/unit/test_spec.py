@@ -65,7 +65,7 @@ def test_body_round_trips():
         ("calibration.samples", 0, "calibration.samples"),
         ("calibration.samples", "many", "calibration.samples"),
         ("calibration.seq_len", 4, "calibration.seq_len"),
-        ("method.induction.epochs", -1, "method.induction.epochs"),
+        ("method.induction.epochs", -2, "method.induction.epochs"),
         ("method.induction.lr", -1.0, "method.induction.lr"),
         ("method.induction.mask", "foo", "method.induction.mask"),
         ("method.induction.enabled", "yes", "method.induction.enabled"),
@@ -137,14 +137,15 @@ def test_fit_to_model_is_a_sparsegpt_setting():
         ("wanda", 0.7, False, True),
         ("sparsegpt", "2:4", True, True),  # fits the dense model: induction is skipped there
         ("sparsegpt", 0.5, True, False),  # induction trains on the whole layer before pruning
-        ("wanda", 0.5, True, False),
+        ("wanda", 0.5, True, True),  # with swaps the scales are skipped (no epochs by default)
+        ("wanda", 0.5, {"enabled": True, "epochs": 1}, False),  # training asked for
         ("magnitude", 0.5, False, False),  # no statistics: nothing to take in turn
     ],
 )
 def test_sequential_linear_needs_statistics_and_no_induction(pruner, sparsity, induction, ok):
     body = _with("method.pruner", pruner) | {"sparsity": sparsity}
     body["method"]["sequential"] = "linear"
-    body["method"]["induction"] = {"enabled": induction}
+    body["method"]["induction"] = induction if isinstance(induction, dict) else {"enabled": induction}
     if ok:
         spec = CompressionSpec.from_dict(body)
         assert spec.sequential == "linear" and CompressionSpec.from_dict(spec.to_dict()) == spec

@@ -156,7 +156,7 @@ export function mount(root, ctx) {
   });
   // Placeholders are the engine's defaults (core/spec.py InductionSpec); an empty field sends
   // nothing, so the API applies them.
-  const epochs = numberInput("epochs", "", { min: 0, placeholder: "1" });
+  const epochs = numberInput("epochs", "", { min: 0, placeholder: "auto" });
   const lr = numberInput("lr", "", { step: "any", placeholder: "0.05" });
   const reg = numberInput("reg", "", { step: "any", placeholder: "0.0001" });
   const mask = h(
