@@ -95,7 +95,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--induction-epochs",
         type=int,
         default=None,
-        help="training passes per layer (default 1, and 0 for Wanda with swaps: docs/induction.md); "
+        help="training passes per layer (default 1; 0 for Wanda with swaps and unstructured SparseGPT: "
+        "docs/induction.md); "
         "0 keeps the statistics initialisation alone",
     )
     p.add_argument("--induction-lr", type=float, default=None)

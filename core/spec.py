@@ -143,15 +143,18 @@ class InductionSpec:
     # (``rounds_for``: more where the pruning step is long enough to pay for them).
     permute_rounds: int = -1
 
-    def epochs_for(self, pruner: str, swaps: int) -> int:
-        """The training passes to run: ``epochs``, or where it is -1, 1, except 0 for Wanda with
-        swaps (``swaps`` rounds > 0). The swaps refine any starting mask on each linear's own
-        X^T X, an objective no exact rescaling changes; measured, the trained scales never beat
-        plain Wanda with swaps on held-out data (docs/induction.md, "Wanda with swaps"), so their
-        training would only cost time."""
+    def epochs_for(self, pruner: str, swaps: int, nm: bool) -> int:
+        """The training passes to run: ``epochs``, or where it is -1, 1, except 0 where trained
+        scales were measured never to win (docs/induction.md, "Where the scales are skipped"):
+        Wanda with swaps (``swaps`` rounds > 0), which refine any starting mask on each linear's
+        own X^T X, an objective no exact rescaling changes; and SparseGPT at an unstructured
+        target (``nm`` False), whose update absorbs what the scales could re-rank (the guard
+        kept plain pruning on 30 of 30 layers, at 3x the pruning step)."""
         if self.epochs >= 0:
             return self.epochs
-        return 0 if pruner == "wanda" and swaps > 0 else 1
+        if (pruner == "wanda" and swaps > 0) or (pruner == "sparsegpt" and not nm):
+            return 0
+        return 1
 
     def rounds_for(self, pruner: str, *, trains: bool = True) -> int:
         """The swap-search rounds to run: ``permute_rounds``, or where it is -1, 100 for SparseGPT
@@ -235,21 +238,25 @@ class CompressionSpec:
     @property
     def induction_epochs(self) -> int:
         """Induction's training passes per layer, resolved (``InductionSpec.epochs_for``)."""
-        return self.induction.epochs_for(self.pruner, self.swaps)
+        return self.induction.epochs_for(self.pruner, self.swaps, self.sparsity.is_nm)
 
     @property
     def induction_scales_skipped(self) -> str | None:
         """Why induction's scales are not learned for this job (it then only permutes N:M groups,
         where ``induction.permute``), or None where they are. SparseGPT fitting the dense model:
-        the scales made it worse (core/compress.py). Wanda with swaps and no training: the scales
-        would start at 1, which is plain pruning (docs/induction.md, "Wanda with swaps")."""
+        the scales made it worse (core/compress.py). No training where it was measured never to
+        win (``InductionSpec.epochs_for``): Wanda's and SparseGPT's scales would start at 1,
+        which is plain pruning (docs/induction.md, "Where the scales are skipped")."""
         if not self.induction.enabled:
             return None
         if self.fits_dense_model:
             return "scales: sparsegpt fits the dense model (method.fit_to)"
-        untrained = self.pruner == "wanda" and self.swaps > 0 and self.induction_epochs == 0
-        if untrained and self.induction.init in ("auto", "one"):
+        if self.induction_epochs > 0 or self.induction.init not in ("auto", "one"):
+            return None
+        if self.pruner == "wanda" and self.swaps > 0:
             return "scales: wanda's swaps refine any start on X^T X, which no exact rescaling changes"
+        if self.pruner == "sparsegpt":
+            return "scales: sparsegpt's update keeps plain pruning's result at unstructured targets"
         return None
 
     @property
@@ -357,8 +364,8 @@ class CompressionSpec:
             self.sequential != "linear" or self.walks_in_turn,
             "method.sequential",
             "'linear' needs a pruner that reads calibration statistics (wanda, sparsegpt), and "
-            "induction off, or its scales skipped (SparseGPT fitting the dense model, Wanda with "
-            "swaps and no induction epochs)",
+            "induction off, or its scales skipped (SparseGPT fitting the dense model, or no "
+            "induction epochs for Wanda with swaps or SparseGPT)",
         )
         _check(
             -1 <= self.swap_rounds <= 10_000,

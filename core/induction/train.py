@@ -156,7 +156,7 @@ def induce_layer(
     (``core.swaps``), which the final check applies too.
     """
     start = time.perf_counter()
-    spec = replace(spec, epochs=spec.epochs_for(pruner, swap_rounds))  # -1: the default
+    spec = replace(spec, epochs=spec.epochs_for(pruner, swap_rounds, target.is_nm))  # -1: the default
     device = torch.device(device)
     plan = plan_layer(layer, arch)
     params = {n: p.detach().to(device=device, dtype=torch.float32) for n, p in layer.named_parameters()}

@@ -286,18 +286,20 @@ def test_spec_rejects_bad_induction_settings(field: str, value: object) -> None:
     assert info.value.param == f"method.induction.{field}"
 
 
-# (pruner, swap_rounds, epochs, why the scales are skipped or None where they train)
+# (pruner, sparsity, swap_rounds, epochs, why the scales are skipped or None where they train)
 SKIPS = [
-    ("sparsegpt", -1, -1, "fit_to"),  # 2:4 fits the dense model
-    ("wanda", -1, -1, "swaps"),  # swaps by default, and no training by default with them
-    ("wanda", 0, -1, None),  # the paper's Wanda: the scales train
-    ("wanda", -1, 1, None),  # training asked for explicitly: it runs, swaps or not
+    ("sparsegpt", "2:4", -1, -1, "fit_to"),  # 2:4 fits the dense model
+    ("sparsegpt", 0.5, -1, -1, "unstructured"),  # 50% fits the layer: no training by default
+    ("sparsegpt", 0.5, -1, 1, None),  # training asked for explicitly: it runs
+    ("wanda", "2:4", -1, -1, "swaps"),  # swaps by default, and no training by default with them
+    ("wanda", "2:4", 0, -1, None),  # the paper's Wanda: the scales train
+    ("wanda", "2:4", -1, 1, None),  # training asked for explicitly: it runs, swaps or not
 ]
 
 
-@pytest.mark.parametrize(("pruner", "swap_rounds", "epochs", "why"), SKIPS)
+@pytest.mark.parametrize(("pruner", "sparsity", "swap_rounds", "epochs", "why"), SKIPS)
 def test_induction_scales_are_skipped_only_where_they_cannot_help(
-    tmp_path, pruner: str, swap_rounds: int, epochs: int, why: str | None
+    tmp_path, pruner: str, sparsity: object, swap_rounds: int, epochs: int, why: str | None
 ) -> None:
     from safetensors.torch import load_file
 
@@ -310,7 +312,7 @@ def test_induction_scales_are_skipped_only_where_they_cannot_help(
         spec = CompressionSpec.from_dict(
             {
                 "model": str(model),
-                "sparsity": "2:4",
+                "sparsity": sparsity,
                 # permute off: the channel permutation has its own tests (tests/unit/test_permute.py)
                 "method": {
                     "pruner": pruner,
@@ -321,12 +323,12 @@ def test_induction_scales_are_skipped_only_where_they_cannot_help(
                 "evaluation": {"sources": ["none"]},
             }
         )
-        out = tmp_path / f"{pruner}-{swap_rounds}-{epochs}-{induction}"
+        out = tmp_path / f"{pruner}-{sparsity}-{swap_rounds}-{epochs}-{induction}".replace(":", "_")
         return compress(spec, out_dir=out).to_dict(), load_file(out / "hf" / "model.safetensors")
 
     report, induced = run(True)
     _, plain = run(False)
-    assert report["induction"]["epochs"] == (0 if why == "swaps" else 1)
+    assert report["induction"]["epochs"] == (0 if why in ("swaps", "unstructured") else 1)
     if why is not None:  # skipped, and says so: the result is plain pruning's, bit for bit
         assert why in report["induction"]["scales_skipped"]
         assert all(row["induction"] is None and why in row["induction_skipped"] for row in report["layers"])
@@ -335,4 +337,5 @@ def test_induction_scales_are_skipped_only_where_they_cannot_help(
         assert report["induction"]["scales_skipped"] is None
         assert all(row["induction"]["info"] and "induction_skipped" not in row for row in report["layers"])
         assert all(row["induction"]["info"]["epochs"] == 1 for row in report["layers"])
-        assert any(not torch.equal(induced[k], plain[k]) for k in plain)
+        if pruner == "wanda":  # (SparseGPT's guard may keep plain pruning: a tie is allowed)
+            assert any(not torch.equal(induced[k], plain[k]) for k in plain)

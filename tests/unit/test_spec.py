@@ -136,7 +136,8 @@ def test_fit_to_model_is_a_sparsegpt_setting():
         ("sparsegpt", 0.5, False, True),
         ("wanda", 0.7, False, True),
         ("sparsegpt", "2:4", True, True),  # fits the dense model: induction is skipped there
-        ("sparsegpt", 0.5, True, False),  # induction trains on the whole layer before pruning
+        ("sparsegpt", 0.5, True, True),  # unstructured: the scales are skipped (no epochs by default)
+        ("sparsegpt", 0.5, {"enabled": True, "epochs": 1}, False),  # induction trains before pruning
         ("wanda", 0.5, True, True),  # with swaps the scales are skipped (no epochs by default)
         ("wanda", 0.5, {"enabled": True, "epochs": 1}, False),  # training asked for
         ("magnitude", 0.5, False, False),  # no statistics: nothing to take in turn
