@@ -511,7 +511,8 @@ def _prune_layers(
             # the dampening, both learned and guarded against the paper's fit to the dense layer.
             # With the fit to the dense model they made SparseGPT 2:4 worse (27.20 -> 28.02 with the
             # importances, 27.77 with the folded scales alone), so induction is skipped there.
-            # Wanda with swaps: untrained scales start at 1, plain pruning (spec.induction_epochs).
+            # Wanda with swaps and unstructured SparseGPT train no scales by default (measured never
+            # to win: spec.induction_epochs); untrained, they start at 1, which is plain pruning.
             # The N:M channel permutation below still applies: no pruner is invariant to it.
             row["induction_skipped"] = skipped
         elif spec.induction.enabled:
