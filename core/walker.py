@@ -63,17 +63,12 @@ def forward_precision(precision: ForwardPrecision | None) -> Iterator[None]:
         _PRECISION.reset(token)
 
 
-@contextlib.contextmanager
-def walk_autocast(device: Device) -> Iterator[None]:
-    """Autocast to the walk's forward precision (``forward_precision``; a no-op without one), for
-    a forward outside ``run_layer`` that may carry the same rounding: induction's training steps,
-    whose masks come from float32 statistics and whose chosen transform is checked in float32."""
-    precision = _PRECISION.get()
-    if precision is None:
-        yield
-        return
-    with torch.autocast(torch.device(device).type, dtype=precision.dtype):
-        yield
+def layer_precision(layer: nn.Module, device: Device) -> contextlib.AbstractContextManager[None]:
+    """The walk's forward precision (``forward_precision``; a no-op without one) for one run of
+    ``layer``: ``run_layer``'s, and that of a forward outside it that may carry the same rounding,
+    induction's training steps (whose masks come from float32 statistics and whose chosen
+    transform is checked in float32)."""
+    return _reduced(layer, torch.device(device), _PRECISION.get())
 
 
 @dataclass
@@ -137,7 +132,7 @@ def run_layer(layer: nn.Module, batches: list[LayerBatch], *, device: Device) ->
     the forward computes as that block says.
     """
     outputs: list[Tensor] = []
-    with torch.no_grad(), _reduced(layer, torch.device(device), _PRECISION.get()):
+    with torch.no_grad(), layer_precision(layer, device):
         for batch in batches:
             out = layer(batch.hidden.to(device), **_to_device(batch.kwargs, device))
             if isinstance(out, tuple):  # older transformers return (hidden, ...)

@@ -44,7 +44,7 @@ from core.pruners import HinvFactor, inverse_hessian_factor, sparsegpt
 from core.sparsity import LayerTarget
 from core.spec import InductionSpec, SweepOrder
 from core.swaps import swap_refine
-from core.walker import walk_autocast
+from core.walker import layer_precision
 
 log = logging.getLogger(__name__)
 
@@ -544,7 +544,7 @@ class _Trainer:
                 hidden, kwargs = minibatches[i].on(self.device)
                 opt.zero_grad(set_to_none=True)
                 # the walk's precision (bfloat16 where native): the steps only steer the masks
-                with walk_autocast(self.device):
+                with layer_precision(self.layer, self.device):
                     mse = self.loss(T, hidden, kwargs, targets[i].to(self.device))
                 objective = mse + self.spec.reg * self.regulariser(T) if self.spec.reg > 0 else mse
                 objective.backward()
