@@ -13,6 +13,7 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     LlamaConfig,
+    MistralConfig,
     OPTConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
@@ -20,7 +21,7 @@ from transformers import (
 )
 
 VOCAB = 512
-ARCHES = ("llama", "qwen2", "opt")
+ARCHES = ("llama", "qwen2", "mistral", "opt")
 
 
 @lru_cache(maxsize=1)
@@ -63,6 +64,17 @@ def tiny_config(arch: str = "llama", *, layers: int = 2, hidden: int = 64):
             intermediate_size=hidden * 2,
             num_attention_heads=4,
             num_key_value_heads=2,
+            tie_word_embeddings=False,
+        )
+    if arch == "mistral":
+        # sliding_window shorter than the tests' sequences, so the windowed attention mask is
+        # what the walker captures and replays
+        return MistralConfig(
+            **common,
+            intermediate_size=hidden * 2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            sliding_window=8,
             tie_word_embeddings=False,
         )
     if arch == "qwen2":

@@ -22,7 +22,7 @@ from core.export import (
     save_hf,
     target_modules,
 )
-from tests.tiny import tiny_model, tiny_tokenizer
+from tests.tiny import ARCHES, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.unit
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def _logits(model: PreTrainedModel) -> torch.Tensor:
         return model(ids).logits
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "opt"])
+@pytest.mark.parametrize("arch", ARCHES)
 def test_save_hf_loads_with_identical_logits(tmp_path, arch):
     model = _prune(tiny_model(arch), "unstructured")
     size = save_hf(model, tiny_tokenizer(), tmp_path / "hf")
@@ -64,7 +64,7 @@ def test_save_hf_loads_with_identical_logits(tmp_path, arch):
     assert (W == 0).float().mean().item() == 0.5  # the zeros are in place
 
 
-@pytest.mark.parametrize(("arch", "structure"), [("llama", "unstructured"), ("qwen2", "2:4"), ("opt", "4:8")])
+@pytest.mark.parametrize(("arch", "structure"), [("llama", "unstructured"), ("qwen2", "2:4"), ("mistral", "2:4"), ("opt", "4:8")])
 def test_compact_round_trip_is_exact(tmp_path, arch, structure):
     model = _prune(tiny_model(arch), structure)
     save_compact(model, arch_for(model), tmp_path / "compact", structure=structure)

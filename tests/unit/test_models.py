@@ -13,12 +13,12 @@ from transformers import GPT2Config
 import core.models as models
 from core.errors import ModelNotFound, SystemFault, UnsupportedArchitecture
 from core.models import load_model, resolve_cache_dir
-from tests.tiny import tiny_config, tiny_model, tiny_tokenizer
+from tests.tiny import ARCHES, tiny_config, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.unit
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2", "opt"])
+@pytest.mark.parametrize("name", ARCHES)
 def test_a_tiny_folder_loads_with_arch_and_meta(tiny_dirs, name):
     loaded = load_model(str(tiny_dirs[name]))
     assert loaded.arch.name == ("opt" if name == "opt" else "llama")
