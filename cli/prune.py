@@ -102,6 +102,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--induction-lr", type=float, default=None)
     p.add_argument("--induction-reg", type=float, default=None)
     p.add_argument("--induction-mask", choices=["ste", "soft"], default=None)
+    p.add_argument(
+        "--induction-targets",
+        choices=["auto", "model", "layer"],
+        default=None,
+        help="train against the dense model's outputs of each layer (model, the default) or the "
+        "dense layer's on the pruned model's inputs (layer, the paper's)",
+    )
     p.add_argument("--no-induction-shifts", action="store_true", help="scales only, no shifts")
     p.add_argument(
         "--no-induction-permute",
@@ -127,6 +134,7 @@ def spec_body(args: argparse.Namespace) -> dict[str, Any]:
         ("induction_lr", "lr"),
         ("induction_reg", "reg"),
         ("induction_mask", "mask"),
+        ("induction_targets", "targets"),
     ):
         if getattr(args, flag) is not None:
             induction[key] = getattr(args, flag)

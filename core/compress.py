@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -490,8 +490,9 @@ def _prune_layers(
     fact: list[dict[str, Any]] = list(meta.get("fact", []))
     dense_out: list[list[torch.Tensor]] = []
     needs_stats = spec.pruner != "magnitude"
-    # fit_to="model": the dense model's own activations walk alongside the pruned model's.
-    paired = spec.fits_dense_model
+    # fit_to="model", or induction trained against the dense model (induction.targets): the dense
+    # model's own activations walk alongside the pruned model's.
+    paired = spec.fits_dense_model or spec.induction_fits_model
     dense_stream: list[torch.Tensor] = []
 
     def visit(i: int, layer: nn.Module, batches: list[LayerBatch]) -> list[torch.Tensor] | None:
@@ -518,6 +519,9 @@ def _prune_layers(
         elif spec.induction.enabled:
             from core.induction import induce_layer  # torch-heavy training code, only when asked for
 
+            reference = None
+            if spec.induction_fits_model:  # the dense model's inputs of this layer, batch for batch
+                reference = [replace(b, hidden=h) for b, h in zip(batches, dense_stream, strict=True)]
             result = induce_layer(
                 layer,
                 arch,
@@ -531,13 +535,16 @@ def _prune_layers(
                 blocksize=spec.blocksize,
                 order=spec.order,
                 swap_rounds=spec.swaps,
+                reference=reference,
             )
+            if result.reference_outputs is not None:  # the dense layer's, computed before the fold
+                dense_stream[:] = result.reference_outputs
             col_weights = dict(result.col_weights)
             row["induction"] = rep.induction_row(result)
             row["induction_seconds"] = result.seconds
         start = time.perf_counter()
         sens = _sensitivity_wanted(spec, target)
-        if paired:
+        if spec.fits_dense_model:
             stats, outputs, dense_next = collect_paired_stats(
                 layer, arch, batches, dense_stream, device=device, sensitivity=sens
             )

@@ -33,6 +33,13 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
+def _induction_targets(spec: CompressionSpec) -> str | None:
+    """What the scales trained against, the settings' "auto" resolved; None where they did not train."""
+    if spec.induction_scales_skipped is not None:
+        return None
+    return "model" if spec.induction_fits_model else "layer"
+
+
 def induction_row(result: Any) -> dict[str, Any]:
     return {
         "losses": [round(float(x), 8) for x in result.losses],
@@ -64,6 +71,7 @@ def build(
             "settings": spec.to_dict()["method"]["induction"],
             "epochs": spec.induction_epochs,  # the settings' -1 resolved for this pruner
             "scales_skipped": spec.induction_scales_skipped,
+            "targets": _induction_targets(spec),
             "seconds": round(sum(r["seconds"] for r in rows), 4),
         }
     return {

@@ -142,6 +142,12 @@ class InductionSpec:
     # Rounds of the swap search per permuted input; -1: the measured default for the pruner
     # (``rounds_for``: more where the pruning step is long enough to pay for them).
     permute_rounds: int = -1
+    # What the pruned block is trained and guarded against: "layer", the dense layer's output on
+    # the pruned model's inputs (the paper's); "model", the dense model's own output of the layer
+    # (its activations walk alongside, as for SparseGPT's fit to the model), so the scales also
+    # steer the masks to undo the drift earlier layers left; "auto": model (measured better,
+    # docs/induction.md, "Targets").
+    targets: Literal["auto", "model", "layer"] = "auto"
 
     def epochs_for(self, pruner: str, swaps: int, nm: bool) -> int:
         """The training passes to run: ``epochs``, or where it is -1, 1, except 0 where trained
@@ -258,6 +264,13 @@ class CompressionSpec:
         if self.pruner == "sparsegpt":
             return "scales: sparsegpt's update keeps plain pruning's result at unstructured targets"
         return None
+
+    @property
+    def induction_fits_model(self) -> bool:
+        """Induction's scales train against the dense model's outputs (``InductionSpec.targets``):
+        the walk then carries the dense model's activations alongside the pruned model's."""
+        learns = self.induction.enabled and self.induction_scales_skipped is None
+        return learns and self.induction.targets in ("auto", "model")
 
     @property
     def walks_in_turn(self) -> bool:
@@ -405,6 +418,11 @@ class CompressionSpec:
             "must be one of auto, one, mean, median, rms",
         )
         _check(-4.0 <= ind.init_alpha <= 4.0, "method.induction.init_alpha", "must be between -4 and 4")
+        _check(
+            ind.targets in ("auto", "model", "layer"),
+            "method.induction.targets",
+            "must be one of auto, model, layer",
+        )
         _check(
             -1 <= ind.permute_rounds <= 10000,
             "method.induction.permute_rounds",

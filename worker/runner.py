@@ -37,7 +37,8 @@ from worker.liveness import Heartbeat, is_fresh, worker_lost_error
 
 log = logging.getLogger(__name__)
 
-RESULT_KEYS = ("perplexity", "sparsity", "sizes", "timings", "layers", "resume")
+# (induction: its settings resolved, time, and what it trained against; None when it is off)
+RESULT_KEYS = ("perplexity", "sparsity", "sizes", "timings", "layers", "resume", "induction")
 
 
 class RetryLater(Exception):

@@ -86,6 +86,8 @@ class InductionResult:
     seconds: float
     col_weights: dict[str, torch.Tensor]  # linear path -> [in] multiplier for prune_weight(col_weight=)
     info: dict[str, Any] = field(default_factory=dict)  # JSON-able summary: what was learned and folded
+    # with ``reference``: the dense layer's output on it, per batch [b, seq, hidden] (its dtype)
+    reference_outputs: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -143,6 +145,7 @@ def induce_layer(
     blocksize: int = 128,
     order: SweepOrder = "natural",
     swap_rounds: int = 0,
+    reference: Sequence[Batch] | None = None,
 ) -> InductionResult:
     """Train the layer's transform on ``batches`` against its pruned block, then fold it in place.
 
@@ -153,7 +156,10 @@ def induce_layer(
     ``prune_weight(..., col_weight=result.col_weights.get(path))`` to get the learned masks.
     ``dampening``, ``blocksize`` and ``order`` are SparseGPT's (pass the spec's): its training-time
     proxy and the final check prune exactly as the pruner will. ``swap_rounds``: Wanda's swaps
-    (``core.swaps``), which the final check applies too.
+    (``core.swaps``), which the final check applies too. ``reference``: the dense model's inputs
+    of this layer, batch for batch like ``batches`` (``InductionSpec.targets`` "model"): the
+    targets are then the dense layer's outputs on them (returned as ``reference_outputs``, the
+    dense model's next inputs), while the statistics stay those of ``batches``, which the pruner reads.
     """
     start = time.perf_counter()
     spec = replace(spec, epochs=spec.epochs_for(pruner, swap_rounds, target.is_nm))  # -1: the default
@@ -164,6 +170,12 @@ def induce_layer(
     swaps = swap_rounds if pruner == "wanda" else 0
     want_H = pruner == "sparsegpt" or swaps > 0
     targets, stats = dense_pass(layer, plan, params, minibatches, device=device, want_H=want_H)
+    reference_outputs = None
+    if reference is not None:
+        # the dense model's outputs of this layer: what the pruned block must reproduce, drift
+        # of earlier layers included (one more forward, on the dense model's inputs)
+        targets = _outputs(layer, params, list(_minibatches(reference, spec.batch_size)), device)
+        reference_outputs = _per_batch(targets, reference, spec.batch_size)
     permuted = None
     if spec.permute and target.is_nm:
         # Regroup first, so the scales train for the groups the pruner will see; the plain
@@ -199,6 +211,7 @@ def induce_layer(
     fold_(layer, plan, chosen[1])
     seconds = time.perf_counter() - start
     info = _info(plan, chosen, checks, spec, pruner, len(losses), seconds)
+    info["targets"] = "layer" if reference is None else "model"
     if permuted is not None:
         info["permutation"] = permuted
     col_weights = col_weights_for(plan, chosen[1], pruner)
@@ -214,6 +227,7 @@ def induce_layer(
         seconds=seconds,
         col_weights=col_weights,
         info=info,
+        reference_outputs=reference_outputs,
     )
 
 
@@ -308,11 +322,30 @@ def dense_pass(
 
     handles = [layer.get_submodule(p).register_forward_pre_hook(hook_for(g)) for g, p in leaders.items()]
     try:
-        targets = [_forward(layer, params, *mb.on(device)).to(mb.hidden.device) for mb in minibatches]
+        targets = _outputs(layer, params, minibatches, device)
     finally:
         for h in handles:
             h.remove()
     return targets, acc
+
+
+@torch.no_grad()
+def _outputs(
+    layer: nn.Module, params: dict[str, torch.Tensor], minibatches: list[Minibatch], device: torch.device
+) -> list[torch.Tensor]:
+    """The dense layer's float32 output on each minibatch, where that minibatch is stored."""
+    return [_forward(layer, params, *mb.on(device)).to(mb.hidden.device) for mb in minibatches]
+
+
+def _per_batch(pieces: list[torch.Tensor], batches: Sequence[Batch], size: int) -> list[torch.Tensor]:
+    """``pieces`` cut by ``_minibatches(batches, size)`` put back together per batch, in each
+    batch's dtype."""
+    out, k = [], 0
+    for batch in batches:
+        count = -(-batch.hidden.shape[0] // size)
+        out.append(torch.cat(pieces[k : k + count]).to(batch.hidden.dtype))
+        k += count
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -139,6 +139,7 @@ def test_submit_through_the_form_watch_it_run_and_read_the_results(page: Any, se
     page.get_by_label("Pruner").select_option("wanda")
     page.get_by_label("Sparsity Induction").check()
     page.get_by_label("Epochs").fill("3")
+    page.get_by_label("Train against").select_option("layer")
     page.get_by_label("Samples").fill("4")
     page.get_by_label("Sequence length").fill("32")
     page.get_by_label("Window length").fill("32")
@@ -163,6 +164,7 @@ def test_submit_through_the_form_watch_it_run_and_read_the_results(page: Any, se
     results = api_job["results"]
     n_layers = len(results["layers"])
     assert n_layers == 4
+    assert results["induction"]["targets"] == "layer"  # the form's choice reached the engine
 
     # Perplexity: the page shows the API's numbers.
     ppl = page.locator("[data-testid=perplexity] tbody tr").first

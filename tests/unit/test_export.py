@@ -64,7 +64,9 @@ def test_save_hf_loads_with_identical_logits(tmp_path, arch):
     assert (W == 0).float().mean().item() == 0.5  # the zeros are in place
 
 
-@pytest.mark.parametrize(("arch", "structure"), [("llama", "unstructured"), ("qwen2", "2:4"), ("mistral", "2:4"), ("opt", "4:8")])
+@pytest.mark.parametrize(
+    ("arch", "structure"), [("llama", "unstructured"), ("qwen2", "2:4"), ("mistral", "2:4"), ("opt", "4:8")]
+)
 def test_compact_round_trip_is_exact(tmp_path, arch, structure):
     model = _prune(tiny_model(arch), structure)
     save_compact(model, arch_for(model), tmp_path / "compact", structure=structure)

@@ -213,6 +213,48 @@ def test_induction_lowers_the_pruned_error(pruner: str, target: str) -> None:
         assert all(nm_ok(lin.weight, 2, 4) for lin in layer_linears(layer, arch).values())
 
 
+def test_reference_inputs_set_the_targets() -> None:
+    """``reference`` (the dense model's inputs of the layer, targets "model"): training and the
+    guard aim at the dense layer's output on them, returned per batch before the fold; the
+    statistics the pruner reads stay those of the pruned inputs. With the pruned inputs
+    themselves as reference, the result is the paper's targets' exactly."""
+    model = tiny_model("llama")
+    arch = arch_for(model)
+    layer = decoder_layers(model, arch)[1]
+    batches = batches_for(model, arch, samples=8, bs=4)
+    spec = InductionSpec(enabled=True, epochs=1, lr=0.1, batch_size=2)
+    kw = dict(device="cpu", target=TARGETS["2:4"], pruner="magnitude", spec=spec)
+
+    def induce(reference):
+        fresh = copy.deepcopy(layer)
+        r = induce_layer(
+            fresh, arch, batches, generator=torch.Generator().manual_seed(0), reference=reference, **kw
+        )
+        return fresh, r
+
+    _, plain = induce(None)
+    assert plain.reference_outputs is None and plain.info["targets"] == "layer"
+    _, same = induce(batches)
+    assert same.info["targets"] == "model"
+    assert same.losses == plain.losses and same.info["check_losses"] == plain.info["check_losses"]
+    drift = torch.Generator().manual_seed(1)
+    dense = [
+        LayerBatch(b.hidden + 0.3 * torch.randn(b.hidden.shape, generator=drift), b.kwargs) for b in batches
+    ]
+    folded, other = induce(dense)
+    expected = run_layer(layer, dense, device="cpu")  # the dense layer, before any fold
+    assert len(other.reference_outputs) == len(dense)
+    for got, want in zip(other.reference_outputs, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert other.losses != plain.losses  # other targets, other curve
+    # its reported loss is the folded layer's, pruned with the returned importances, on the
+    # check subset (minibatch 0: the first 2 sequences) against the reference's dense output
+    prune_layer(folded, arch, batches, "magnitude", TARGETS["2:4"], other.col_weights)
+    first = [LayerBatch(batches[0].hidden[:2], batches[0].kwargs)]
+    got = rel_mse([expected[0][:2]], run_layer(folded, first, device="cpu"))
+    assert got == pytest.approx(other.final_loss, rel=1e-3)
+
+
 def test_result_records_settings_curve_and_time() -> None:
     model = tiny_model("opt")
     arch = arch_for(model)
@@ -277,7 +319,7 @@ def test_group_stats_centre_from_sums() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [("epochs", -2), ("epochs", 101), ("lr", -1.0), ("mask", "foo"), ("batch_size", 0), ("reg", -0.5), ("temperature", 0.0),
-     ("init", "bogus"), ("init_alpha", 9.0)],
+     ("init", "bogus"), ("init_alpha", 9.0), ("targets", "sideways")],
 )  # fmt: skip
 def test_spec_rejects_bad_induction_settings(field: str, value: object) -> None:
     body = {"model": "m", "sparsity": 0.5, "method": {"induction": {"enabled": True, field: value}}}
@@ -334,8 +376,44 @@ def test_induction_scales_are_skipped_only_where_they_cannot_help(
         assert all(row["induction"] is None and why in row["induction_skipped"] for row in report["layers"])
         assert all(torch.equal(induced[k], plain[k]) for k in plain)
     else:
-        assert report["induction"]["scales_skipped"] is None
+        assert report["induction"]["scales_skipped"] is None and report["induction"]["targets"] == "model"
+        assert all(row["induction"]["info"]["targets"] == "model" for row in report["layers"])
         assert all(row["induction"]["info"] and "induction_skipped" not in row for row in report["layers"])
         assert all(row["induction"]["info"]["epochs"] == 1 for row in report["layers"])
         if pruner == "wanda":  # (SparseGPT's guard may keep plain pruning: a tie is allowed)
             assert any(not torch.equal(induced[k], plain[k]) for k in plain)
+
+
+@pytest.mark.parametrize("pruner", ["magnitude", "wanda"])
+def test_model_targets_differ_from_layer_targets_only_after_the_first_layer(tmp_path, pruner: str) -> None:
+    """The first layer's inputs are the same in the dense and the pruned model, so both targets
+    train it alike; from the second layer on, "model" aims at the dense model's activations,
+    which the pruned first layer has drifted from."""
+    from core.compress import compress
+    from tests.tiny import tiny_model_dir
+
+    model = tiny_model_dir(tmp_path / "models", "llama", layers=2, hidden=64)
+
+    def run(targets: str) -> dict:
+        spec = CompressionSpec.from_dict(
+            {
+                "model": str(model),
+                "sparsity": 0.5,
+                "method": {
+                    "pruner": pruner,
+                    "swap_rounds": 0,
+                    "induction": {"enabled": True, "batch_size": 2, "targets": targets},
+                },
+                "calibration": {"source": "pydoc", "samples": 4, "seq_len": 32, "seed": 1},
+                "evaluation": {"sources": ["none"]},
+            }
+        )
+        return compress(spec, out_dir=tmp_path / targets).to_dict()
+
+    model_rows, layer_rows = run("model"), run("layer")
+    assert (model_rows["induction"]["targets"], layer_rows["induction"]["targets"]) == ("model", "layer")
+    first, second = ([r["layers"][i]["induction"]["info"] for r in (model_rows, layer_rows)] for i in (0, 1))
+    assert (first[0]["targets"], first[1]["targets"]) == ("model", "layer")
+    assert first[0]["check_losses"] == first[1]["check_losses"]
+    assert model_rows["layers"][0]["induction"]["losses"] == layer_rows["layers"][0]["induction"]["losses"]
+    assert second[0]["check_losses"] != second[1]["check_losses"]

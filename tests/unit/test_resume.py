@@ -94,6 +94,13 @@ CASES = [
         [0, 1],
         id="qwen2-magnitude-induction-twice",
     ),
+    # ... trained against the dense layer on the pruned inputs: no dense activations to carry
+    pytest.param(
+        "llama",
+        {"pruner": "wanda", "swap_rounds": 0, "induction": {"enabled": True, "targets": "layer"}},
+        [1],
+        id="llama-wanda-induction-layer-targets",
+    ),
 ]
 
 

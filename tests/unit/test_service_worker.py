@@ -99,6 +99,7 @@ def test_success_uploads_and_records(settings: Settings, monkeypatch: pytest.Mon
         "timings",
         "layers",
         "resume",
+        "induction",
     }
     assert job.results["perplexity"]["sparse"] == {"pydoc": 12.0} and job.results["resume"] is None
     assert [a.name for a in arts] == ["hf/config.json", "report.json"]

@@ -165,7 +165,14 @@ export function mount(root, ctx) {
     h("option", { value: "ste", selected: true }, "Straight-through (ste)"),
     h("option", { value: "soft" }, "Soft mask"),
   );
-  const inductionSettings = [epochs, lr, reg, mask];
+  const targets = h(
+    "select",
+    { name: "targets" },
+    h("option", { value: "auto", selected: true }, "Auto (the dense model's outputs)"),
+    h("option", { value: "model" }, "The dense model's outputs of each layer"),
+    h("option", { value: "layer" }, "The dense layer on the pruned inputs (the paper's)"),
+  );
+  const inductionSettings = [epochs, lr, reg, mask, targets];
   function syncInduction() {
     for (const c of inductionSettings) c.disabled = !induction.checked;
     inductionBox.classList.toggle("muted", !induction.checked);
@@ -241,6 +248,7 @@ export function mount(root, ctx) {
     field("method.induction.lr", "Learning rate", lr),
     field("method.induction.reg", "Regulariser weight", reg),
     field("method.induction.mask", "Mask during training", mask),
+    field("method.induction.targets", "Train against", targets),
   );
 
   const form = h(
@@ -406,6 +414,7 @@ export function mount(root, ctx) {
           lr: numberValue(lr, "method.induction.lr"),
           reg: numberValue(reg, "method.induction.reg"),
           mask: mask.value,
+          targets: targets.value,
         })
       : { enabled: false };
     return {
@@ -462,6 +471,7 @@ export function mount(root, ctx) {
     lr.value = ind.lr ?? "";
     reg.value = ind.reg ?? "";
     if (ind.mask) mask.value = ind.mask;
+    if (ind.targets) targets.value = ind.targets;
     const c = spec.calibration || {};
     if (c.source) {
       if (!calSource.querySelector(`option[value="${CSS.escape(c.source)}"]`)) {
