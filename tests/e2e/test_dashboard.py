@@ -306,7 +306,10 @@ def test_the_list_updates_live_and_never_shows_another_teams_job(page: Any, serv
     page.locator("label[for=filter-succeeded]").click()
     page.wait_for_url("**/#/jobs?status=succeeded")
     row.wait_for()
-    statuses = page.locator("tbody tr").evaluate_all("rows => rows.map(r => r.dataset.status)")
+    # the list re-renders on every poll: read the rows once a render has them (CI once read an
+    # empty tbody between two renders); a row of another status still fails the check below
+    page.wait_for_function("() => document.querySelectorAll('tbody tr[data-status]').length > 0")
+    statuses = page.locator("tbody tr[data-status]").evaluate_all("rows => rows.map(r => r.dataset.status)")
     assert statuses and set(statuses) == {"succeeded"}
     assert theirs["id"] not in page.content()
     page.goto(f"{service.url}/#/jobs/{theirs['id']}")
