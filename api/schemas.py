@@ -77,7 +77,7 @@ class Method(BaseModel):
     dampening: float = Field(default=_d("dampening"))
     fit_to: str = Field(
         default=_d("fit_to"),
-        description=f"SparseGPT: fit the pruned layer to the dense 'model' or to the dense 'layer'; one of {FIT_TARGETS}",
+        description=f"SparseGPT and Wanda: fit the pruned layer to the dense 'model' or to the dense 'layer'; one of {FIT_TARGETS}",
     )
     order: str = Field(
         default=_d("order"),

@@ -85,8 +85,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--fit-to",
         choices=["auto", "model", "layer"],
         default="auto",
-        help="SparseGPT: fit each pruned layer to the dense model's outputs or to the dense layer's "
-        "(auto: model)",
+        help="fit the layers that write into the residual stream to the dense model's outputs or "
+        "to the dense layer's. SparseGPT (auto: model at N:M and ratios >= 0.6); Wanda with swaps "
+        "(auto: layer; 'model' moves the swaps' target a quarter of the way to the dense model's)",
     )
     p.add_argument("--owl-lambda", type=float, default=0.08)
     p.add_argument("--owl-m", type=float, default=5.0)

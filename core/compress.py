@@ -30,6 +30,7 @@ from core.progress import Progress, ProgressFn, StopFn, overall_fraction
 from core.pruners import (
     PruneResult,
     dense_target,
+    fit_cross,
     mlp_row_weights,
     prune_weight,
     reconstruction_error,
@@ -546,8 +547,9 @@ def _prune_layers(
         sens = _sensitivity_wanted(spec, target)
         if spec.fits_dense_model:
             stats, outputs, dense_next = collect_paired_stats(
-                layer, arch, batches, dense_stream, device=device, sensitivity=sens
-            )
+                layer, arch, batches, dense_stream, device=device, sensitivity=sens,
+                hessian_every=spec.hessian_every,
+            )  # fmt: skip
             dense_stream[:] = dense_next
         elif needs_stats:
             stats, outputs = collect_stats(
@@ -823,7 +825,7 @@ def _fit(
         W, spec.pruner, target, st, blocksize=spec.blocksize, dampening=spec.dampening, col_weight=col_weight,
         order=spec.order, swap_rounds=spec.swaps,
     )  # fmt: skip
-    H, cross = st.hessian(), st.cross()
+    H, cross = st.hessian(), fit_cross(st, spec.pruner)
     goal = W if cross is None else dense_target(W, H, cross)
     return result, reconstruction_error(goal, result.W, H)
 

@@ -219,10 +219,23 @@ class CompressionSpec:
 
     @property
     def fits_dense_model(self) -> bool:
-        """SparseGPT fits the dense model's outputs (``fit_to``), not the dense layer's."""
-        if self.pruner != "sparsegpt" or self.fit_to == "layer":
+        """The pruner fits the dense model's outputs (``fit_to``), not the dense layer's: SparseGPT's
+        update, Wanda's swaps (core.pruners.fit_cross)."""
+        if self.pruner == "magnitude" or self.fit_to == "layer":
             return False
+        if self.pruner == "wanda":
+            # Wanda fits through its swaps only (its own ranking starts them), and only when asked:
+            # "auto" is "layer" for Wanda, whose fit costs a float32 forward of the writers and
+            # their cross statistics, 1.5-2.1x its step (docs/pruners.md, "Fitting the dense model
+            # through the swaps").
+            return self.fit_to == "model" and self.swaps > 0  # (swaps 0: validate refuses "model")
         return self.fit_to == "model" or self.sparsity.is_nm or self.sparsity.ratio >= AUTO_FIT_MIN_RATIO
+
+    @property
+    def _induction_trains(self) -> bool:
+        """Induction is on and would learn scales: training passes, or a statistics start."""
+        ind = self.induction
+        return ind.enabled and (self.induction_epochs > 0 or ind.init not in ("auto", "one"))
 
     @property
     def swaps(self) -> int:
@@ -239,6 +252,8 @@ class CompressionSpec:
     @property
     def hessian_every(self) -> int:
         """The Hessian reads every n-th calibration token: all for SparseGPT, fewer for Wanda's swaps."""
+        # (the writers fitted to the dense model read every token anyway: their cross statistics
+        # need them, walker.prune_in_forward)
         return 1 if self.pruner == "sparsegpt" else WANDA_HESSIAN_EVERY
 
     @property
@@ -255,9 +270,9 @@ class CompressionSpec:
         which is plain pruning (docs/induction.md, "Where the scales are skipped")."""
         if not self.induction.enabled:
             return None
-        if self.fits_dense_model:
-            return "scales: sparsegpt fits the dense model (method.fit_to)"
-        if self.induction_epochs > 0 or self.induction.init not in ("auto", "one"):
+        if self.fits_dense_model and (self.pruner == "sparsegpt" or self._induction_trains):
+            return f"scales: {self.pruner} fits the dense model (method.fit_to; 'layer' trains them)"
+        if self._induction_trains:
             return None
         if self.pruner == "wanda" and self.swaps > 0:
             return "scales: wanda's swaps refine any start on X^T X, which no exact rescaling changes"
@@ -392,9 +407,14 @@ class CompressionSpec:
             + ("is data-free" if self.pruner == "magnitude" else "changes the weights it keeps"),
         )
         _check(
-            self.fit_to != "model" or self.pruner == "sparsegpt",
+            self.fit_to != "model" or self.pruner != "magnitude",
             "method.fit_to",
-            f"'model' needs a pruner that updates weights (sparsegpt), not {self.pruner}",
+            "'model' needs a pruner that reads calibration statistics (wanda, sparsegpt), not magnitude",
+        )
+        _check(
+            self.fit_to != "model" or self.pruner != "wanda" or self.swaps > 0,
+            "method.fit_to",
+            "Wanda fits the dense model through its swaps: 'model' needs swap_rounds > 0",
         )
         _check(1 <= cal.samples <= 100_000, "calibration.samples", "must be between 1 and 100000")
         _check(8 <= cal.seq_len <= 131_072, "calibration.seq_len", "must be between 8 and 131072")

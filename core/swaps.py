@@ -17,6 +17,13 @@ plus best p (each on its own) promise most, and the exact best pair inside each 
 unstructured, the best g and then the best p given g, and in the next round the best p and then
 the best g given p (the exact best of in x in pairs per row would cost a matrix product per
 round). One round costs a few passes over [out, in] and two gathered rows of H per row.
+
+With ``cross`` (``InputStats.cross()``: W (X_d - X)^T X, X the pruned model's inputs, X_d the
+dense model's) the target is the dense model's output W X_d instead of the dense layer's W X:
+||X_d w - X w_kept||^2 = r^T H r + 2 r^T c + const per row (c the row of ``cross``), a linear term
+that only shifts u to H r + c; every move's change above keeps its form (the linear term has no
+cross part between two weights). A scaled ``cross`` aims between the two outputs
+(``core.pruners.fit_cross``: Wanda fits a quarter of the drift).
 """
 
 from __future__ import annotations
@@ -34,17 +41,23 @@ class SwapResult:
     keep: torch.Tensor  # [out, in] bool, the refined mask
     swaps: int  # swaps taken, over all rows and rounds
     rounds: int  # rounds that took at least one swap
-    before: float  # sum over rows of r^T H r with the given mask (H's own scale)
+    before: float  # sum over rows of r^T H r (+ 2 r^T c with cross) with the given mask, H's scale
     after: float  # the same with the refined mask
 
     @property
     def gain(self) -> float:
-        """Fraction of the given mask's squared output error that the swaps removed."""
-        return 1.0 - self.after / self.before if self.before > 0 else 0.0
+        """The objective the swaps removed, as a fraction of the given mask's (of its size: with
+        ``cross`` the objective leaves out a constant and can be negative)."""
+        return (self.before - self.after) / abs(self.before) if self.before != 0 else 0.0
 
 
 def swap_refine(
-    W: torch.Tensor, keep: torch.Tensor, H: torch.Tensor, target: LayerTarget, rounds: int
+    W: torch.Tensor,
+    keep: torch.Tensor,
+    H: torch.Tensor,
+    target: LayerTarget,
+    rounds: int,
+    cross: torch.Tensor | None = None,
 ) -> SwapResult:
     """Refine ``keep`` [out, in] (True = survives) for weight W [out, in] and input second moment
     H [in, in] (any positive scale, e.g. X^T X) by at most ``rounds`` rounds of one swap per row.
@@ -52,7 +65,9 @@ def swap_refine(
     Every row keeps its number of zeros; with an N:M ``target`` every group of M inputs keeps its
     count too. The summed error r^T H r never increases (a swap is applied only where its exact
     change is negative; the running u = H r is updated in place, so the figures it reports carry
-    float32 rounding of the order of 1e-6 of ``before``).
+    float32 rounding of the order of 1e-6 of ``before``). With ``cross`` [out, in] the objective is
+    r^T H r + 2 r^T c per row (the error against the dense model's output, less a constant the
+    mask cannot change), and ``before`` / ``after`` report it: it can be negative.
     """
     if W.dim() != 2 or keep.shape != W.shape or H.shape != (W.shape[1], W.shape[1]):
         raise SystemFault(f"swap_refine: W {tuple(W.shape)}, keep {tuple(keep.shape)}, H {tuple(H.shape)}")
@@ -62,8 +77,17 @@ def swap_refine(
     W = W.detach().to(torch.float32)
     H = H.detach().to(device=W.device, dtype=torch.float32)
     pruned = (~keep.to(device=W.device)).to(torch.float32)  # [out, in], 1 where pruned
-    U = (W * pruned) @ H  # [out, in]: u = H r per row (H symmetric)
-    before = float(((W * pruned) * U).sum(dtype=torch.float64))
+    R = W * pruned  # [out, in]: r per row
+    U = R @ H  # [out, in]: u = H r per row (H symmetric)
+    if cross is not None:
+        if cross.shape != W.shape:
+            raise SystemFault(f"swap_refine: cross {tuple(cross.shape)} for W {tuple(W.shape)}")
+        C = cross.detach().to(device=W.device, dtype=torch.float32)
+        U.add_(C)  # u = H r + c: half the objective's gradient
+        before = float((R * (U + C)).sum(dtype=torch.float64))  # r^T H r + 2 r^T c
+    else:
+        before = float((R * U).sum(dtype=torch.float64))
+    del R
     Wd = W.square() * H.diagonal()  # [out, in]: w_j^2 H_jj, the error of weight j alone
     # A swap must gain more than float32 noise of the row's scale to count: otherwise two
     # nearly equal weights could trade places forever on rounding.
@@ -119,7 +143,8 @@ def swap_refine(
             )
             rows = torch.arange(n_live, device=W.device)
     keep_out[where] = base_grow >= _OUT / 2
-    return SwapResult(keep=keep_out, swaps=swaps, rounds=used, before=before, after=max(0.0, before + change))
+    after = before + change if cross is not None else max(0.0, before + change)
+    return SwapResult(keep=keep_out, swaps=swaps, rounds=used, before=before, after=after)
 
 
 # Compact the working rows once at most this share of them is still searching: a compaction

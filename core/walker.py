@@ -187,6 +187,7 @@ def collect_paired_stats(
     *,
     device: Device,
     sensitivity: dict[str, OutputSensitivity] | None = None,
+    hessian_every: int = 1,
 ) -> tuple[dict[str, InputStats], list[Tensor], list[Tensor]]:
     """``collect_stats`` with SparseGPT's Hessian and, for the two linears that write into the
     residual stream (o and down / fc2), the cross statistics between the pruned model's inputs
@@ -201,7 +202,8 @@ def collect_paired_stats(
     twice with the same (not yet pruned) weights: on the dense input, where the hooks only keep each
     writer's output, then on the pruned input, where they accumulate the input and, for the
     writers, y_dense - y into ``InputStats``. ``sensitivity`` (as in ``collect_stats``) is
-    measured on the pruned input, like the rest of the statistics.
+    measured on the pruned input, like the rest of the statistics. ``hessian_every``: as in
+    ``collect_stats``, for the readers only (the writers' cross statistics need every token).
     Returns (stats, outputs on ``batches``, outputs on ``dense``: the dense model's next inputs).
     """
     linears = layer_linears(layer, arch)
@@ -221,6 +223,7 @@ def collect_paired_stats(
                 device=device,
                 want_hessian=True,
                 cross_out=first.out_features if cross else None,
+                hessian_every=1 if cross else hessian_every,
             )
             for name in group:
                 stats[name] = shared

@@ -87,6 +87,8 @@ CASES = [
         id="llama-sparsegpt-fit-model-layer-walk",
     ),
     pytest.param("opt", {"pruner": "wanda", "sequential": "linear"}, [0], id="opt-wanda-linear-walk"),
+    # Wanda's swaps fitting the dense model carry its activations too
+    pytest.param("qwen2", {"pruner": "wanda", "fit_to": "model"}, [1], id="qwen2-wanda-fit-model"),
     # Induction draws from the run's generator: the resumed run must continue its stream.
     pytest.param(
         "qwen2",

@@ -127,3 +127,47 @@ def test_wanda_swaps_walk_in_turn_and_report_what_they_gained(
     # Each linear's error on its calibration inputs, against Wanda's own mask on the same statistics
     q = refined["layers"][0]["linears"][next(k for k in refined["layers"][0]["linears"] if "q_proj" in k)]
     assert q["swaps"] > 0 and q["swap_gain"] > 0.0 and q["rel_error"] > 0.0
+
+
+def _wanda_fit(tmp_path: Path, arch: str, sparsity: Any, fit_to: str, sequential: str) -> tuple[dict, dict]:
+    model = tiny_model_dir(tmp_path / "models", arch, layers=2, hidden=64)
+    spec = CompressionSpec.from_dict(
+        {
+            "model": str(model),
+            "sparsity": sparsity,
+            "method": {"pruner": "wanda", "fit_to": fit_to, "sequential": sequential},
+            "calibration": {"source": "pydoc", "samples": 6, "seq_len": 32, "seed": 1},
+            "evaluation": {"sources": ["none"]},
+            "options": {"batch_size": 4},
+        }
+    )
+    out = tmp_path / f"{arch}-wanda-{sparsity}-{fit_to}-{sequential}".replace(":", "_")
+    return compress(spec, out_dir=out).to_dict(), load_file(out / "hf" / "model.safetensors")
+
+
+@pytest.mark.parametrize(("arch", "sparsity"), [("llama", "2:4"), ("opt", 0.7)])
+@pytest.mark.parametrize("sequential", ["auto", "layer"])
+def test_wanda_fits_the_dense_model_on_either_walk(
+    tmp_path: Path, arch: str, sparsity: Any, sequential: str
+) -> None:
+    """``fit_to: model`` with Wanda: the writers' (o, down) masks are chosen against the dense
+    model's outputs, on the walk in turn (the default with swaps) and on the layer walk (paired
+    statistics)."""
+    fit, fit_w = _wanda_fit(tmp_path, arch, sparsity, "model", sequential)
+    ref, ref_w = _wanda_fit(tmp_path, arch, sparsity, "layer", sequential)
+    assert fit["sequential"] == ("linear" if sequential == "auto" else "layer")
+    assert fit["spec"]["method"]["fit_to"] == "model"
+    if isinstance(sparsity, str):
+        assert fit["sparsity"]["nm_ok"] is True
+    else:
+        assert fit["sparsity"]["mean"] == pytest.approx(sparsity, abs=4e-3)
+    assert all(0.0 < row["rel_error"] < 1.0 for row in fit["layers"])
+    if fit["sequential"] == "linear":
+        assert all(row.get("error_vs") == "dense model" for row in fit["layers"])
+        # fitted to the layer, the dense pass of the walk in turn only measures: reported apart
+        assert all(row["measure_seconds"] > 0 and "error_vs" not in row for row in ref["layers"])
+    keys = [k for k in fit_w if k.endswith(".weight") and ".layers." in k]
+    # the second layer's writers see a drift between the pruned and the dense model's inputs
+    writer = "fc2" if arch == "opt" else "down_proj"
+    down1 = next(k for k in keys if ".layers.1." in k and writer in k)
+    assert not torch.equal(fit_w[down1] != 0, ref_w[down1] != 0)

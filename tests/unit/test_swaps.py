@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from core.errors import SystemFault
-from core.pruners import prune_weight, wanda_scores
+from core.pruners import WANDA_FIT_SHARE, prune_weight, wanda_scores
 from core.sparsity import LayerTarget, mask_for, nm_ok
 from core.stats import InputStats
 from core.swaps import swap_refine
@@ -141,3 +141,53 @@ def test_dropping_stuck_rows_from_the_search_changes_nothing(
     assert compacted.rounds == full.rounds
     assert torch.equal(compacted.keep, full.keep)
     assert compacted.after == pytest.approx(full.after, rel=1e-6)
+
+
+def fitted_error(W: torch.Tensor, keep: torch.Tensor, X: torch.Tensor, X_dense: torch.Tensor) -> float:
+    """||T - X (W * keep)^T||^2 against Wanda's fitted target T = X W^T + share (X_d - X) W^T: the
+    dense layer's output moved WANDA_FIT_SHARE of the way to the dense model's."""
+    target = X @ W.T + WANDA_FIT_SHARE * (X_dense - X) @ W.T
+    return float((target - X @ (W * keep).T).square().sum(dtype=torch.float64))
+
+
+def fit_stats(W: torch.Tensor, X: torch.Tensor, X_dense: torch.Tensor) -> InputStats:
+    stats = InputStats.new(X.shape[1], device="cpu", want_hessian=True, cross_out=W.shape[0])
+    stats.update(X, (X_dense - X) @ W.T)  # y_dense - y, one row per token
+    return stats
+
+
+@pytest.mark.parametrize("target", [LayerTarget(0.5), LayerTarget(0.5, 2, 4)])
+def test_wanda_with_cross_statistics_fits_the_dense_models_output(target: LayerTarget) -> None:
+    """Wanda's fit to the dense model (the swaps' linear term, from Wanda's own mask): the swaps
+    report the exact objective (less the constant share^2 ||(X_d - X) w||^2 a mask cannot change)
+    and end below Wanda fitted to the dense layer, measured against the fitted target."""
+    X = correlated_inputs(400, 32, seed=11)
+    X_dense = X + 0.4 * correlated_inputs(400, 32, seed=12)  # what the earlier, dense layers gave
+    W = torch.randn(10, 32, generator=torch.Generator().manual_seed(13))
+    const = WANDA_FIT_SHARE**2 * float(((X_dense - X) @ W.T).square().sum(dtype=torch.float64))
+    layer_stats = InputStats.new(32, device="cpu", want_hessian=True)
+    layer_stats.update(X)
+    fit = prune_weight(W, "wanda", target, fit_stats(W, X, X_dense), swap_rounds=50)
+    plain = prune_weight(W, "wanda", target, layer_stats, swap_rounds=50)
+    assert fit.swaps is not None and fit.swaps.swaps > 0
+    assert torch.equal(fit.keep.sum(dim=1), plain.keep.sum(dim=1))
+    if target.is_nm:
+        assert nm_ok(fit.W, target.n, target.m)
+    assert torch.equal(fit.W, W * fit.keep)  # still mask-only
+    total = fitted_error(W, fit.keep, X, X_dense)
+    # (the statistics' scale: H = 2/n X^T X, n = 400 tokens)
+    assert fit.swaps.after * 400 / 2 + const == pytest.approx(total, rel=1e-4)
+    assert total < 0.97 * fitted_error(W, plain.keep, X, X_dense)
+
+
+def test_wanda_fit_without_drift_is_wanda() -> None:
+    """Equal inputs (the first layer, or a dense model): the cross statistics are zero and the
+    swaps take the same steps as Wanda's fitted to the layer."""
+    X = correlated_inputs(300, 16, seed=14)
+    W = torch.randn(6, 16, generator=torch.Generator().manual_seed(15))
+    layer_stats = InputStats.new(16, device="cpu", want_hessian=True)
+    layer_stats.update(X)
+    for target in (LayerTarget(0.5), LayerTarget(0.5, 2, 4)):
+        fit = prune_weight(W, "wanda", target, fit_stats(W, X, X), swap_rounds=20)
+        plain = prune_weight(W, "wanda", target, layer_stats, swap_rounds=20)
+        assert torch.equal(fit.keep, plain.keep)
