@@ -95,6 +95,10 @@ class Method(BaseModel):
         default=_d("swap_rounds"),
         description="Wanda: rounds of mask swaps against each linear's full X^T X, lowering its output error with the kept weights unchanged (one swap per row per round); 0 is the paper's Wanda; -1 (default): 20 for Wanda, 0 for the others (a positive value with magnitude or sparsegpt is refused)",
     )
+    fit_share: float = Field(
+        default=_d("fit_share"),
+        description="where the pruner fits the dense model (fit_to): how far the residual writers' (o, down) target moves from the dense layer's output on the pruned model's inputs (0) towards the dense model's output (1), in (0, 1]; -1 (default): 0.5 for SparseGPT, 0.25 for Wanda (a value where the pruner fits the dense layer is refused)",
+    )
 
 
 class Options(BaseModel):

@@ -89,6 +89,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "to the dense layer's. SparseGPT (auto: model at N:M and ratios >= 0.6); Wanda with swaps "
         "(auto: layer; 'model' moves the swaps' target a quarter of the way to the dense model's)",
     )
+    p.add_argument(
+        "--fit-share",
+        type=float,
+        default=-1.0,
+        help="where the pruner fits the dense model: how far the writers' target moves from the dense "
+        "layer's output (0) to the dense model's (1), in (0, 1]; -1 (default): 0.5 for SparseGPT, "
+        "0.25 for Wanda",
+    )
     p.add_argument("--owl-lambda", type=float, default=0.08)
     p.add_argument("--owl-m", type=float, default=5.0)
     p.add_argument("--induction", action="store_true", help="run Sparsity Induction before pruning")
@@ -161,6 +169,7 @@ def spec_body(args: argparse.Namespace) -> dict[str, Any]:
             "row_weight": args.row_weight,
             "sequential": args.sequential,
             "swap_rounds": args.swap_rounds,
+            "fit_share": args.fit_share,
             "owl_lambda": args.owl_lambda,
             "owl_m": args.owl_m,
         },

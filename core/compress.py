@@ -823,9 +823,9 @@ def _fit(
     from the statistics."""
     result = prune_weight(
         W, spec.pruner, target, st, blocksize=spec.blocksize, dampening=spec.dampening, col_weight=col_weight,
-        order=spec.order, swap_rounds=spec.swaps,
+        order=spec.order, swap_rounds=spec.swaps, fit_share=spec.fit_weight,
     )  # fmt: skip
-    H, cross = st.hessian(), fit_cross(st, spec.pruner)
+    H, cross = st.hessian(), fit_cross(st, spec.fit_weight)
     goal = W if cross is None else dense_target(W, H, cross)
     return result, reconstruction_error(goal, result.W, H)
 
@@ -863,6 +863,7 @@ def _prune_linears(
             order=spec.order,
             row_weight=(row_weights or {}).get(name),
             swap_rounds=spec.swaps,
+            fit_share=spec.fit_weight,
         )
         entry: dict[str, Any] = {"sparsity": round(sparsity_of(result.W), 6), "params": W.numel()}
         if result.swaps is not None:

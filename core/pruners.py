@@ -28,13 +28,6 @@ Selection = Literal["layer", "row", "block"]
 # Ridge of the dense-model fit (``dense_target``), as a fraction of mean(diag(H)). Measured on
 # SmolLM2 layers 1-4 at 2:4 against the dense model on held-out text: 0.1 beat 0.01 and 3.
 FIT_DAMPENING = 0.1
-# How far Wanda's swaps move a writer's target from the dense layer's output on the pruned
-# model's inputs (0) towards the dense model's output (1): W X + share W (X_d - X), a linear term
-# of the swaps' objective scaled by share (``fit_cross``). A mask cannot follow the full drift:
-# at 1 the swaps traded the layer's own error for it and Wanda 2:4 went 36.55 -> 67.98; 0.1,
-# 0.25 and 0.5 gave 32.96, 31.81, 31.85 (docs/pruners.md, "Fitting the dense model through the
-# swaps").
-WANDA_FIT_SHARE = 0.25
 
 # Dampening fraction of the first retry when the caller asked for none (10x of zero is zero).
 _FIRST_RETRY_DAMPENING = 0.01
@@ -392,11 +385,13 @@ def prune_weight(
     order: SweepOrder = "natural",
     row_weight: torch.Tensor | None = None,
     swap_rounds: int = 0,
+    fit_share: float = 1.0,
 ) -> PruneResult:
     """Prune W [out, in] with ``pruner`` ("magnitude", "wanda" or "sparsegpt") to ``target``.
 
-    SparseGPT, and Wanda's swaps (``swap_refine``), fit the dense model's outputs when ``stats``
-    carries cross statistics (``InputStats.G``), the dense layer's outputs otherwise.
+    SparseGPT, and Wanda's swaps (``swap_refine``), fit the dense layer's outputs moved
+    ``fit_share`` of the way to the dense model's (``fit_cross``) when ``stats`` carries cross
+    statistics (``InputStats.G``), the dense layer's outputs otherwise.
 
     ``col_weight`` [in] (positive) multiplies the importance of input channel j: the score of
     magnitude and Wanda by col_weight[j], SparseGPT's w^2/[Hinv]_jj^2 by col_weight[j]^2.
@@ -407,7 +402,7 @@ def prune_weight(
     """
     if pruner == "sparsegpt":
         H = _need(stats, pruner).hessian()
-        cross = _need(stats, pruner).cross()
+        cross = fit_cross(_need(stats, pruner), fit_share)
         return sparsegpt(
             W,
             H,
@@ -440,20 +435,21 @@ def prune_weight(
         # errors add up once the drift term dominates, and its masks were far worse (fitting the
         # whole drift, the 50% row's perplexity went from 18 to 1e13); from Wanda's mask the swaps
         # can only lower the fitted error. Both terms on ``hessian()``'s scale, which ``cross()`` shares.
-        cross = fit_cross(st, pruner)
+        cross = fit_cross(st, fit_share)
         H = st.H if cross is None else st.hessian()
         swaps = swap_refine(W, keep, H, target, swap_rounds, cross=cross)
         keep = swaps.keep
     return PruneResult(W=W.detach().masked_fill(~keep, 0), keep=keep, swaps=swaps)
 
 
-def fit_cross(stats: InputStats, pruner: str) -> torch.Tensor | None:
-    """The cross statistics (``InputStats.cross()``) as ``pruner`` fits them: SparseGPT the whole
-    drift, Wanda's swaps WANDA_FIT_SHARE of it; None without cross statistics."""
+def fit_cross(stats: InputStats, share: float) -> torch.Tensor | None:
+    """The cross statistics (``InputStats.cross()``) scaled by ``share``, the part of the dense
+    model's drift the writer fits (``CompressionSpec.fit_weight``: its target is
+    W X + share W (X_d - X)); None without cross statistics or at share 0."""
     cross = stats.cross()
-    if cross is None or pruner != "wanda":
-        return cross
-    return cross * WANDA_FIT_SHARE
+    if cross is None or share == 0:
+        return None
+    return cross if share == 1 else cross * share
 
 
 def mlp_row_weights(W_out: torch.Tensor, sensitivity: OutputSensitivity) -> torch.Tensor:

@@ -26,6 +26,13 @@ ALLOCATIONS: tuple[str, ...] = ("uniform", "owl")
 # (within that row's noise) and raised it at 50% (+2.3%).
 FIT_TARGETS: tuple[str, ...] = ("auto", "model", "layer")
 AUTO_FIT_MIN_RATIO = 0.6
+# How far a writer's (o, down) target moves from the dense layer's output on the pruned model's
+# inputs (0) towards the dense model's output (1) where the pruner fits the dense model
+# (``method.fit_share``, -1: these per pruner): W X + share W (X_d - X) (core.pruners.fit_cross).
+# Wanda's swaps can only choose a mask: at 1 they traded the layer's own error for the drift
+# (Wanda 2:4 67.98 against 31.81 at 0.25). SparseGPT also updates the kept weights, yet half the
+# drift beat all of it too (docs/pruners.md, "How much of the drift to fit").
+FIT_SHARES: dict[str, float] = {"wanda": 0.25, "sparsegpt": 0.5}
 # SparseGPT's column order (core.pruners.sparsegpt); "auto" is the measured best per structure.
 SweepOrder = Literal["auto", "ascending", "descending", "natural"]
 SWEEP_ORDERS: tuple[str, ...] = ("auto", "ascending", "descending", "natural")
@@ -210,6 +217,7 @@ class CompressionSpec:
     row_weight: RowWeight = "output"  # SparseGPT, unstructured: one of ROW_WEIGHTS
     sequential: Sequential = "auto"  # SparseGPT fitting the dense model, Wanda with swaps: SEQUENTIALS
     swap_rounds: int = -1  # Wanda's mask refinement (core.swaps); -1: the default per pruner
+    fit_share: float = -1.0  # share of the dense model's drift the writers fit; -1: FIT_SHARES
     induction: InductionSpec = field(default_factory=InductionSpec)
     calibration: TextSpec = field(default_factory=TextSpec)
     evaluation: EvalSpec = field(default_factory=EvalSpec)
@@ -230,6 +238,14 @@ class CompressionSpec:
             # through the swaps").
             return self.fit_to == "model" and self.swaps > 0  # (swaps 0: validate refuses "model")
         return self.fit_to == "model" or self.sparsity.is_nm or self.sparsity.ratio >= AUTO_FIT_MIN_RATIO
+
+    @property
+    def fit_weight(self) -> float:
+        """The share of the dense model's drift the writers fit (``fit_share``, -1 resolved per
+        pruner); 0 where the pruner fits the dense layer."""
+        if not self.fits_dense_model:
+            return 0.0
+        return self.fit_share if self.fit_share >= 0 else FIT_SHARES[self.pruner]
 
     @property
     def _induction_trains(self) -> bool:
@@ -323,6 +339,7 @@ class CompressionSpec:
                 "row_weight",
                 "sequential",
                 "swap_rounds",
+                "fit_share",
             },
             "method",
         )
@@ -356,6 +373,7 @@ class CompressionSpec:
             row_weight=method.get("row_weight", "output"),
             sequential=method.get("sequential", "auto"),
             swap_rounds=int(_number(method, "swap_rounds", -1, "method", lo=-1, hi=10_000, integer=True)),
+            fit_share=_number(method, "fit_share", -1.0, "method", lo=-1.0, hi=1.0),
             induction=induction,
             calibration=_build(TextSpec, _section(body, "calibration"), "calibration"),
             evaluation=_build(EvalSpec, _section(body, "evaluation"), "evaluation"),
@@ -416,6 +434,17 @@ class CompressionSpec:
             "method.fit_to",
             "Wanda fits the dense model through its swaps: 'model' needs swap_rounds > 0",
         )
+        _check(
+            self.fit_share == -1.0 or 0.0 < self.fit_share <= 1.0,
+            "method.fit_share",
+            "must be in (0, 1], or -1 for the default per pruner",
+        )
+        _check(
+            self.fit_share == -1.0 or self.fits_dense_model,
+            "method.fit_share",
+            f"{self.pruner} fits the dense layer here, not the dense model: set method.fit_to to "
+            "'model' (SparseGPT, or Wanda with swaps) or leave fit_share at -1",
+        )
         _check(1 <= cal.samples <= 100_000, "calibration.samples", "must be between 1 and 100000")
         _check(8 <= cal.seq_len <= 131_072, "calibration.seq_len", "must be between 8 and 131072")
         _check(bool(cal.source.strip()), "calibration.source", "must name a text source")
@@ -466,6 +495,7 @@ class CompressionSpec:
                 "row_weight": self.row_weight,
                 "sequential": self.sequential,
                 "swap_rounds": self.swap_rounds,
+                "fit_share": self.fit_share,
                 "induction": dataclasses.asdict(self.induction),
             },
             "calibration": dataclasses.asdict(self.calibration),

@@ -23,7 +23,7 @@ dense model's) the target is the dense model's output W X_d instead of the dense
 ||X_d w - X w_kept||^2 = r^T H r + 2 r^T c + const per row (c the row of ``cross``), a linear term
 that only shifts u to H r + c; every move's change above keeps its form (the linear term has no
 cross part between two weights). A scaled ``cross`` aims between the two outputs
-(``core.pruners.fit_cross``: Wanda fits a quarter of the drift).
+(``core.pruners.fit_cross``, ``method.fit_share``: Wanda fits a quarter of the drift by default).
 """
 
 from __future__ import annotations

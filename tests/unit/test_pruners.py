@@ -352,6 +352,29 @@ def test_fitting_the_dense_model_reproduces_its_output_better(target: LayerTarge
         assert nm_ok(to_model.W, target.n, target.m)
 
 
+@pytest.mark.parametrize("target", [LayerTarget(0.5), LayerTarget(0.5, 2, 4)])
+def test_fit_share_fits_that_part_of_the_drift(target: LayerTarget) -> None:
+    """``fit_share`` s moves SparseGPT's target from the dense layer's output on the pruned inputs
+    (s = 0: no cross statistics) to W X + s W (X_d - X): each share's result reproduces its own
+    target better than the other shares' results do, and share 0 is plain SparseGPT exactly."""
+    W, X, X_d, paired = _paired_layer(seed=3)
+    plain = InputStats.new(IN, device="cpu", want_hessian=True)
+    plain.update(X)
+    shares = (0.0, 0.5, 1.0)
+    results = {s: prune_weight(W, "sparsegpt", target, paired, blocksize=BLOCK, fit_share=s) for s in shares}
+    assert torch.equal(results[0.0].W, prune_weight(W, "sparsegpt", target, plain, blocksize=BLOCK).W)
+
+    def error(W_new: torch.Tensor, share: float) -> float:
+        goal = X @ W.T + share * (X_d - X) @ W.T
+        return float((goal - X @ W_new.T).square().sum() / goal.square().sum())
+
+    for share in shares:
+        own = error(results[share].W, share)
+        for other in shares:
+            if other != share:
+                assert own < error(results[other].W, share), (share, other)
+
+
 def test_cross_statistics_need_the_dense_input() -> None:
     paired = InputStats.new(IN, device="cpu", want_hessian=True, cross_out=OUT)
     with pytest.raises(SystemFault, match="y_dense - y"):

@@ -18,20 +18,21 @@ pytestmark = pytest.mark.unit
 
 
 def _run(
-    tmp_path: Path, arch: str, sparsity: Any, sequential: str, pruner: str = "sparsegpt"
+    tmp_path: Path, arch: str, sparsity: Any, sequential: str, pruner: str = "sparsegpt", **method: Any
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     model = tiny_model_dir(tmp_path / "models", arch, layers=2, hidden=64)
     spec = CompressionSpec.from_dict(
         {
             "model": str(model),
             "sparsity": sparsity,
-            "method": {"pruner": pruner, "sequential": sequential},
+            "method": {"pruner": pruner, "sequential": sequential, **method},
             "calibration": {"source": "pydoc", "samples": 6, "seq_len": 32, "seed": 1},
             "evaluation": {"sources": ["pydoc"], "seq_len": 32, "max_windows": 4},
             "options": {"batch_size": 4},  # two batches when the walk streams
         }
     )
-    out = tmp_path / f"{arch}-{pruner}-{sparsity}-{sequential}".replace(":", "_")
+    tag = "-".join(f"{k}{v}" for k, v in method.items())
+    out = tmp_path / f"{arch}-{pruner}-{sparsity}-{sequential}{tag}".replace(":", "_")
     return compress(spec, out_dir=out).to_dict(), load_file(out / "hf" / "model.safetensors")
 
 
@@ -74,6 +75,25 @@ def test_linear_walk_prunes_in_turn_and_reports_it(
     down = next(k for k in keys if ("fc2" if arch == "opt" else "mlp.down_proj") in k)
     torch.testing.assert_close(linear[q], layer[q], atol=1e-6, rtol=1e-5)
     assert not torch.allclose(linear[down], layer[down], atol=1e-4)
+
+
+@pytest.mark.parametrize("sequential", ["linear", "layer"])
+def test_fit_share_moves_the_writers_only(tmp_path: Path, sequential: str) -> None:
+    """``method.fit_share`` scales the drift the writers (o, down) fit: layer 0's q/k/v read the
+    dense model's own inputs and have no cross statistics, so they are identical at any share;
+    the writers of layer 1 (whose inputs have drifted in either walk) move with the share. The
+    default share is SparseGPT's (bit-identical to asking for it); the report keeps the asked value."""
+    half, half_w = _run(tmp_path, "llama", "2:4", sequential, fit_share=0.5)
+    _, whole_w = _run(tmp_path, "llama", "2:4", sequential, fit_share=1.0)
+    default, default_w = _run(tmp_path, "llama", "2:4", sequential)
+    assert half["spec"]["method"]["fit_share"] == 0.5 and default["spec"]["method"]["fit_share"] == -1
+    assert CompressionSpec.from_dict(default["spec"]).fit_weight == 0.5  # SparseGPT's default share
+    assert half_w.keys() == default_w.keys() and all(torch.equal(half_w[k], default_w[k]) for k in half_w)
+    for proj in ("q_proj", "k_proj", "v_proj"):
+        name = f"model.layers.0.self_attn.{proj}.weight"
+        torch.testing.assert_close(half_w[name], whole_w[name], atol=1e-6, rtol=1e-5)
+    for name in ("model.layers.1.self_attn.o_proj.weight", "model.layers.1.mlp.down_proj.weight"):
+        assert not torch.allclose(half_w[name], whole_w[name], atol=1e-4), name
 
 
 def test_auto_streams_when_one_forward_would_not_fit(tmp_path: Path, monkeypatch) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.errors import SpecError
-from core.spec import CompressionSpec, Sparsity
+from core.spec import FIT_SHARES, CompressionSpec, Sparsity
 
 pytestmark = pytest.mark.unit
 
@@ -77,6 +77,8 @@ def test_body_round_trips():
         ("method.swap_rounds", -2, "method.swap_rounds"),
         ("method.swap_rounds", 2.5, "method.swap_rounds"),
         ("method.swap_rounds", "many", "method.swap_rounds"),
+        ("method.fit_share", 1.5, "method.fit_share"),
+        ("method.fit_share", "half", "method.fit_share"),
         ("options.compute_dtype", "float8", "options.compute_dtype"),
         ("options.precision", "bfloat16", "options.precision"),
         ("model", "", "model"),
@@ -148,6 +150,45 @@ def test_wanda_fits_only_through_its_swaps_and_not_beside_trained_scales():
     default["method"]["fit_to"] = "model"
     spec = CompressionSpec.from_dict(default)
     assert spec.fits_dense_model and "swaps" in (spec.induction_scales_skipped or "")
+
+
+@pytest.mark.parametrize(
+    ("pruner", "sparsity", "fit_to", "fit_share", "weight"),
+    [
+        ("sparsegpt", "2:4", "auto", -1, FIT_SHARES["sparsegpt"]),
+        ("sparsegpt", 0.5, "auto", -1, 0.0),  # fits the dense layer at 50%
+        ("sparsegpt", 0.5, "model", 1, 1.0),
+        ("sparsegpt", "4:8", "auto", 0.3, 0.3),
+        ("wanda", "2:4", "auto", -1, 0.0),
+        ("wanda", "2:4", "model", -1, FIT_SHARES["wanda"]),
+        ("wanda", 0.7, "model", 0.5, 0.5),
+    ],
+)
+def test_fit_share_resolves_per_pruner(pruner, sparsity, fit_to, fit_share, weight):
+    body = _with("method.pruner", pruner) | {"sparsity": sparsity}
+    body["method"] |= {"fit_to": fit_to, "fit_share": fit_share}
+    spec = CompressionSpec.from_dict(body)
+    assert spec.fit_weight == weight
+    assert CompressionSpec.from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize(
+    ("pruner", "sparsity", "fit_to", "fit_share", "says"),
+    [
+        ("sparsegpt", 0.5, "auto", 0.5, "fits the dense layer"),  # auto fits the layer at 50%
+        ("sparsegpt", "2:4", "layer", 0.5, "fits the dense layer"),
+        ("wanda", "2:4", "auto", 0.25, "fits the dense layer"),
+        ("magnitude", "2:4", "auto", 0.5, "fits the dense layer"),
+        ("sparsegpt", "2:4", "auto", 0, "(0, 1]"),
+        ("sparsegpt", "2:4", "auto", -0.5, "(0, 1]"),
+    ],
+)
+def test_fit_share_is_refused_where_nothing_fits_the_dense_model(pruner, sparsity, fit_to, fit_share, says):
+    body = _with("method.pruner", pruner) | {"sparsity": sparsity}
+    body["method"] |= {"fit_to": fit_to, "fit_share": fit_share}
+    with pytest.raises(SpecError) as err:
+        CompressionSpec.from_dict(body)
+    assert err.value.param == "method.fit_share" and says in err.value.message
 
 
 def test_fit_to_model_is_refused_for_magnitude():

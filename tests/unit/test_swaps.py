@@ -8,10 +8,13 @@ import pytest
 import torch
 
 from core.errors import SystemFault
-from core.pruners import WANDA_FIT_SHARE, prune_weight, wanda_scores
+from core.pruners import prune_weight, wanda_scores
 from core.sparsity import LayerTarget, mask_for, nm_ok
+from core.spec import FIT_SHARES
 from core.stats import InputStats
 from core.swaps import swap_refine
+
+WANDA_FIT_SHARE = FIT_SHARES["wanda"]
 
 pytestmark = pytest.mark.unit
 
@@ -167,7 +170,7 @@ def test_wanda_with_cross_statistics_fits_the_dense_models_output(target: LayerT
     const = WANDA_FIT_SHARE**2 * float(((X_dense - X) @ W.T).square().sum(dtype=torch.float64))
     layer_stats = InputStats.new(32, device="cpu", want_hessian=True)
     layer_stats.update(X)
-    fit = prune_weight(W, "wanda", target, fit_stats(W, X, X_dense), swap_rounds=50)
+    fit = prune_weight(W, "wanda", target, fit_stats(W, X, X_dense), swap_rounds=50, fit_share=WANDA_FIT_SHARE)
     plain = prune_weight(W, "wanda", target, layer_stats, swap_rounds=50)
     assert fit.swaps is not None and fit.swaps.swaps > 0
     assert torch.equal(fit.keep.sum(dim=1), plain.keep.sum(dim=1))
@@ -188,6 +191,6 @@ def test_wanda_fit_without_drift_is_wanda() -> None:
     layer_stats = InputStats.new(16, device="cpu", want_hessian=True)
     layer_stats.update(X)
     for target in (LayerTarget(0.5), LayerTarget(0.5, 2, 4)):
-        fit = prune_weight(W, "wanda", target, fit_stats(W, X, X), swap_rounds=20)
+        fit = prune_weight(W, "wanda", target, fit_stats(W, X, X), swap_rounds=20, fit_share=WANDA_FIT_SHARE)
         plain = prune_weight(W, "wanda", target, layer_stats, swap_rounds=20)
         assert torch.equal(fit.keep, plain.keep)
