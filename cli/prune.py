@@ -86,7 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["auto", "model", "layer"],
         default="auto",
         help="fit the layers that write into the residual stream to the dense model's outputs or "
-        "to the dense layer's. SparseGPT (auto: model at N:M and ratios >= 0.6); Wanda with swaps "
+        "to the dense layer's. SparseGPT (auto: model at N:M and ratios >= 0.5); Wanda with swaps "
         "(auto: layer; 'model' moves the swaps' target a quarter of the way to the dense model's)",
     )
     p.add_argument(

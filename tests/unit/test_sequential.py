@@ -43,7 +43,7 @@ CASES = [
         for arch in ("llama", "qwen2", "opt")
         for sp in ("2:4", 0.7)
     ],
-    pytest.param("linear", "sparsegpt", 0.5, "llama", id="llama-sparsegpt-0.5-fits-the-layer"),
+    pytest.param("linear", "sparsegpt", 0.4, "llama", id="llama-sparsegpt-0.4-fits-the-layer"),
     pytest.param("linear", "wanda", 0.5, "qwen2", id="qwen2-wanda-0.5"),
     pytest.param("linear", "wanda", "4:8", "opt", id="opt-wanda-4:8"),
 ]
@@ -106,7 +106,7 @@ def test_auto_streams_when_one_forward_would_not_fit(tmp_path: Path, monkeypatch
 
 
 def test_other_pruners_and_the_dense_layer_fit_stream(tmp_path: Path) -> None:
-    report, _ = _run(tmp_path, "llama", 0.5, "auto")  # SparseGPT at 50% fits the dense layer
+    report, _ = _run(tmp_path, "llama", 0.4, "auto")  # SparseGPT below 50% fits the dense layer
     assert report["sequential"] == "layer"
 
 
