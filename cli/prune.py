@@ -118,6 +118,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train against the dense model's outputs of each layer (model, the default) or the "
         "dense layer's on the pruned model's inputs (layer, the paper's)",
     )
+    p.add_argument(
+        "--induction-recover-epochs",
+        type=int,
+        default=None,
+        help="after pruning, passes training one output and one input scale per linear with the mask "
+        "fixed, folded into the sparse weights (default 1; 0 turns the recovery off)",
+    )
+    p.add_argument("--induction-recover-lr", type=float, default=None)
     p.add_argument("--no-induction-shifts", action="store_true", help="scales only, no shifts")
     p.add_argument(
         "--no-induction-permute",
@@ -144,6 +152,8 @@ def spec_body(args: argparse.Namespace) -> dict[str, Any]:
         ("induction_reg", "reg"),
         ("induction_mask", "mask"),
         ("induction_targets", "targets"),
+        ("induction_recover_epochs", "recover_epochs"),
+        ("induction_recover_lr", "recover_lr"),
     ):
         if getattr(args, flag) is not None:
             induction[key] = getattr(args, flag)

@@ -491,9 +491,9 @@ def _prune_layers(
     fact: list[dict[str, Any]] = list(meta.get("fact", []))
     dense_out: list[list[torch.Tensor]] = []
     needs_stats = spec.pruner != "magnitude"
-    # fit_to="model", or induction trained against the dense model (induction.targets): the dense
-    # model's own activations walk alongside the pruned model's.
-    paired = spec.fits_dense_model or spec.induction_fits_model
+    # fit_to="model", or induction's scales or recovery trained against the dense model
+    # (induction.targets): the dense model's own activations walk alongside the pruned model's.
+    paired = spec.fits_dense_model or spec.induction_fits_model or spec.recovery_fits_model
     dense_stream: list[torch.Tensor] = []
 
     def visit(i: int, layer: nn.Module, batches: list[LayerBatch]) -> list[torch.Tensor] | None:
@@ -507,6 +507,7 @@ def _prune_layers(
             return _visit_in_forward(i, layer, batches, target, row)
         col_weights: dict[str, torch.Tensor] = {}
         pruned: dict[str, PruneResult] = {}
+        advanced = spec.fits_dense_model  # the dense stream moves on in collect_paired_stats below
         if skipped is not None:
             # SparseGPT is invariant to induction's foldable scales (docs/induction.md section 2);
             # induction reaches it only through per-linear importances and the scale-dependence of
@@ -540,9 +541,15 @@ def _prune_layers(
             )
             if result.reference_outputs is not None:  # the dense layer's, computed before the fold
                 dense_stream[:] = result.reference_outputs
+                advanced = True
             col_weights = dict(result.col_weights)
             row["induction"] = rep.induction_row(result)
             row["induction_seconds"] = result.seconds
+        if paired and not advanced:  # only the recovery reads the dense model's outputs here
+            started = time.perf_counter()
+            reference = [replace(b, hidden=h) for b, h in zip(batches, dense_stream, strict=True)]
+            dense_stream[:] = run_layer(layer, reference, device=device)
+            row["induction_seconds"] = row.get("induction_seconds", 0.0) + time.perf_counter() - started
         start = time.perf_counter()
         sens = _sensitivity_wanted(spec, target)
         if spec.fits_dense_model:
@@ -575,9 +582,13 @@ def _prune_layers(
         row["linears"] = _prune_linears(
             layer, arch, target, stats, spec, col_weights, fact, i, pruned, row_weights
         )
+        if spec.recovers:
+            targets = list(dense_stream) if spec.recovery_fits_model else outputs
+            _recover(layer, arch, batches, targets, "model" if spec.recovery_fits_model else "layer",
+                     spec, device, generator, row)  # fmt: skip
         row["_visit_end"] = time.perf_counter()
         rows.append(row)
-        return None
+        return None  # (the walker runs the pruned, recovered layer for its outputs)
 
     def _visit_in_forward(
         i: int, layer: nn.Module, batches: list[LayerBatch], target: LayerTarget, row: dict[str, Any]
@@ -622,7 +633,7 @@ def _prune_layers(
             dense_stream[0] if paired else batch.hidden,
             device=device,
             prune=prune,
-            fit_reference=paired,
+            fit_reference=spec.fits_dense_model,
             want_hessian=spec.wants_hessian,
             sensitivity=sens,
             timings=passes,
@@ -637,6 +648,15 @@ def _prune_layers(
             dense_stream[:] = [ref_out]
             row["error_vs"] = "dense model"
         row["linears"] = {name: done[name] for name in arch.linears}
+        # ref_out: the dense model's output of the layer where the walk is paired, else the dense
+        # layer's on the pruned inputs (with targets "layer", SparseGPT's fit to the dense model
+        # leaves only the former)
+        if spec.recovers and _recover(
+            layer, arch, batches, [ref_out], "model" if paired else "layer", spec, device, generator, row
+        ):
+            started = time.perf_counter()
+            (out,) = run_layer(layer, batches, device=device)  # the recovered layer's output
+            row["induction_seconds"] += time.perf_counter() - started
         row["_visit_end"] = time.perf_counter()
         rows.append(row)
         return [out]
@@ -670,6 +690,31 @@ def _prune_layers(
         start=start,
     )
     return rows, fact
+
+
+def _recover(
+    layer: nn.Module,
+    arch: ArchSpec,
+    batches: list[LayerBatch],
+    targets: list[torch.Tensor],
+    against: str,
+    spec: CompressionSpec,
+    device: torch.device,
+    generator: torch.Generator,
+    row: dict[str, Any],
+) -> bool:
+    """Induction's recovery scales on the pruned layer (``core.induction.recover``), recorded in
+    ``row`` and timed as induction; True where the trained scales were folded into the layer."""
+    from core.induction.recover import recover_layer  # torch-heavy training code, only when asked for
+
+    result = recover_layer(
+        layer, arch, batches, targets, device=device, epochs=spec.induction.recover_epochs_for(),
+        lr=spec.induction.recover_lr, generator=generator,
+    )  # fmt: skip
+    result.info["targets"] = against
+    row["recovery"] = rep.recovery_row(result)
+    row["induction_seconds"] = row.get("induction_seconds", 0.0) + result.seconds
+    return result.chosen == "trained"
 
 
 def _sensitivity_wanted(spec: CompressionSpec, target: LayerTarget) -> dict[str, OutputSensitivity] | None:

@@ -50,6 +50,16 @@ def induction_row(result: Any) -> dict[str, Any]:
     }
 
 
+def recovery_row(result: Any) -> dict[str, Any]:
+    return {
+        "losses": [round(float(x), 8) for x in result.losses],
+        "identity_loss": float(result.identity_loss),
+        "final_loss": float(result.final_loss),
+        "seconds": round(float(result.seconds), 4),
+        "info": result.info,
+    }
+
+
 def build(
     *,
     spec: CompressionSpec,
@@ -73,6 +83,8 @@ def build(
             "scales_skipped": spec.induction_scales_skipped,
             "targets": _induction_targets(spec),
             "seconds": round(sum(r["seconds"] for r in rows), 4),
+            "recover_epochs": spec.induction.recover_epochs_for(),  # the settings' -1 resolved
+            "recovery": _recovery_summary(layers) if spec.recovers else None,
         }
     return {
         "schema_version": SCHEMA_VERSION,
@@ -93,6 +105,16 @@ def build(
         "factorization_retries": factorization,
         "layers": layers,
         "resumed": False,
+    }
+
+
+def _recovery_summary(layers: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = [r["recovery"] for r in layers if r.get("recovery")]
+    return {
+        "targets": rows[0]["info"]["targets"] if rows else None,
+        "layers_recovered": sum(r["info"]["chosen"] == "trained" for r in rows),
+        "layers": len(rows),
+        "seconds": round(sum(r["seconds"] for r in rows), 4),
     }
 
 

@@ -155,6 +155,18 @@ class InductionSpec:
     # steer the masks to undo the drift earlier layers left; "auto": model (measured better,
     # docs/induction.md, "Targets").
     targets: Literal["auto", "model", "layer"] = "auto"
+    # Recovery scales (core/induction/recover.py, docs/induction.md "Recovery"): after the pruner,
+    # one output and one input scale per linear, trained against the pruned block with its mask
+    # fixed (against ``targets``) and folded into the sparse weights, where zeros stay zeros.
+    # Passes over the layer's calibration sequences (one sequence per step); 0: off; -1: the
+    # measured default (``recover_epochs_for``).
+    recover_epochs: int = -1
+    recover_lr: float = 1e-2  # Adam, on the recovery log-scales
+
+    def recover_epochs_for(self) -> int:
+        """The recovery passes to run: ``recover_epochs``, or where it is -1, 1 (measured,
+        docs/induction.md "Recovery")."""
+        return self.recover_epochs if self.recover_epochs >= 0 else 1
 
     def epochs_for(self, pruner: str, swaps: int, nm: bool) -> int:
         """The training passes to run: ``epochs``, or where it is -1, 1, except 0 where trained
@@ -302,6 +314,22 @@ class CompressionSpec:
         the walk then carries the dense model's activations alongside the pruned model's."""
         learns = self.induction.enabled and self.induction_scales_skipped is None
         return learns and self.induction.targets in ("auto", "model")
+
+    @property
+    def recovers(self) -> bool:
+        """Induction's recovery scales run after the pruner on every layer."""
+        return self.induction.enabled and self.induction.recover_epochs_for() > 0
+
+    @property
+    def recovery_fits_model(self) -> bool:
+        """The recovery scales train against the dense model's outputs (``InductionSpec.targets``):
+        with "model", and with "auto" where the walk carries the dense model's activations anyway
+        (SparseGPT's fit to the dense model, induction's scales trained against it). Elsewhere
+        "auto" means the dense layer's outputs, which cost no extra pass and were measured as good
+        (Wanda 2:4: 28.25 against the dense layer, 28.76 against the dense model)."""
+        if not self.recovers or self.induction.targets == "layer":
+            return False
+        return self.induction.targets == "model" or self.fits_dense_model or self.induction_fits_model
 
     @property
     def walks_in_turn(self) -> bool:
@@ -472,6 +500,12 @@ class CompressionSpec:
             "method.induction.targets",
             "must be one of auto, model, layer",
         )
+        _check(
+            -1 <= ind.recover_epochs <= 100,
+            "method.induction.recover_epochs",
+            "must be between 0 and 100, or -1 for the default",
+        )
+        _check(0.0 < ind.recover_lr <= 1.0, "method.induction.recover_lr", "must be in (0, 1]")
         _check(
             -1 <= ind.permute_rounds <= 10000,
             "method.induction.permute_rounds",

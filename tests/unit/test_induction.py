@@ -360,7 +360,9 @@ def test_induction_scales_are_skipped_only_where_they_cannot_help(
                 "method": {
                     "pruner": pruner,
                     "swap_rounds": swap_rounds,
-                    "induction": {"enabled": induction, "batch_size": 2, "permute": False, "epochs": epochs},
+                    # recovery off: it rescales every layer after pruning (tests/unit/test_recover.py)
+                    "induction": {"enabled": induction, "batch_size": 2, "permute": False, "epochs": epochs,
+                                  "recover_epochs": 0},
                 },
                 "calibration": {"source": "pydoc", "samples": 4, "seq_len": 32, "seed": 1},
                 "evaluation": {"sources": ["none"]},

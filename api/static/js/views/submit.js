@@ -172,7 +172,10 @@ export function mount(root, ctx) {
     h("option", { value: "model" }, "The dense model's outputs of each layer"),
     h("option", { value: "layer" }, "The dense layer on the pruned inputs (the paper's)"),
   );
-  const inductionSettings = [epochs, lr, reg, mask, targets];
+  // After pruning: scales trained with the mask fixed and folded into the sparse weights
+  // (docs/induction.md, "Recovery"); 0 turns them off.
+  const recoverEpochs = numberInput("recover_epochs", "", { min: 0, placeholder: "auto (1)" });
+  const inductionSettings = [epochs, lr, reg, mask, targets, recoverEpochs];
   function syncInduction() {
     for (const c of inductionSettings) c.disabled = !induction.checked;
     inductionBox.classList.toggle("muted", !induction.checked);
@@ -249,6 +252,7 @@ export function mount(root, ctx) {
     field("method.induction.reg", "Regulariser weight", reg),
     field("method.induction.mask", "Mask during training", mask),
     field("method.induction.targets", "Train against", targets),
+    field("method.induction.recover_epochs", "Recovery epochs", recoverEpochs),
   );
 
   const form = h(
@@ -415,6 +419,7 @@ export function mount(root, ctx) {
           reg: numberValue(reg, "method.induction.reg"),
           mask: mask.value,
           targets: targets.value,
+          recover_epochs: numberValue(recoverEpochs, "method.induction.recover_epochs"),
         })
       : { enabled: false };
     return {
@@ -472,6 +477,7 @@ export function mount(root, ctx) {
     reg.value = ind.reg ?? "";
     if (ind.mask) mask.value = ind.mask;
     if (ind.targets) targets.value = ind.targets;
+    recoverEpochs.value = ind.recover_epochs >= 0 ? ind.recover_epochs : "";
     const c = spec.calibration || {};
     if (c.source) {
       if (!calSource.querySelector(`option[value="${CSS.escape(c.source)}"]`)) {

@@ -1,0 +1,159 @@
+"""Recovery scales: per-channel scales trained against the pruned block with its mask fixed.
+
+Why a second set of scales, after pruning: before pruning, an exact rescaling (scales folded on
+one side, divided out on the other) cannot change what Wanda's swaps or SparseGPT's update
+settle on (docs/induction.md section 2), and with a fixed mask it cannot change the pruned
+function at all. After pruning the opposite holds: a scale on a sparse weight's rows or columns
+keeps every zero where it is, folds into that weight exactly (W' = diag(r) W diag(c), b' = r * b)
+and does change the block's output. Pruning shrinks what a row contributes (the kept weights
+no longer add up to the dense row's output) and leaves the drift earlier layers made in the
+residual stream; one output scale and one input scale per linear are enough to undo part of
+both, and they are few (out + in per linear) against the block's calibration tokens.
+
+The objective is induction's: relative MSE between the block's target (the dense model's output
+of the layer, or the dense layer's on the pruned inputs) and the pruned block's output. Adam on
+log-scales from 0 (identity); the check subset (every 8th minibatch, unseen by the optimiser)
+decides whether the trained scales replace identity, so the step never makes a layer worse there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.arch import ArchSpec, layer_linears
+from core.induction.train import Batch, Minibatch, _forward, _minibatches, _rel_mse, check_subset
+from core.walker import layer_precision
+
+_MARGIN = 0.002  # relative check-loss gain the trained scales need to replace identity
+
+
+@dataclass
+class RecoveryResult:
+    """What ``recover_layer`` trained and folded, for the report."""
+
+    losses: list[float]  # relative MSE of each training step (a minibatch)
+    identity_loss: float  # on the check subset, the pruned layer as it came
+    final_loss: float  # on the check subset, the folded choice
+    chosen: str  # "trained" or "identity"
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def recover_layer(
+    layer: nn.Module,
+    arch: ArchSpec,
+    batches: Sequence[Batch],
+    targets: Sequence[torch.Tensor],
+    *,
+    device: torch.device,
+    epochs: int,
+    lr: float,
+    generator: torch.Generator | None,
+    batch_size: int = 1,
+) -> RecoveryResult:
+    """Train one row and one column log-scale per linear of the (already pruned) ``layer`` so
+    that its output on ``batches`` approaches ``targets`` (per batch, [b, seq, hidden]); fold
+    them into the weights if they win on the check subset. Zeros stay zeros. ``batch_size``
+    sequences per step: one, so that a pass over a few dozen calibration sequences still makes
+    a few dozen Adam steps."""
+    start = time.perf_counter()
+    linears = layer_linears(layer, arch)
+    minibatches = list(_minibatches(batches, batch_size))
+    pieces = _target_pieces(targets, batch_size)
+    held_out = check_subset(len(minibatches))
+    train = [i for i in range(len(minibatches)) if i not in held_out] or held_out
+    log_r = {p: torch.zeros(m.out_features, device=device, requires_grad=True) for p, m in linears.items()}
+    log_c = {p: torch.zeros(m.in_features, device=device, requires_grad=True) for p, m in linears.items()}
+    base: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {
+        p: (m.weight.detach().float(), None if m.bias is None else m.bias.detach().float())
+        for p, m in linears.items()
+    }
+    opt = torch.optim.Adam([*log_r.values(), *log_c.values()], lr=lr)
+    losses: list[float] = []
+    for _epoch in range(epochs):
+        order = [train[k] for k in torch.randperm(len(train), generator=generator).tolist()]
+        for i in order:
+            hidden, kwargs = minibatches[i].on(device)
+            opt.zero_grad(set_to_none=True)
+            with layer_precision(layer, device):
+                Y_hat = _forward(layer, _scaled(base, log_r, log_c), hidden, kwargs)
+                mse = _rel_mse(Y_hat.float(), pieces[i].to(device).float())
+            mse.backward()
+            opt.step()
+            losses.append(float(mse.detach()))
+    with torch.no_grad():
+        zeros = {p: torch.zeros_like(v) for p, v in log_r.items()}, {p: torch.zeros_like(v) for p, v in log_c.items()}
+        identity = _check_loss(layer, _scaled(base, *zeros), minibatches, pieces, held_out, device)
+        trained_params = _scaled(base, log_r, log_c)
+        trained = _check_loss(layer, trained_params, minibatches, pieces, held_out, device)
+        chosen = "trained" if trained < identity * (1.0 - _MARGIN) else "identity"
+        if chosen == "trained":
+            for path, module in linears.items():
+                module.weight.copy_(trained_params[f"{path}.weight"].to(module.weight.dtype))
+                if module.bias is not None:
+                    module.bias.copy_(trained_params[f"{path}.bias"].to(module.bias.dtype))
+    seconds = time.perf_counter() - start
+    info = {
+        "chosen": chosen,
+        "check_losses": {"identity": round(identity, 8), "trained": round(trained, 8)},
+        "steps": len(losses),
+        "epochs": epochs,
+        "lr": lr,
+        "params": sum(t.numel() for t in (*log_r.values(), *log_c.values())),
+        # per linear: how many row / column scales training moved off 1, and the largest move
+        "moved": {p: _moved(log_r[p], log_c[p]) for p in linears},
+        "seconds": round(seconds, 4),
+    }
+    return RecoveryResult(losses, identity, trained if chosen == "trained" else identity, chosen, seconds, info)
+
+
+def _moved(log_r: torch.Tensor, log_c: torch.Tensor) -> dict[str, Any]:
+    both = torch.cat([log_r, log_c]).detach()
+    return {
+        "rows": int((log_r != 0).sum()),
+        "cols": int((log_c != 0).sum()),
+        "max_abs_log": round(float(both.abs().max()), 6),
+    }
+
+
+def _scaled(
+    base: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
+    log_r: dict[str, torch.Tensor],
+    log_c: dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """diag(r) W diag(c) (and r * b) per linear, as functional_call parameters."""
+    params: dict[str, torch.Tensor] = {}
+    for path, (W, b) in base.items():
+        r, c = log_r[path].exp(), log_c[path].exp()
+        params[f"{path}.weight"] = W * r[:, None] * c[None, :]
+        if b is not None:
+            params[f"{path}.bias"] = b * r
+    return params
+
+
+def _target_pieces(targets: Sequence[torch.Tensor], size: int) -> list[torch.Tensor]:
+    """The targets cut as ``_minibatches`` cuts the batches."""
+    return [Y[i : i + size] for Y in targets for i in range(0, Y.shape[0], size)]
+
+
+def _check_loss(
+    layer: nn.Module,
+    params: dict[str, torch.Tensor],
+    minibatches: list[Minibatch],
+    targets: list[torch.Tensor],
+    idx: list[int],
+    device: torch.device,
+) -> float:
+    num = den = 0.0
+    for i in idx:
+        Y = targets[i].to(device).float()
+        Y_hat = _forward(layer, params, *minibatches[i].on(device)).float()
+        num += float((Y_hat - Y).square().sum())
+        den += float(Y.square().sum())
+    return num / max(den, 1e-30)
