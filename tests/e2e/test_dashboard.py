@@ -138,8 +138,9 @@ def test_submit_through_the_form_watch_it_run_and_read_the_results(page: Any, se
     page.get_by_label("Sparsity", exact=True).fill("0.5")
     page.get_by_label("Pruner").select_option("wanda")
     page.get_by_label("Sparsity Induction").check()
-    page.get_by_label("Epochs").fill("3")
+    page.get_by_label("Epochs", exact=True).fill("3")
     page.get_by_label("Train against").select_option("layer")
+    page.get_by_label("Recovery epochs").fill("2")
     page.get_by_label("Samples").fill("4")
     page.get_by_label("Sequence length").fill("32")
     page.get_by_label("Window length").fill("32")
@@ -164,7 +165,8 @@ def test_submit_through_the_form_watch_it_run_and_read_the_results(page: Any, se
     results = api_job["results"]
     n_layers = len(results["layers"])
     assert n_layers == 4
-    assert results["induction"]["targets"] == "layer"  # the form's choice reached the engine
+    assert results["induction"]["targets"] == "layer"  # the form's choices reached the engine
+    assert results["induction"]["recover_epochs"] == 2 and results["induction"]["recovery"]["targets"] == "layer"
 
     # Perplexity: the page shows the API's numbers.
     ppl = page.locator("[data-testid=perplexity] tbody tr").first
@@ -189,6 +191,10 @@ def test_submit_through_the_form_watch_it_run_and_read_the_results(page: Any, se
     assert losses and len(losses) == n_layers
     assert [len(d) for d in losses] == [len(r["induction"]["losses"]) for r in results["layers"]]
     assert all(len(d) >= 3 for d in losses)  # at least one loss per epoch
+    recovery = chart_data(page, "chart-recovery")  # as pruned, recovered: the report's check losses
+    assert recovery[0] == pytest.approx([r["recovery"]["identity_loss"] for r in results["layers"]])
+    assert recovery[1] == pytest.approx([r["recovery"]["final_loss"] for r in results["layers"]])
+    assert all(a >= b for a, b in zip(recovery[0], recovery[1], strict=True))
 
     # A download returns the real file (through a short-lived signed link the API hands out).
     code, listing = service.request("GET", f"/v1/jobs/{job_id}/artifacts", service.key_a)

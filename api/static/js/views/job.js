@@ -35,6 +35,11 @@ export function layerRows(results) {
     // "Linears in turn"); absent: against the dense layer on the same inputs.
     errorVs: l.error_vs ?? null,
     losses: Array.isArray(l.induction?.losses) ? l.induction.losses.map(Number) : null,
+    // induction's recovery scales (docs/induction.md, "Recovery"): held-out loss of the layer as
+    // the pruner left it and as folded
+    recovery: l.recovery
+      ? { pruned: num(l.recovery.identity_loss), recovered: num(l.recovery.final_loss) }
+      : null,
   }));
 }
 
@@ -400,6 +405,14 @@ export function mount(root, ctx) {
           "aria-label": "Sparsity Induction loss per step, one line per layer",
         })
       : null;
+    const withRecovery = layers.filter((l) => l.recovery);
+    const recoveryCanvas = withRecovery.length
+      ? h("canvas", {
+          id: "chart-recovery",
+          role: "img",
+          "aria-label": "Held-out loss of each layer as pruned and after the recovery scales",
+        })
+      : null;
 
     clear(results).append(
       h("h2", { class: "section-title" }, "Results"),
@@ -441,6 +454,14 @@ export function mount(root, ctx) {
             { class: "card" },
             h("h2", {}, "Sparsity Induction loss"),
             h("div", { class: "chart chart-wide" }, lossCanvas),
+          )
+        : null,
+      recoveryCanvas
+        ? h(
+            "section",
+            { class: "card" },
+            h("h2", {}, "Recovery scales: held-out loss per layer"),
+            h("div", { class: "chart chart-wide" }, recoveryCanvas),
           )
         : null,
     );
@@ -499,6 +520,22 @@ export function mount(root, ctx) {
           yTitle: "loss",
           yLog: charts.wantsLog(withLosses.flatMap((l) => l.losses)),
           datasets: withLosses.map((l) => ({ label: `layer ${l.label}`, data: l.losses, fill: false })),
+        }),
+      );
+    }
+    if (recoveryCanvas) {
+      const values = withRecovery.flatMap((l) => [l.recovery.pruned, l.recovery.recovered]);
+      chartInstances.push(
+        charts.draw(recoveryCanvas, {
+          kind: "bar",
+          labels: withRecovery.map((l) => l.label),
+          xTitle: "layer",
+          yTitle: "relative MSE on held-out sequences",
+          yLog: charts.wantsLog(values),
+          datasets: [
+            { label: "as pruned", data: withRecovery.map((l) => l.recovery.pruned), color: "#94a3b8" },
+            { label: "recovered", data: withRecovery.map((l) => l.recovery.recovered), color: "#16a34a" },
+          ],
         }),
       );
     }
