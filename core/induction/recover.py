@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from core.arch import ArchSpec, layer_linears
-from core.induction.train import Batch, Minibatch, _forward, _minibatches, _rel_mse, check_subset
+from core.induction.train import Batch, Minibatch, _forward, _minibatches, check_subset
 from core.walker import layer_precision
 
 _MARGIN = 0.002  # relative check-loss gain the trained scales need to replace identity
@@ -37,7 +37,7 @@ _MARGIN = 0.002  # relative check-loss gain the trained scales need to replace i
 class RecoveryResult:
     """What ``recover_layer`` trained and folded, for the report."""
 
-    losses: list[float]  # relative MSE of each training step (a minibatch)
+    losses: list[float]  # each training step's squared error / the mean ||Y||^2 of a minibatch
     identity_loss: float  # on the check subset, the pruned layer as it came
     final_loss: float  # on the check subset, the folded choice
     chosen: str  # "trained" or "identity"
@@ -75,6 +75,11 @@ def recover_layer(
         for p, m in linears.items()
     }
     opt = torch.optim.Adam([*log_r.values(), *log_c.values()], lr=lr)
+    # Each step's squared error is divided by the MEAN ||Y||^2 of a minibatch, not by its own:
+    # a sequence's error then weighs what it weighs in the check loss (summed over sequences),
+    # and the few sequences whose error is 100x the others' (measured on SmolLM2: massive
+    # activations) are not scaled down to look like the rest.
+    scale = sum(float(Y.float().square().sum()) for Y in pieces) / len(pieces)
     losses: list[float] = []
     for _epoch in range(epochs):
         order = [train[k] for k in torch.randperm(len(train), generator=generator).tolist()]
@@ -83,7 +88,7 @@ def recover_layer(
             opt.zero_grad(set_to_none=True)
             with layer_precision(layer, device):
                 Y_hat = _forward(layer, _scaled(base, log_r, log_c), hidden, kwargs)
-                mse = _rel_mse(Y_hat.float(), pieces[i].to(device).float())
+                mse = (Y_hat.float() - pieces[i].to(device).float()).square().sum() / max(scale, 1e-30)
             mse.backward()
             opt.step()
             losses.append(float(mse.detach()))
