@@ -386,7 +386,8 @@ def test_field_matching_and_report_parsing_helpers(page: Any, service: Service) 
                 bytes: f.fmtBytes(3 * 1024 * 1024),
                 layers: layerRows({ layers: [{ index: 0, target: 0.5, sparsity: 0.49, rel_error: 0.1, induction: null },
                                              { index: 1, achieved_sparsity: 0.51 },
-                                             { index: 2, rel_error: 0.3, error_vs: 'dense model' }] }),
+                                             { index: 2, rel_error: 0.3, error_vs: 'dense model',
+                                               recovery: { identity_loss: 0.02, final_loss: 0.015 } }] }),
                 flat: perplexityRows({ perplexity: { dense: 10, sparse: 12 } }),
                 nested: perplexityRows({ perplexity: { dense: { pydoc: 10 }, sparse: { pydoc: 12, c4: 30 } } }),
             };
@@ -407,7 +408,9 @@ def test_field_matching_and_report_parsing_helpers(page: Any, service: Service) 
         "relError": 0.1,
         "errorVs": None,
         "losses": None,
+        "recovery": None,
     }
+    assert result["layers"][2]["recovery"] == {"pruned": 0.02, "recovered": 0.015}
     assert result["layers"][2]["errorVs"] == "dense model" and result["layers"][2]["relError"] == 0.3
     assert result["layers"][1]["sparsity"] == 0.51 and result["layers"][1]["relError"] is None
     assert result["flat"] == [{"source": "", "dense": 10, "sparse": 12}]
