@@ -41,19 +41,19 @@ def _induction_targets(spec: CompressionSpec) -> str | None:
 
 
 def induction_row(result: Any) -> dict[str, Any]:
-    return {
-        "losses": [round(float(x), 8) for x in result.losses],
-        "init_loss": float(result.init_loss),
-        "final_loss": float(result.final_loss),
-        "seconds": round(float(result.seconds), 4),
-        "info": result.info,
-    }
+    """A layer's induction training (``core.induction.InductionResult``) for the report."""
+    return _curve(result, "init_loss", result.init_loss)
 
 
 def recovery_row(result: Any) -> dict[str, Any]:
+    """A layer's recovery scales (``core.induction.recover.RecoveryResult``) for the report."""
+    return _curve(result, "identity_loss", result.identity_loss)
+
+
+def _curve(result: Any, start_key: str, start: float) -> dict[str, Any]:
     return {
         "losses": [round(float(x), 8) for x in result.losses],
-        "identity_loss": float(result.identity_loss),
+        start_key: float(start),
         "final_loss": float(result.final_loss),
         "seconds": round(float(result.seconds), 4),
         "info": result.info,
