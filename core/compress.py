@@ -495,6 +495,10 @@ def _prune_layers(
     # (induction.targets): the dense model's own activations walk alongside the pruned model's.
     paired = spec.fits_dense_model or spec.induction_fits_model or spec.recovery_fits_model
     dense_stream: list[torch.Tensor] = []
+    # Who moves the dense stream on by one layer: SparseGPT's paired statistics where it fits the
+    # dense model, else induction's training against it (the two never meet: induction's scales
+    # are skipped where the pruner fits the dense model), else only the recovery reads it.
+    recovery_advances = paired and not (spec.fits_dense_model or spec.induction_fits_model)
 
     def visit(i: int, layer: nn.Module, batches: list[LayerBatch]) -> list[torch.Tensor] | None:
         target = LayerTarget.from_sparsity(spec.sparsity, None if spec.sparsity.is_nm else ratios[i])
@@ -507,7 +511,6 @@ def _prune_layers(
             return _visit_in_forward(i, layer, batches, target, row)
         col_weights: dict[str, torch.Tensor] = {}
         pruned: dict[str, PruneResult] = {}
-        advanced = spec.fits_dense_model  # the dense stream moves on in collect_paired_stats below
         if skipped is not None:
             # SparseGPT is invariant to induction's foldable scales (docs/induction.md section 2);
             # induction reaches it only through per-linear importances and the scale-dependence of
@@ -541,11 +544,10 @@ def _prune_layers(
             )
             if result.reference_outputs is not None:  # the dense layer's, computed before the fold
                 dense_stream[:] = result.reference_outputs
-                advanced = True
             col_weights = dict(result.col_weights)
             row["induction"] = rep.induction_row(result)
             row["induction_seconds"] = result.seconds
-        if paired and not advanced:  # only the recovery reads the dense model's outputs here
+        if recovery_advances:
             started = time.perf_counter()
             reference = [replace(b, hidden=h) for b, h in zip(batches, dense_stream, strict=True)]
             dense_stream[:] = run_layer(layer, reference, device=device)
@@ -709,7 +711,7 @@ def _recover(
 
     result = recover_layer(
         layer, arch, batches, targets, device=device, epochs=spec.induction.recover_epochs_for(),
-        lr=spec.induction.recover_lr, generator=generator,
+        lr=spec.induction.recover_lr, weights_lr=spec.induction.recover_weights_lr, generator=generator,
     )  # fmt: skip
     result.info["targets"] = against
     row["recovery"] = rep.recovery_row(result)

@@ -162,6 +162,9 @@ class InductionSpec:
     # measured default (``recover_epochs_for``).
     recover_epochs: int = -1
     recover_lr: float = 1e-2  # Adam, on the recovery log-scales
+    # Adam's learning rate on an additive update of each linear's kept weights, trained with the
+    # recovery scales (the mask fixed, so zeros stay zeros); 0: scales only.
+    recover_weights_lr: float = 0.0
 
     def recover_epochs_for(self) -> int:
         """The recovery passes to run: ``recover_epochs``, or where it is -1, 1 (measured,
@@ -506,6 +509,9 @@ class CompressionSpec:
             "must be between 0 and 100, or -1 for the default",
         )
         _check(0.0 < ind.recover_lr <= 1.0, "method.induction.recover_lr", "must be in (0, 1]")
+        _check(
+            0.0 <= ind.recover_weights_lr <= 1.0, "method.induction.recover_weights_lr", "must be in [0, 1]"
+        )
         _check(
             -1 <= ind.permute_rounds <= 10000,
             "method.induction.permute_rounds",

@@ -124,3 +124,20 @@ def tiny_model_dir(
     tiny_model(arch, layers=layers, hidden=hidden, seed=seed).save_pretrained(out)
     tiny_tokenizer().save_pretrained(out)
     return out
+
+
+def tiny_job(model: Path, sparsity: object, method: dict, *, samples: int = 4, **extra: object):
+    """A compression job for a tiny model: ``samples`` pydoc sequences of 32 tokens (seed 1) to
+    calibrate on, no evaluation; ``extra`` adds top-level sections (e.g. ``options``)."""
+    from core.spec import CompressionSpec  # (tests/tiny.py builds models; most of its users need no spec)
+
+    return CompressionSpec.from_dict(
+        {
+            "model": str(model),
+            "sparsity": sparsity,
+            "method": method,
+            "calibration": {"source": "pydoc", "samples": samples, "seq_len": 32, "seed": 1},
+            "evaluation": {"sources": ["none"]},
+            **extra,
+        }
+    )

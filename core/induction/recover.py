@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from core.arch import ArchSpec, layer_linears
-from core.induction.train import Batch, Minibatch, _forward, _minibatches, check_subset
+from core.induction.train import Batch, _forward, _minibatches, check_subset, held_out_loss
 from core.walker import layer_precision
 
 _MARGIN = 0.002  # relative check-loss gain the trained scales need to replace identity
@@ -54,6 +54,7 @@ def recover_layer(
     device: torch.device,
     epochs: int,
     lr: float,
+    weights_lr: float = 0.0,
     generator: torch.Generator | None,
     batch_size: int = 1,
 ) -> RecoveryResult:
@@ -74,7 +75,12 @@ def recover_layer(
         p: (m.weight.detach().float(), None if m.bias is None else m.bias.detach().float())
         for p, m in linears.items()
     }
-    opt = torch.optim.Adam([*log_r.values(), *log_c.values()], lr=lr)
+    groups: list[dict[str, Any]] = [{"params": [*log_r.values(), *log_c.values()], "lr": lr}]
+    deltas: dict[str, torch.Tensor] = {}
+    if weights_lr > 0:
+        deltas = {p: torch.zeros_like(W, requires_grad=True) for p, (W, _) in base.items()}
+        groups.append({"params": list(deltas.values()), "lr": weights_lr})
+    opt = torch.optim.Adam(groups)
     # Each step's squared error is divided by the MEAN ||Y||^2 of a minibatch, not by its own:
     # a sequence's error then weighs what it weighs in the check loss (summed over sequences),
     # and the few sequences whose error is 100x the others' (measured on SmolLM2: massive
@@ -87,16 +93,16 @@ def recover_layer(
             hidden, kwargs = minibatches[i].on(device)
             opt.zero_grad(set_to_none=True)
             with layer_precision(layer, device):
-                Y_hat = _forward(layer, _scaled(base, log_r, log_c), hidden, kwargs)
+                Y_hat = _forward(layer, _scaled(base, log_r, log_c, deltas), hidden, kwargs)
                 mse = (Y_hat.float() - pieces[i].to(device).float()).square().sum() / max(scale, 1e-30)
             mse.backward()
             opt.step()
             losses.append(float(mse.detach()))
     with torch.no_grad():
-        zeros = {p: torch.zeros_like(v) for p, v in log_r.items()}, {p: torch.zeros_like(v) for p, v in log_c.items()}
-        identity = _check_loss(layer, _scaled(base, *zeros), minibatches, pieces, held_out, device)
-        trained_params = _scaled(base, log_r, log_c)
-        trained = _check_loss(layer, trained_params, minibatches, pieces, held_out, device)
+        check = [minibatches[i] for i in held_out], [pieces[i] for i in held_out]
+        identity = held_out_loss(layer, _as_params(base), *check, device)
+        trained_params = _scaled(base, log_r, log_c, deltas)
+        trained = held_out_loss(layer, trained_params, *check, device)
         chosen = "trained" if trained < identity * (1.0 - _MARGIN) else "identity"
         if chosen == "trained":
             for path, module in linears.items():
@@ -110,12 +116,16 @@ def recover_layer(
         "steps": len(losses),
         "epochs": epochs,
         "lr": lr,
-        "params": sum(t.numel() for t in (*log_r.values(), *log_c.values())),
+        "weights_lr": weights_lr,
+        "params": sum(t.numel() for t in (*log_r.values(), *log_c.values()))
+        + sum(int((base[p][0] != 0).sum()) for p in deltas),
         # per linear: how many row / column scales training moved off 1, and the largest move
         "moved": {p: _moved(log_r[p], log_c[p]) for p in linears},
         "seconds": round(seconds, 4),
     }
-    return RecoveryResult(losses, identity, trained if chosen == "trained" else identity, chosen, seconds, info)
+    return RecoveryResult(
+        losses, identity, trained if chosen == "trained" else identity, chosen, seconds, info
+    )
 
 
 def _moved(log_r: torch.Tensor, log_c: torch.Tensor) -> dict[str, Any]:
@@ -131,34 +141,27 @@ def _scaled(
     base: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
     log_r: dict[str, torch.Tensor],
     log_c: dict[str, torch.Tensor],
+    deltas: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """diag(r) W diag(c) (and r * b) per linear, as functional_call parameters."""
+    """diag(r) (W + D * mask) diag(c) (and r * b) per linear, as functional_call parameters."""
     params: dict[str, torch.Tensor] = {}
     for path, (W, b) in base.items():
         r, c = log_r[path].exp(), log_c[path].exp()
+        if deltas:
+            W = W + deltas[path] * (W != 0)
         params[f"{path}.weight"] = W * r[:, None] * c[None, :]
         if b is not None:
             params[f"{path}.bias"] = b * r
     return params
 
 
+def _as_params(base: dict[str, tuple[torch.Tensor, torch.Tensor | None]]) -> dict[str, torch.Tensor]:
+    """The layer's linears as they came, as functional_call parameters."""
+    params = {f"{path}.weight": W for path, (W, _) in base.items()}
+    params.update({f"{path}.bias": b for path, (_, b) in base.items() if b is not None})
+    return params
+
+
 def _target_pieces(targets: Sequence[torch.Tensor], size: int) -> list[torch.Tensor]:
     """The targets cut as ``_minibatches`` cuts the batches."""
     return [Y[i : i + size] for Y in targets for i in range(0, Y.shape[0], size)]
-
-
-def _check_loss(
-    layer: nn.Module,
-    params: dict[str, torch.Tensor],
-    minibatches: list[Minibatch],
-    targets: list[torch.Tensor],
-    idx: list[int],
-    device: torch.device,
-) -> float:
-    num = den = 0.0
-    for i in idx:
-        Y = targets[i].to(device).float()
-        Y_hat = _forward(layer, params, *minibatches[i].on(device)).float()
-        num += float((Y_hat - Y).square().sum())
-        den += float(Y.square().sum())
-    return num / max(den, 1e-30)

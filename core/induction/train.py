@@ -626,13 +626,7 @@ class _Trainer:
             self.refresh(T)
             # "ste" forward = hard mask; then Wanda's swaps, as the pruner will
             params = {**self.params, **self.pruned_params(T, mode="ste", swaps=True)}
-        num = den = 0.0
-        for mb, Y in zip(minibatches, targets, strict=True):
-            Y = Y.to(self.device)
-            Y_hat = _forward(self.layer, params, *mb.on(self.device))
-            num += float((Y_hat - Y).square().sum())
-            den += float(Y.square().sum())
-        return num / max(den, 1e-30)
+        return held_out_loss(self.layer, params, minibatches, targets, self.device)
 
     def _sparsegpt_folded(self, T: Transform) -> dict[str, torch.Tensor]:
         """The layer's parameters with ``T`` folded and every linear pruned by SparseGPT."""
@@ -684,6 +678,26 @@ def check_subset(n: int) -> list[int]:
     an eighth of the data, unseen by the optimiser, for a fraction of a forward pass each.
     (With a single minibatch it is also the training data: nothing else exists.)"""
     return list(range(0, n, 8))
+
+
+@torch.no_grad()
+def held_out_loss(
+    layer: nn.Module,
+    params: dict[str, torch.Tensor],
+    minibatches: Sequence[Minibatch],
+    targets: Sequence[torch.Tensor],
+    device: torch.device,
+) -> float:
+    """Squared error of the layer run with ``params`` against ``targets``, summed over the
+    minibatches and divided by the targets' summed ||Y||^2: one relative error for the whole
+    subset, so a sequence weighs what its tokens weigh."""
+    num = den = 0.0
+    for mb, Y in zip(minibatches, targets, strict=True):
+        Y = Y.to(device).float()
+        Y_hat = _forward(layer, params, *mb.on(device)).float()
+        num += float((Y_hat - Y).square().sum())
+        den += float(Y.square().sum())
+    return num / max(den, 1e-30)
 
 
 def _mean(xs: Iterable[float]) -> float:

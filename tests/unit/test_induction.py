@@ -19,7 +19,7 @@ from core.pruners import prune_weight
 from core.sparsity import LayerTarget, nm_ok
 from core.spec import CompressionSpec, InductionSpec
 from core.walker import LayerBatch, capture_inputs, collect_stats, run_layer
-from tests.tiny import ARCHES, VOCAB, tiny_config, tiny_model
+from tests.tiny import ARCHES, VOCAB, tiny_config, tiny_job, tiny_model
 
 pytestmark = pytest.mark.unit
 
@@ -352,21 +352,17 @@ def test_induction_scales_are_skipped_only_where_they_cannot_help(
     model = tiny_model_dir(tmp_path / "models", "llama", layers=2, hidden=64)
 
     def run(induction: bool) -> tuple[dict, dict[str, torch.Tensor]]:
-        spec = CompressionSpec.from_dict(
-            {
-                "model": str(model),
-                "sparsity": sparsity,
-                # permute off: the channel permutation has its own tests (tests/unit/test_permute.py)
-                "method": {
-                    "pruner": pruner,
-                    "swap_rounds": swap_rounds,
-                    # recovery off: it rescales every layer after pruning (tests/unit/test_recover.py)
-                    "induction": {"enabled": induction, "batch_size": 2, "permute": False, "epochs": epochs,
-                                  "recover_epochs": 0},
-                },
-                "calibration": {"source": "pydoc", "samples": 4, "seq_len": 32, "seed": 1},
-                "evaluation": {"sources": ["none"]},
-            }
+        # permute off: the channel permutation has its own tests (tests/unit/test_permute.py);
+        # recovery off: it rescales every layer after pruning (tests/unit/test_recover.py)
+        settings = {
+            "enabled": induction,
+            "batch_size": 2,
+            "permute": False,
+            "epochs": epochs,
+            "recover_epochs": 0,
+        }
+        spec = tiny_job(
+            model, sparsity, {"pruner": pruner, "swap_rounds": swap_rounds, "induction": settings}
         )
         out = tmp_path / f"{pruner}-{sparsity}-{swap_rounds}-{epochs}-{induction}".replace(":", "_")
         return compress(spec, out_dir=out).to_dict(), load_file(out / "hf" / "model.safetensors")
@@ -374,7 +370,9 @@ def test_induction_scales_are_skipped_only_where_they_cannot_help(
     report, induced = run(True)
     _, plain = run(False)
     unstructured_sparsegpt = pruner == "sparsegpt" and not isinstance(sparsity, str) and epochs == -1
-    assert report["induction"]["epochs"] == (0 if why in ("swaps", "unstructured") or unstructured_sparsegpt else 1)
+    assert report["induction"]["epochs"] == (
+        0 if why in ("swaps", "unstructured") or unstructured_sparsegpt else 1
+    )
     if why is not None:  # skipped, and says so: the result is plain pruning's, bit for bit
         assert why in report["induction"]["scales_skipped"]
         assert all(row["induction"] is None and why in row["induction_skipped"] for row in report["layers"])
@@ -399,19 +397,8 @@ def test_model_targets_differ_from_layer_targets_only_after_the_first_layer(tmp_
     model = tiny_model_dir(tmp_path / "models", "llama", layers=2, hidden=64)
 
     def run(targets: str) -> dict:
-        spec = CompressionSpec.from_dict(
-            {
-                "model": str(model),
-                "sparsity": 0.5,
-                "method": {
-                    "pruner": pruner,
-                    "swap_rounds": 0,
-                    "induction": {"enabled": True, "batch_size": 2, "targets": targets},
-                },
-                "calibration": {"source": "pydoc", "samples": 4, "seq_len": 32, "seed": 1},
-                "evaluation": {"sources": ["none"]},
-            }
-        )
+        induction = {"enabled": True, "batch_size": 2, "targets": targets}
+        spec = tiny_job(model, 0.5, {"pruner": pruner, "swap_rounds": 0, "induction": induction})
         return compress(spec, out_dir=tmp_path / targets).to_dict()
 
     model_rows, layer_rows = run("model"), run("layer")

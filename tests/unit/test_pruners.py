@@ -563,21 +563,12 @@ def test_compress_weighs_only_the_mlp_input_rows(tmp_path, sparsity: float) -> N
     from safetensors.torch import load_file
 
     from core.compress import compress
-    from core.spec import CompressionSpec
-    from tests.tiny import tiny_model_dir
+    from tests.tiny import tiny_job, tiny_model_dir
 
     model = tiny_model_dir(tmp_path / "models", "llama", layers=2, hidden=64)
 
     def pruned(row_weight: str) -> tuple[dict, dict[str, torch.Tensor]]:
-        spec = CompressionSpec.from_dict(
-            {
-                "model": str(model),
-                "sparsity": sparsity,
-                "method": {"pruner": "sparsegpt", "row_weight": row_weight, "fit_to": "layer"},
-                "calibration": {"source": "pydoc", "samples": 4, "seq_len": 32, "seed": 1},
-                "evaluation": {"sources": ["none"]},
-            }
-        )
+        spec = tiny_job(model, sparsity, {"pruner": "sparsegpt", "row_weight": row_weight, "fit_to": "layer"})
         out = tmp_path / row_weight
         return compress(spec, out_dir=out).to_dict(), load_file(out / "hf" / "model.safetensors")
 

@@ -16,7 +16,7 @@ from core.induction.train import _cut
 from core.sparsity import nm_ok
 from core.spec import CompressionSpec
 from core.walker import LayerBatch, run_layer
-from tests.tiny import tiny_model, tiny_tokenizer
+from tests.tiny import tiny_job, tiny_model, tiny_tokenizer
 from tests.unit.test_induction import TARGETS, batches_for, prune_layer, rel_mse
 
 pytestmark = pytest.mark.unit
@@ -96,7 +96,9 @@ def test_gradient_reaches_row_and_column_scales_of_every_linear() -> None:
     assert all(m["rows"] > 0 and m["cols"] > 0 for m in moved.values())
 
 
-@pytest.mark.parametrize(("field", "value"), [("recover_epochs", -2), ("recover_epochs", 101), ("recover_lr", 0.0)])
+@pytest.mark.parametrize(
+    ("field", "value"), [("recover_epochs", -2), ("recover_epochs", 101), ("recover_lr", 0.0)]
+)
 def test_spec_rejects_bad_recovery_settings(field: str, value: object) -> None:
     body = {"model": "m", "sparsity": 0.5, "method": {"induction": {"enabled": True, field: value}}}
     with pytest.raises(SpecError) as info:
@@ -164,20 +166,9 @@ def test_jobs_recover_every_layer_and_keep_the_sparsity(
     model = _structured_model_dir(tmp_path / "model")
 
     def run(recover_epochs: int) -> tuple[dict, dict[str, torch.Tensor]]:
-        spec = CompressionSpec.from_dict(
-            {
-                "model": str(model),
-                "sparsity": sparsity,
-                "method": {
-                    "pruner": pruner,
-                    **extra,
-                    "induction": {"enabled": True, "batch_size": 2, "permute": False,
-                                  "recover_epochs": recover_epochs, "recover_lr": 0.02, **induction},
-                },
-                "calibration": {"source": "pydoc", "samples": 8, "seq_len": 32, "seed": 1},
-                "evaluation": {"sources": ["none"]},
-            }
-        )
+        settings = {"enabled": True, "batch_size": 2, "permute": False,
+                    "recover_epochs": recover_epochs, "recover_lr": 0.02, **induction}  # fmt: skip
+        spec = tiny_job(model, sparsity, {"pruner": pruner, **extra, "induction": settings}, samples=8)
         out = tmp_path / f"out-{recover_epochs}"
         return compress(spec, out_dir=out).to_dict(), load_file(out / "hf" / "model.safetensors")
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from core.compress import compress
 from core.spec import CompressionSpec
-from tests.tiny import tiny_model_dir
+from tests.tiny import tiny_job, tiny_model_dir
 
 pytestmark = pytest.mark.unit
 
@@ -112,15 +112,7 @@ def test_other_pruners_and_the_dense_layer_fit_stream(tmp_path: Path) -> None:
 
 def _wanda(tmp_path: Path, arch: str, sparsity: Any, swap_rounds: int) -> dict:
     model = tiny_model_dir(tmp_path / "models", arch, layers=2, hidden=64)
-    spec = CompressionSpec.from_dict(
-        {
-            "model": str(model),
-            "sparsity": sparsity,
-            "method": {"pruner": "wanda", "swap_rounds": swap_rounds},
-            "calibration": {"source": "pydoc", "samples": 6, "seq_len": 32, "seed": 1},
-            "evaluation": {"sources": ["none"]},
-        }
-    )
+    spec = tiny_job(model, sparsity, {"pruner": "wanda", "swap_rounds": swap_rounds}, samples=6)
     return compress(spec).to_dict()
 
 
@@ -151,16 +143,8 @@ def test_wanda_swaps_walk_in_turn_and_report_what_they_gained(
 
 def _wanda_fit(tmp_path: Path, arch: str, sparsity: Any, fit_to: str, sequential: str) -> tuple[dict, dict]:
     model = tiny_model_dir(tmp_path / "models", arch, layers=2, hidden=64)
-    spec = CompressionSpec.from_dict(
-        {
-            "model": str(model),
-            "sparsity": sparsity,
-            "method": {"pruner": "wanda", "fit_to": fit_to, "sequential": sequential},
-            "calibration": {"source": "pydoc", "samples": 6, "seq_len": 32, "seed": 1},
-            "evaluation": {"sources": ["none"]},
-            "options": {"batch_size": 4},
-        }
-    )
+    method = {"pruner": "wanda", "fit_to": fit_to, "sequential": sequential}
+    spec = tiny_job(model, sparsity, method, samples=6, options={"batch_size": 4})
     out = tmp_path / f"{arch}-wanda-{sparsity}-{fit_to}-{sequential}".replace(":", "_")
     return compress(spec, out_dir=out).to_dict(), load_file(out / "hf" / "model.safetensors")
 
