@@ -126,6 +126,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "fixed, folded into the sparse weights (default 1; 0 turns the recovery off)",
     )
     p.add_argument("--induction-recover-lr", type=float, default=None)
+    p.add_argument(
+        "--induction-samples",
+        type=int,
+        default=None,
+        help="calibration sequences induction trains and guards on (default: all); fewer is faster",
+    )
     p.add_argument("--no-induction-shifts", action="store_true", help="scales only, no shifts")
     p.add_argument(
         "--no-induction-permute",
@@ -154,6 +160,7 @@ def spec_body(args: argparse.Namespace) -> dict[str, Any]:
         ("induction_targets", "targets"),
         ("induction_recover_epochs", "recover_epochs"),
         ("induction_recover_lr", "recover_lr"),
+        ("induction_samples", "samples"),
     ):
         if getattr(args, flag) is not None:
             induction[key] = getattr(args, flag)

@@ -711,7 +711,8 @@ def _recover(
 
     result = recover_layer(
         layer, arch, batches, targets, device=device, epochs=spec.induction.recover_epochs_for(),
-        lr=spec.induction.recover_lr, weights_lr=spec.induction.recover_weights_lr, generator=generator,
+        lr=spec.induction.recover_lr, weights_lr=spec.induction.recover_weights_lr,
+        samples=spec.induction.samples, generator=generator,
     )  # fmt: skip
     result.info["targets"] = against
     row["recovery"] = rep.recovery_row(result)

@@ -165,6 +165,11 @@ class InductionSpec:
     # Adam's learning rate on an additive update of each linear's kept weights, trained with the
     # recovery scales (the mask fixed, so zeros stay zeros); 0: scales only.
     recover_weights_lr: float = 0.0
+    # Calibration sequences the induction stage trains, guards and takes statistics on (the first
+    # ones, in whole minibatches); -1: all. Fewer trade quality for time: for magnitude, whose
+    # pruning step reads no data, a few sequences keep the statistics start within 3x of that
+    # step (docs/induction.md, "Magnitude within the time budget").
+    samples: int = -1
 
     def recover_epochs_for(self) -> int:
         """The recovery passes to run: ``recover_epochs``, or where it is -1, 1 (measured,
@@ -509,6 +514,11 @@ class CompressionSpec:
             "must be between 0 and 100, or -1 for the default",
         )
         _check(0.0 < ind.recover_lr <= 1.0, "method.induction.recover_lr", "must be in (0, 1]")
+        _check(
+            ind.samples == -1 or 1 <= ind.samples <= 100_000,
+            "method.induction.samples",
+            "must be at least 1, or -1 for every calibration sequence",
+        )
         _check(
             0.0 <= ind.recover_weights_lr <= 1.0, "method.induction.recover_weights_lr", "must be in [0, 1]"
         )

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from core.arch import ArchSpec, layer_linears
-from core.induction.train import Batch, _forward, _minibatches, check_subset, held_out_loss
+from core.induction.train import Batch, _forward, _minibatches, check_subset, first_sequences, held_out_loss
 from core.walker import layer_precision
 
 _MARGIN = 0.002  # relative check-loss gain the trained scales need to replace identity
@@ -55,6 +55,7 @@ def recover_layer(
     epochs: int,
     lr: float,
     weights_lr: float = 0.0,
+    samples: int = -1,
     generator: torch.Generator | None,
     batch_size: int = 1,
 ) -> RecoveryResult:
@@ -65,8 +66,8 @@ def recover_layer(
     a few dozen Adam steps."""
     start = time.perf_counter()
     linears = layer_linears(layer, arch)
-    minibatches = list(_minibatches(batches, batch_size))
-    pieces = _target_pieces(targets, batch_size)
+    minibatches = first_sequences(list(_minibatches(batches, batch_size)), samples)
+    pieces = _target_pieces(targets, batch_size)[: len(minibatches)]
     held_out = check_subset(len(minibatches))
     train = [i for i in range(len(minibatches)) if i not in held_out] or held_out
     log_r = {p: torch.zeros(m.out_features, device=device, requires_grad=True) for p, m in linears.items()}

@@ -166,7 +166,7 @@ def induce_layer(
     device = torch.device(device)
     plan = plan_layer(layer, arch)
     params = {n: p.detach().to(device=device, dtype=torch.float32) for n, p in layer.named_parameters()}
-    minibatches = list(_minibatches(batches, spec.batch_size))
+    minibatches = first_sequences(list(_minibatches(batches, spec.batch_size)), spec.samples)
     swaps = swap_rounds if pruner == "wanda" else 0
     want_H = pruner == "sparsegpt" or swaps > 0
     targets, stats = dense_pass(layer, plan, params, minibatches, device=device, want_H=want_H)
@@ -174,8 +174,10 @@ def induce_layer(
     if reference is not None:
         # the dense model's outputs of this layer: what the pruned block must reproduce, drift
         # of earlier layers included (one more forward, on the dense model's inputs)
-        targets = _outputs(layer, params, list(_minibatches(reference, spec.batch_size)), device)
-        reference_outputs = _per_batch(targets, reference, spec.batch_size)
+        # (on every sequence: they are the dense stream the walk carries on)
+        outputs = _outputs(layer, params, list(_minibatches(reference, spec.batch_size)), device)
+        reference_outputs = _per_batch(outputs, reference, spec.batch_size)
+        targets = outputs[: len(minibatches)]
     permuted = None
     if spec.permute and target.is_nm:
         # Regroup first, so the scales train for the groups the pruner will see; the plain
@@ -671,6 +673,19 @@ def _spectral(
 
 def _equal(A: Transform, B: Transform) -> bool:
     return all(torch.equal(a, b) for a, b in zip(A.tensors(), B.tensors(), strict=True))
+
+
+def first_sequences(minibatches: list[Minibatch], samples: int) -> list[Minibatch]:
+    """The first minibatches that hold at least ``samples`` sequences (``InductionSpec.samples``;
+    all where it is -1)."""
+    if samples < 0:
+        return minibatches
+    held = 0
+    for k, mb in enumerate(minibatches):
+        held += mb.hidden.shape[0]
+        if held >= samples:
+            return minibatches[: k + 1]
+    return minibatches
 
 
 def check_subset(n: int) -> list[int]:

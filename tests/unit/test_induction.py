@@ -255,6 +255,29 @@ def test_reference_inputs_set_the_targets() -> None:
     assert got == pytest.approx(other.final_loss, rel=1e-3)
 
 
+def test_samples_limit_what_induction_trains_and_guards_on() -> None:
+    """``samples``: the first minibatches holding that many sequences train, guard and give the
+    statistics; the dense model's outputs it hands on still cover every sequence."""
+    model = tiny_model("llama")
+    arch = arch_for(model)
+    layer = decoder_layers(model, arch)[1]
+    batches = batches_for(model, arch, samples=8, bs=4)
+
+    def induce(samples: int):
+        spec = InductionSpec(enabled=True, epochs=1, batch_size=2, samples=samples)
+        return induce_layer(copy.deepcopy(layer), arch, batches, device="cpu", target=TARGETS["50%"],
+                            pruner="magnitude", spec=spec, reference=batches)  # fmt: skip
+
+    every, few = induce(-1), induce(3)
+    # 8 sequences / 2 = 4 minibatches, minibatch 0 held out: 3 steps; 3 sequences -> 2 minibatches: 1 step
+    assert len(every.losses) == 3 and len(few.losses) == 1
+    assert [Y.shape[0] for Y in few.reference_outputs] == [4, 4]
+    for a, b in zip(few.reference_outputs, every.reference_outputs, strict=True):
+        torch.testing.assert_close(a, b)
+    # the statistics differ (the init's start is read from 4 sequences instead of 8)
+    assert few.info["check_losses"]["init"] != every.info["check_losses"]["init"]
+
+
 def test_result_records_settings_curve_and_time() -> None:
     model = tiny_model("opt")
     arch = arch_for(model)
@@ -319,7 +342,7 @@ def test_group_stats_centre_from_sums() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [("epochs", -2), ("epochs", 101), ("lr", -1.0), ("mask", "foo"), ("batch_size", 0), ("reg", -0.5), ("temperature", 0.0),
-     ("init", "bogus"), ("init_alpha", 9.0), ("targets", "sideways")],
+     ("init", "bogus"), ("init_alpha", 9.0), ("targets", "sideways"), ("samples", 0), ("samples", -2)],
 )  # fmt: skip
 def test_spec_rejects_bad_induction_settings(field: str, value: object) -> None:
     body = {"model": "m", "sparsity": 0.5, "method": {"induction": {"enabled": True, field: value}}}

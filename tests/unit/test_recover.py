@@ -85,6 +85,15 @@ def test_recovery_keeps_the_layer_where_it_cannot_win() -> None:
     assert all(torch.equal(v, layer.state_dict()[k]) for k, v in before.items())
 
 
+def test_samples_limit_the_recovery_to_the_first_sequences() -> None:
+    layer, arch, batches, dense = _pruned_layer()
+    result = recover_layer(
+        layer, arch, batches, dense, device=torch.device("cpu"), epochs=2, lr=0.05, samples=5,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert len(result.losses) == 2 * (5 - 1)  # sequence 0 held out, 4 steps per epoch
+
+
 def test_gradient_reaches_row_and_column_scales_of_every_linear() -> None:
     layer, arch, batches, dense = _pruned_layer()
     result = recover_layer(
@@ -196,3 +205,17 @@ def test_jobs_recover_every_layer_and_keep_the_sparsity(
         assert all(nm_ok(recovered[k], 2, 4) for k in linears)
     # the walk measured (and handed on) the recovered layer's outputs, not the pruned ones
     assert report["layers"][0]["rel_error"] != plain_report["layers"][0]["rel_error"]
+
+
+def test_the_cli_flags_reach_the_spec() -> None:
+    from cli.main import build_parser
+    from cli.prune import spec_body
+
+    args = ["prune", "--model", "m", "--sparsity", "2:4", "--induction", "--induction-recover-epochs", "2",
+            "--induction-recover-lr", "0.02", "--induction-samples", "4"]  # fmt: skip
+    spec = CompressionSpec.from_dict(spec_body(build_parser().parse_args(args)))
+    assert (spec.induction.recover_epochs, spec.induction.recover_lr, spec.induction.samples) == (2, 0.02, 4)
+    bad = spec_body(build_parser().parse_args([*args[:6], "--induction-samples", "0"]))
+    with pytest.raises(SpecError) as info:
+        CompressionSpec.from_dict(bad)
+    assert info.value.param == "method.induction.samples"
