@@ -85,6 +85,43 @@ def test_recovery_keeps_the_layer_where_it_cannot_win() -> None:
     assert all(torch.equal(v, layer.state_dict()[k]) for k, v in before.items())
 
 
+def test_weight_updates_reach_what_scales_cannot_and_keep_every_zero() -> None:
+    """``weights_lr``: an additive update of the kept weights trains with the scales. Targets
+    from the pruned layer with its kept weights perturbed at random (no row / column scaling
+    reproduces that): the weights get closer than the scales alone, the mask stays."""
+    model = tiny_model("llama", hidden=64)
+    arch = arch_for(model)
+    layer = decoder_layers(model, arch)[1]
+    batches = batches_for(model, arch, samples=16, bs=8)
+    prune_layer(layer, arch, batches, "wanda", TARGETS["2:4"])
+    zeros = _zeros(layer, arch)
+    perturbed = copy.deepcopy(layer)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for lin in layer_linears(perturbed, arch).values():
+            lin.weight.add_(
+                0.3 * lin.weight.abs().mean() * torch.randn(lin.weight.shape, generator=g) * (lin.weight != 0)
+            )
+    targets = run_layer(perturbed, batches, device="cpu")
+
+    def recover(weights_lr: float):
+        fresh = copy.deepcopy(layer)
+        r = recover_layer(fresh, arch, batches, targets, device=torch.device("cpu"), epochs=3, lr=0.02,
+                          weights_lr=weights_lr, generator=torch.Generator().manual_seed(0))  # fmt: skip
+        return fresh, r
+
+    _, scales = recover(0.0)
+    folded, weights = recover(1e-2)
+    assert weights.chosen == "trained" and weights.final_loss < 0.6 * scales.final_loss
+    assert weights.info["weights_lr"] == 1e-2
+    # params: the scales plus one update per kept weight
+    kept = sum(int((~z).sum()) for z in zeros.values())
+    assert weights.info["params"] == scales.info["params"] + kept
+    assert all(torch.equal(z, zeros[name]) for name, z in _zeros(folded, arch).items())
+    for lin in layer_linears(folded, arch).values():
+        assert nm_ok(lin.weight, 2, 4)
+
+
 def test_samples_limit_the_recovery_to_the_first_sequences() -> None:
     layer, arch, batches, dense = _pruned_layer()
     result = recover_layer(
