@@ -127,6 +127,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--induction-recover-lr", type=float, default=None)
     p.add_argument(
+        "--induction-recover-weights-lr",
+        type=float,
+        default=None,
+        help="recovery: Adam's step on each kept weight, relative to its linear's mean kept weight (0: scales only)",
+    )
+    p.add_argument(
         "--induction-samples",
         type=int,
         default=None,
@@ -160,6 +166,7 @@ def spec_body(args: argparse.Namespace) -> dict[str, Any]:
         ("induction_targets", "targets"),
         ("induction_recover_epochs", "recover_epochs"),
         ("induction_recover_lr", "recover_lr"),
+        ("induction_recover_weights_lr", "recover_weights_lr"),
         ("induction_samples", "samples"),
     ):
         if getattr(args, flag) is not None:

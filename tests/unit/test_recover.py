@@ -143,7 +143,9 @@ def test_gradient_reaches_row_and_column_scales_of_every_linear() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("recover_epochs", -2), ("recover_epochs", 101), ("recover_lr", 0.0)]
+    ("field", "value"),
+    [("recover_epochs", -2), ("recover_epochs", 101), ("recover_lr", 0.0), ("recover_weights_lr", -0.1),
+     ("recover_weights_lr", 2.0)],  # fmt: skip
 )
 def test_spec_rejects_bad_recovery_settings(field: str, value: object) -> None:
     body = {"model": "m", "sparsity": 0.5, "method": {"induction": {"enabled": True, field: value}}}
@@ -249,9 +251,10 @@ def test_the_cli_flags_reach_the_spec() -> None:
     from cli.prune import spec_body
 
     args = ["prune", "--model", "m", "--sparsity", "2:4", "--induction", "--induction-recover-epochs", "2",
-            "--induction-recover-lr", "0.02", "--induction-samples", "4"]  # fmt: skip
+            "--induction-recover-lr", "0.02", "--induction-samples", "4", "--induction-recover-weights-lr", "0"]  # fmt: skip
     spec = CompressionSpec.from_dict(spec_body(build_parser().parse_args(args)))
-    assert (spec.induction.recover_epochs, spec.induction.recover_lr, spec.induction.samples) == (2, 0.02, 4)
+    ind = spec.induction
+    assert (ind.recover_epochs, ind.recover_lr, ind.samples, ind.recover_weights_lr) == (2, 0.02, 4, 0.0)
     bad = spec_body(build_parser().parse_args([*args[:6], "--induction-samples", "0"]))
     with pytest.raises(SpecError) as info:
         CompressionSpec.from_dict(bad)
