@@ -57,14 +57,17 @@ def _body(
     seed: int = 0,
     method: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    extra = dict(method or {})
+    # --method's induction settings apply where the row runs induction (or where they switch it on)
+    settings = extra.pop("induction", {})
     return {
         "model": "smollm2-135m",
         "sparsity": sparsity if ":" in sparsity else float(sparsity),
         "method": {
             "pruner": pruner,
             "allocation": allocation,
-            "induction": {"enabled": induction},
-            **(method or {}),
+            "induction": {**settings, "enabled": induction or settings.get("enabled", False)},
+            **extra,
         },
         "calibration": {"source": "pydoc", "samples": samples, "seq_len": 512, "seed": seed},
         "evaluation": {"sources": ["pydoc"], "seq_len": 512, "max_windows": 40, "dense": dense},
