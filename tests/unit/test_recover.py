@@ -145,8 +145,8 @@ def test_gradient_reaches_row_and_column_scales_of_every_linear() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [("recover_epochs", -2), ("recover_epochs", 101), ("recover_lr", 0.0), ("recover_weights_lr", -0.1),
-     ("recover_weights_lr", 2.0)],  # fmt: skip
-)
+     ("recover_weights_lr", 2.0)],
+)  # fmt: skip
 def test_spec_rejects_bad_recovery_settings(field: str, value: object) -> None:
     body = {"model": "m", "sparsity": 0.5, "method": {"induction": {"enabled": True, field: value}}}
     with pytest.raises(SpecError) as info:
