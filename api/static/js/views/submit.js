@@ -175,7 +175,9 @@ export function mount(root, ctx) {
   // After pruning: scales trained with the mask fixed and folded into the sparse weights
   // (docs/induction.md, "Recovery"); 0 turns them off.
   const recoverEpochs = numberInput("recover_epochs", "", { min: 0, placeholder: "auto (1)" });
-  const inductionSettings = [epochs, lr, reg, mask, targets, recoverEpochs];
+  // The recovery's step on each kept weight, relative to its linear's mean weight; 0: scales only.
+  const recoverWeightsLr = numberInput("recover_weights_lr", "", { step: "any", min: 0, placeholder: "0.006" });
+  const inductionSettings = [epochs, lr, reg, mask, targets, recoverEpochs, recoverWeightsLr];
   function syncInduction() {
     for (const c of inductionSettings) c.disabled = !induction.checked;
     inductionBox.classList.toggle("muted", !induction.checked);
@@ -253,6 +255,7 @@ export function mount(root, ctx) {
     field("method.induction.mask", "Mask during training", mask),
     field("method.induction.targets", "Train against", targets),
     field("method.induction.recover_epochs", "Recovery epochs", recoverEpochs),
+    field("method.induction.recover_weights_lr", "Recovery weight step", recoverWeightsLr),
   );
 
   const form = h(
@@ -420,6 +423,7 @@ export function mount(root, ctx) {
           mask: mask.value,
           targets: targets.value,
           recover_epochs: numberValue(recoverEpochs, "method.induction.recover_epochs"),
+          recover_weights_lr: numberValue(recoverWeightsLr, "method.induction.recover_weights_lr"),
         })
       : { enabled: false };
     return {
@@ -478,6 +482,7 @@ export function mount(root, ctx) {
     if (ind.mask) mask.value = ind.mask;
     if (ind.targets) targets.value = ind.targets;
     recoverEpochs.value = ind.recover_epochs >= 0 ? ind.recover_epochs : "";
+    recoverWeightsLr.value = ind.recover_weights_lr ?? "";
     const c = spec.calibration || {};
     if (c.source) {
       if (!calSource.querySelector(`option[value="${CSS.escape(c.source)}"]`)) {
