@@ -10,6 +10,13 @@ no longer add up to the dense row's output) and leaves the drift earlier layers 
 residual stream; one output scale and one input scale per linear are enough to undo part of
 both, and they are few (out + in per linear) against the block's calibration tokens.
 
+With ``weights_lr`` > 0 each kept weight also gets an additive update (in units of its linear's
+mean kept weight, zero where the weight is pruned), trained in the same steps: block-wise
+reconstruction of the sparse weights, which sees what each linear's own least squares (SparseGPT)
+cannot, the softmax and the gate between the linears. The guard below is what keeps these many
+more parameters from overfitting a layer's few calibration sequences (docs/induction.md,
+"Recovery of the kept weights").
+
 The objective is induction's: relative MSE between the block's target (the dense model's output
 of the layer, or the dense layer's on the pruned inputs) and the pruned block's output. Adam on
 log-scales from 0 (identity); the check subset (every 8th minibatch, unseen by the optimiser)
@@ -59,9 +66,11 @@ def recover_layer(
     generator: torch.Generator | None,
     batch_size: int = 1,
 ) -> RecoveryResult:
-    """Train one row and one column log-scale per linear of the (already pruned) ``layer`` so
-    that its output on ``batches`` approaches ``targets`` (per batch, [b, seq, hidden]); fold
-    them into the weights if they win on the check subset. Zeros stay zeros. ``batch_size``
+    """Train one row and one column log-scale per linear of the (already pruned) ``layer``, and
+    with ``weights_lr`` > 0 an update of its kept weights, so that its output on ``batches``
+    approaches ``targets`` (per batch, [b, seq, hidden]); fold them into the weights if they win
+    on the check subset. Zeros stay zeros. ``samples``: train and check on the first sequences
+    only (``InductionSpec.samples``). ``batch_size``
     sequences per step: one, so that a pass over a few dozen calibration sequences still makes
     a few dozen Adam steps."""
     start = time.perf_counter()
