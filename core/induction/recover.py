@@ -86,13 +86,13 @@ def recover_layer(
         for p, m in linears.items()
     }
     groups: list[dict[str, Any]] = [{"params": [*log_r.values(), *log_c.values()], "lr": lr}]
-    deltas: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    deltas: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     if weights_lr > 0:
-        # W + D * unit, unit = the mask times the linear's mean |kept weight|: D is in units of the
+        # W + D * keep * unit, unit = the linear's mean |kept weight|: D is in units of the
         # linear's own weights, so ``weights_lr`` is a relative step whatever the model's scale
         # (SmolLM2's weights are ~0.15 on average, a 7B Llama's ~0.02), and zeros get no update.
-        deltas = {p: (torch.zeros_like(W, requires_grad=True), _unit(W)) for p, (W, _) in base.items()}
-        groups.append({"params": [D for D, _ in deltas.values()], "lr": weights_lr})
+        deltas = {p: (torch.zeros_like(W, requires_grad=True), *_unit(W)) for p, (W, _) in base.items()}
+        groups.append({"params": [D for D, _, _ in deltas.values()], "lr": weights_lr})
     opt = torch.optim.Adam(groups)
     # Each step's squared error is divided by the MEAN ||Y||^2 of a minibatch, not by its own:
     # a sequence's error then weighs what it weighs in the check loss (summed over sequences),
@@ -131,7 +131,7 @@ def recover_layer(
         "lr": lr,
         "weights_lr": weights_lr,
         "params": sum(t.numel() for t in (*log_r.values(), *log_c.values()))
-        + sum(int((unit != 0).sum()) for _, unit in deltas.values()),
+        + sum(int(keep.sum()) for _, keep, _ in deltas.values()),
         # per linear: how many row / column scales training moved off 1, and the largest move
         "moved": {p: _moved(log_r[p], log_c[p]) for p in linears},
         "seconds": round(seconds, 4),
@@ -154,26 +154,26 @@ def _scaled(
     base: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
     log_r: dict[str, torch.Tensor],
     log_c: dict[str, torch.Tensor],
-    deltas: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    deltas: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """diag(r) (W + D * unit) diag(c) (and r * b) per linear, as functional_call parameters
-    (``deltas``: per linear, the weight update D and its unit, zero where W is)."""
+    """diag(r) (W + D * keep * unit) diag(c) (and r * b) per linear, as functional_call
+    parameters (``deltas``: per linear, the weight update D, W's kept mask and their unit)."""
     params: dict[str, torch.Tensor] = {}
     for path, (W, b) in base.items():
         r, c = log_r[path].exp(), log_c[path].exp()
         if deltas:
-            D, unit = deltas[path]
-            W = W + D * unit
+            D, keep, unit = deltas[path]
+            W = W + D * keep * unit
         params[f"{path}.weight"] = W * r[:, None] * c[None, :]
         if b is not None:
             params[f"{path}.bias"] = b * r
     return params
 
 
-def _unit(W: torch.Tensor) -> torch.Tensor:
-    """The mask of W's kept weights times their mean magnitude."""
+def _unit(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """W's kept mask (bool: a quarter of a float copy) and its kept weights' mean magnitude."""
     keep = W != 0
-    return keep * W.abs().sum() / keep.sum().clamp_min(1)
+    return keep, W.abs().sum() / keep.sum().clamp_min(1)
 
 
 def _as_params(base: dict[str, tuple[torch.Tensor, torch.Tensor | None]]) -> dict[str, torch.Tensor]:
