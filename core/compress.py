@@ -710,9 +710,9 @@ def _recover(
     from core.induction.recover import recover_layer  # torch-heavy training code, only when asked for
 
     result = recover_layer(
-        layer, arch, batches, targets, device=device, epochs=spec.induction.recover_epochs_for(),
+        layer, arch, batches, targets, device=device, epochs=spec.induction.recover_epochs_for(spec.pruner),
         lr=spec.induction.recover_lr, weights_lr=spec.induction.recover_weights_lr,
-        samples=spec.induction.samples, generator=generator,
+        samples=spec.induction.samples_for(spec.pruner), generator=generator,
     )  # fmt: skip
     result.info["targets"] = against
     row["recovery"] = rep.recovery_row(result)

@@ -83,7 +83,8 @@ def build(
             "scales_skipped": spec.induction_scales_skipped,
             "targets": _induction_targets(spec),
             "seconds": round(sum(r["seconds"] for r in rows), 4),
-            "recover_epochs": spec.induction.recover_epochs_for(),  # the settings' -1 resolved
+            "recover_epochs": spec.induction.recover_epochs_for(spec.pruner),  # the settings' -1 resolved
+            "samples": spec.induction.samples_for(spec.pruner),  # the same; 0: every sequence
             "recovery": _recovery_summary(layers) if spec.recovers else None,
         }
     return {

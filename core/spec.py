@@ -124,17 +124,18 @@ class Sparsity:
 class InductionSpec:
     """Sparsity Induction settings (arXiv 2602.21652); see docs/induction.md.
 
-    Defaults were chosen by measurement on SmolLM2-135M (docs/induction.md, "Ablations") under
-    the budget of at most 3x the time of the pruning step they precede, which they keep for Wanda
-    and SparseGPT; magnitude's data-free step (seconds of sorting) is shorter than any guarded
-    pass over data, so its defaults buy quality at ~100x and ``samples`` with ``epochs: 0`` is
-    the fast setting (4-9x; docs/induction.md, "Magnitude within the time budget")."""
+    Defaults (the -1 / "auto" values, resolved per pruner by the ``*_for`` methods) were chosen
+    by measurement on SmolLM2-135M (docs/induction.md, "Ablations") under the budget of at most
+    3x the time of the pruning step they precede. Magnitude's step reads no data (seconds of
+    top-k), so its defaults are the statistics start on one sequence, guarded, without training
+    or recovery; ``epochs: 1, recover_epochs: 1, samples: 0`` buys far lower perplexity at ~100x
+    that step (docs/induction.md, "Magnitude within the time budget")."""
 
     enabled: bool = False
     # Passes of training over the layer's calibration inputs. 0 keeps the statistics
     # initialisation alone (still guarded): for magnitude it keeps most of the gain at a sixth of
     # the time (docs/induction.md section 5: "Epochs" and the full-model table). -1: the measured
-    # default for the pruner (``epochs_for``).
+    # default for the pruner (``epochs_for``: 0 for magnitude).
     epochs: int = -1
     lr: float = 5e-2  # Adam, on log scales
     shifts: bool = True  # shifts only where they fold into an existing bias (see docs)
@@ -155,14 +156,15 @@ class InductionSpec:
     # What the pruned block is trained and guarded against: "layer", the dense layer's output on
     # the pruned model's inputs (the paper's); "model", the dense model's own output of the layer
     # (its activations walk alongside, as for SparseGPT's fit to the model), so the scales also
-    # steer the masks to undo the drift earlier layers left; "auto": model (measured better,
-    # docs/induction.md, "Targets").
+    # steer the masks to undo the drift earlier layers left; "auto": model where the scales train
+    # (measured better, docs/induction.md, "Targets"), layer where only the statistics start is
+    # guarded (``epochs`` 0: the dense model's stream would cost a pass over every sequence).
     targets: Literal["auto", "model", "layer"] = "auto"
     # Recovery scales (core/induction/recover.py, docs/induction.md "Recovery"): after the pruner,
     # one output and one input scale per linear, trained against the pruned block with its mask
     # fixed (against ``targets``) and folded into the sparse weights, where zeros stay zeros.
     # Passes over the layer's calibration sequences (one sequence per step); 0: off; -1: the
-    # measured default (``recover_epochs_for``).
+    # measured default (``recover_epochs_for``: 1, but 0 for magnitude).
     recover_epochs: int = -1
     recover_lr: float = 1e-2  # Adam, on the recovery log-scales
     # Adam's learning rate on an additive update of each linear's kept weights, trained with the
@@ -172,15 +174,26 @@ class InductionSpec:
     # docs/induction.md "Recovery of the kept weights").
     recover_weights_lr: float = 6e-3
     # Calibration sequences the induction stage trains, guards and takes statistics on (the first
-    # ones, in whole minibatches); -1: all. Fewer trade quality for time: for magnitude, whose
-    # pruning step reads no data, a few sequences keep the statistics start within 3x of that
-    # step (docs/induction.md, "Magnitude within the time budget").
+    # ones); 0: all; -1: the measured default (``samples_for``: all, but 1 for magnitude). Fewer
+    # trade quality for time: magnitude's pruning step reads no data, and one sequence keeps its
+    # statistics start within 3x of that step (docs/induction.md, "Magnitude within the time budget").
     samples: int = -1
 
-    def recover_epochs_for(self) -> int:
+    def recover_epochs_for(self, pruner: str) -> int:
         """The recovery passes to run: ``recover_epochs``, or where it is -1, 1 (measured,
-        docs/induction.md "Recovery")."""
-        return self.recover_epochs if self.recover_epochs >= 0 else 1
+        docs/induction.md "Recovery"), except 0 for magnitude: one pass costs ~60x its data-free
+        pruning step."""
+        if self.recover_epochs >= 0:
+            return self.recover_epochs
+        return 0 if pruner == "magnitude" else 1
+
+    def samples_for(self, pruner: str) -> int:
+        """The calibration sequences induction reads (0: all): ``samples``, or where it is -1, all,
+        except 1 for magnitude, whose budget (3x a step of seconds) pays for about three forward
+        passes of the layer on one sequence (the statistics, and the guard's two checks)."""
+        if self.samples >= 0:
+            return self.samples
+        return 1 if pruner == "magnitude" else 0
 
     def epochs_for(self, pruner: str, swaps: int, nm: bool) -> int:
         """The training passes to run: ``epochs``, or where it is -1, 1, except 0 where trained
@@ -188,10 +201,12 @@ class InductionSpec:
         Wanda with swaps (``swaps`` rounds > 0), which refine any starting mask on each linear's
         own X^T X, an objective no exact rescaling changes; and SparseGPT at an unstructured
         target (``nm`` False), whose update absorbs what the scales could re-rank (the guard
-        kept plain pruning on 30 of 30 layers, at 3x the pruning step)."""
+        kept plain pruning on 30 of 30 layers, at 3x the pruning step); and magnitude, whose
+        budget does not pay for a pass of training (the statistics start keeps most of the gain,
+        docs/induction.md, "Magnitude within the time budget")."""
         if self.epochs >= 0:
             return self.epochs
-        if (pruner == "wanda" and swaps > 0) or (pruner == "sparsegpt" and not nm):
+        if (pruner == "wanda" and swaps > 0) or (pruner == "sparsegpt" and not nm) or pruner == "magnitude":
             return 0
         return 1
 
@@ -200,11 +215,14 @@ class InductionSpec:
         (its search converges by then and costs under half its pruning step), 10 for magnitude
         and Wanda with training, which already takes most of the 3x budget, and 50 for Wanda
         without (``trains`` False: the permutation is then all of induction's work)
-        (docs/induction.md, "N:M channel permutation")."""
+        (docs/induction.md, "N:M channel permutation"); 0 (no permutation) for magnitude without
+        training, whose budget of 3x a data-free step the search alone would exceed 25-fold."""
         if self.permute_rounds >= 0:
             return self.permute_rounds
         if pruner == "sparsegpt":
             return 100
+        if pruner == "magnitude" and not trains:
+            return 0
         return 10 if trains else 50
 
 
@@ -327,12 +345,13 @@ class CompressionSpec:
         """Induction's scales train against the dense model's outputs (``InductionSpec.targets``):
         the walk then carries the dense model's activations alongside the pruned model's."""
         learns = self.induction.enabled and self.induction_scales_skipped is None
-        return learns and self.induction.targets in ("auto", "model")
+        targets = self.induction.targets
+        return learns and (targets == "model" or (targets == "auto" and self.induction_epochs > 0))
 
     @property
     def recovers(self) -> bool:
         """Induction's recovery scales run after the pruner on every layer."""
-        return self.induction.enabled and self.induction.recover_epochs_for() > 0
+        return self.induction.enabled and self.induction.recover_epochs_for(self.pruner) > 0
 
     @property
     def recovery_fits_model(self) -> bool:
@@ -521,9 +540,9 @@ class CompressionSpec:
         )
         _check(0.0 < ind.recover_lr <= 1.0, "method.induction.recover_lr", "must be in (0, 1]")
         _check(
-            ind.samples == -1 or 1 <= ind.samples <= 100_000,
+            -1 <= ind.samples <= 100_000,
             "method.induction.samples",
-            "must be at least 1, or -1 for every calibration sequence",
+            "must be between 1 and 100000, 0 for every calibration sequence, or -1 for the default",
         )
         _check(
             0.0 <= ind.recover_weights_lr <= 1.0, "method.induction.recover_weights_lr", "must be in [0, 1]"

@@ -166,7 +166,7 @@ def induce_layer(
     device = torch.device(device)
     plan = plan_layer(layer, arch)
     params = {n: p.detach().to(device=device, dtype=torch.float32) for n, p in layer.named_parameters()}
-    minibatches = first_sequences(list(_minibatches(batches, spec.batch_size)), spec.samples)
+    minibatches = first_sequences(list(_minibatches(batches, spec.batch_size)), spec.samples_for(pruner))
     swaps = swap_rounds if pruner == "wanda" else 0
     want_H = pruner == "sparsegpt" or swaps > 0
     targets, stats = dense_pass(layer, plan, params, minibatches, device=device, want_H=want_H)
@@ -179,7 +179,7 @@ def induce_layer(
         reference_outputs = _per_batch(outputs, reference, spec.batch_size)
         targets = outputs[: len(minibatches)]
     permuted = None
-    if spec.permute and target.is_nm:
+    if spec.permute and target.is_nm and spec.rounds_for(pruner, trains=spec.epochs > 0) > 0:
         # Regroup first, so the scales train for the groups the pruner will see; the plain
         # pruning of the layer as it came is kept as the bar the permuted candidates must beat.
         args = (target, pruner, spec, dampening, blocksize, device, order, swaps)
@@ -626,8 +626,8 @@ class _Trainer:
             params = self._sparsegpt_folded(T)
         else:
             self.refresh(T)
-            # "ste" forward = hard mask; then Wanda's swaps, as the pruner will
-            params = {**self.params, **self.pruned_params(T, mode="ste", swaps=True)}
+            # the hard mask (the "ste" forward); then Wanda's swaps, as the pruner will
+            params = {**self.params, **self.pruned_params(T, mode="hard", swaps=True)}
         return held_out_loss(self.layer, params, minibatches, targets, self.device)
 
     def _sparsegpt_folded(self, T: Transform) -> dict[str, torch.Tensor]:
@@ -676,16 +676,18 @@ def _equal(A: Transform, B: Transform) -> bool:
 
 
 def first_sequences(minibatches: list[Minibatch], samples: int) -> list[Minibatch]:
-    """The first minibatches that hold at least ``samples`` sequences (``InductionSpec.samples``;
-    all where it is -1)."""
-    if samples < 0:
+    """The first ``samples`` sequences of ``minibatches`` (``InductionSpec.samples_for``; all
+    where it is 0 or less), the last minibatch cut to fit."""
+    if samples <= 0:
         return minibatches
-    held = 0
-    for k, mb in enumerate(minibatches):
-        held += mb.hidden.shape[0]
-        if held >= samples:
-            return minibatches[: k + 1]
-    return minibatches
+    out: list[Minibatch] = []
+    for mb in minibatches:
+        b = mb.hidden.shape[0]
+        need = samples - sum(m.hidden.shape[0] for m in out)
+        if need <= 0:
+            break
+        out.append(mb if b <= need else Minibatch(mb.hidden[:need], _cut(mb.kwargs, b, 0, need)))
+    return out
 
 
 def check_subset(n: int) -> list[int]:

@@ -13,10 +13,11 @@ from transformers import AutoModelForCausalLM
 from core.arch import arch_for, decoder_layers, layer_linears
 from core.errors import SpecError
 from core.induction import fold_, induce_layer, plan_layer
+from core.induction.masks import hard_and_threshold, keep_mask
 from core.induction.train import GroupStats, _minibatches, _Trainer, dense_pass, init_transform
 from core.induction.transform import Transform
 from core.pruners import prune_weight
-from core.sparsity import LayerTarget, nm_ok
+from core.sparsity import LayerTarget, mask_for, nm_ok
 from core.spec import CompressionSpec, InductionSpec
 from core.walker import LayerBatch, capture_inputs, collect_stats, run_layer
 from tests.tiny import ARCHES, VOCAB, tiny_config, tiny_job, tiny_model
@@ -147,6 +148,24 @@ def test_query_key_pair_cannot_change_the_pruned_block() -> None:
     assert float(a) == pytest.approx(float(b), rel=1e-6)
 
 
+@pytest.mark.parametrize("target", [LayerTarget(0.5), LayerTarget(0.7), LayerTarget(0.5, 2, 4)])
+def test_training_mask_is_the_pruners_mask_with_a_threshold_between(target: LayerTarget) -> None:
+    """The hard mask is ``core.sparsity.mask_for``'s on the same scores, and the threshold lies
+    between each comparison group's last pruned and first kept score."""
+    L = torch.randn(24, 32, generator=torch.Generator().manual_seed(3))
+    keep, thr = hard_and_threshold(L, target)
+    assert torch.equal(keep, mask_for(L, target))
+    # the guard's "hard" mode is the straight-through forward without its threshold
+    hard = keep_mask(L, target, mode="hard", tau=0.05)
+    assert torch.equal(hard, keep_mask(L, target, mode="ste", tau=0.05)) and torch.equal(hard, keep.float())
+    groups = (24, -1) if target.m is None else (24, -1, target.m)
+    Lg, kg, tg = L.reshape(groups), keep.reshape(groups), thr.reshape(groups)
+    last_pruned = Lg.masked_fill(kg, float("-inf")).amax(dim=-1, keepdim=True)
+    first_kept = Lg.masked_fill(~kg, float("inf")).amin(dim=-1, keepdim=True)
+    assert bool((last_pruned < tg).all()) and bool((tg < first_kept).all())
+    torch.testing.assert_close(tg, (0.5 * (last_pruned + first_kept)).expand_as(tg))
+
+
 def test_training_moves_the_mask() -> None:
     trainer, T0, mbs, targets = _trainer(tiny_model("llama"), "wanda", TARGETS["2:4"], lr=0.1, epochs=2)
     T, losses = trainer.fit(T0, mbs, targets, torch.Generator().manual_seed(0))
@@ -175,7 +194,7 @@ def test_reported_loss_is_the_pruners_loss_after_folding(arch_name: str, pruner:
     layer = decoder_layers(model, arch)[0]
     batches = batches_for(model, arch)
     Y = run_layer(layer, batches, device="cpu")
-    spec = InductionSpec(enabled=True, epochs=1, lr=0.1, batch_size=4)
+    spec = InductionSpec(enabled=True, epochs=1, lr=0.1, batch_size=4, samples=0)  # (magnitude's default: 1)
     result = induce_layer(
         layer, arch, batches, device="cpu", target=TARGETS["50%"], pruner=pruner, spec=spec, blocksize=16,
         swap_rounds=rounds,
@@ -201,7 +220,7 @@ def test_induction_lowers_the_pruned_error(pruner: str, target: str) -> None:
     plain = copy.deepcopy(layer)
     prune_layer(plain, arch, batches, pruner, TARGETS[target])
     base = rel_mse(Y, run_layer(plain, batches, device="cpu"))
-    spec = InductionSpec(enabled=True, epochs=2, lr=0.1, batch_size=8)
+    spec = InductionSpec(enabled=True, epochs=2, lr=0.1, batch_size=8, samples=0)
     result = induce_layer(
         layer, arch, batches, device="cpu", target=TARGETS[target], pruner=pruner, spec=spec,
         generator=torch.Generator().manual_seed(0),
@@ -222,7 +241,7 @@ def test_reference_inputs_set_the_targets() -> None:
     arch = arch_for(model)
     layer = decoder_layers(model, arch)[1]
     batches = batches_for(model, arch, samples=8, bs=4)
-    spec = InductionSpec(enabled=True, epochs=1, lr=0.1, batch_size=2)
+    spec = InductionSpec(enabled=True, epochs=1, lr=0.1, batch_size=2, samples=0)
     kw = dict(device="cpu", target=TARGETS["2:4"], pruner="magnitude", spec=spec)
 
     def induce(reference):
@@ -268,8 +287,9 @@ def test_samples_limit_what_induction_trains_and_guards_on() -> None:
         return induce_layer(copy.deepcopy(layer), arch, batches, device="cpu", target=TARGETS["50%"],
                             pruner="magnitude", spec=spec, reference=batches)  # fmt: skip
 
-    every, few = induce(-1), induce(3)
-    # 8 sequences / 2 = 4 minibatches, minibatch 0 held out: 3 steps; 3 sequences -> 2 minibatches: 1 step
+    every, few = induce(0), induce(3)
+    # 8 sequences / 2 = 4 minibatches, minibatch 0 held out: 3 steps; 3 sequences -> minibatches
+    # of 2 and 1: 1 step
     assert len(every.losses) == 3 and len(few.losses) == 1
     assert [Y.shape[0] for Y in few.reference_outputs] == [4, 4]
     for a, b in zip(few.reference_outputs, every.reference_outputs, strict=True):
@@ -342,7 +362,7 @@ def test_group_stats_centre_from_sums() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [("epochs", -2), ("epochs", 101), ("lr", -1.0), ("mask", "foo"), ("batch_size", 0), ("reg", -0.5), ("temperature", 0.0),
-     ("init", "bogus"), ("init_alpha", 9.0), ("targets", "sideways"), ("samples", 0), ("samples", -2)],
+     ("init", "bogus"), ("init_alpha", 9.0), ("targets", "sideways"), ("samples", 100_001), ("samples", -2)],
 )  # fmt: skip
 def test_spec_rejects_bad_induction_settings(field: str, value: object) -> None:
     body = {"model": "m", "sparsity": 0.5, "method": {"induction": {"enabled": True, field: value}}}
@@ -420,7 +440,7 @@ def test_model_targets_differ_from_layer_targets_only_after_the_first_layer(tmp_
     model = tiny_model_dir(tmp_path / "models", "llama", layers=2, hidden=64)
 
     def run(targets: str) -> dict:
-        induction = {"enabled": True, "batch_size": 2, "targets": targets}
+        induction = {"enabled": True, "batch_size": 2, "targets": targets, "epochs": 1, "samples": 0}
         spec = tiny_job(model, 0.5, {"pruner": pruner, "swap_rounds": 0, "induction": induction})
         return compress(spec, out_dir=tmp_path / targets).to_dict()
 

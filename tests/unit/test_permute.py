@@ -252,10 +252,13 @@ def test_spec_checks_permute_settings() -> None:
     )
     # without training the permutation is all of induction's work: more rounds
     assert (ind.rounds_for("sparsegpt", trains=False), ind.rounds_for("wanda", trains=False)) == (100, 50)
-    # epochs -1: one pass, none for Wanda with swaps or unstructured SparseGPT; a number given is kept
+    # ... except magnitude, whose untrained default cannot pay for a search: none
+    assert ind.rounds_for("magnitude", trains=False) == 0
+    # epochs -1: one pass, none for Wanda with swaps, unstructured SparseGPT or magnitude; a number
+    # given is kept
     assert ind.epochs == -1
     cases = [("wanda", 20, True), ("wanda", 0, True), ("magnitude", 0, False), ("sparsegpt", 0, True)]
-    assert [ind.epochs_for(*c) for c in cases] == [0, 1, 1, 1]
+    assert [ind.epochs_for(*c) for c in cases] == [0, 1, 0, 1]
     assert (ind.epochs_for("sparsegpt", 0, False), ind.epochs_for("wanda", 0, False)) == (0, 1)
     two = CompressionSpec.from_dict({**base, "method": {"induction": {"enabled": True, "epochs": 2}}})
     assert two.induction.epochs_for("wanda", 20, True) == 2 and two.induction_epochs == 2

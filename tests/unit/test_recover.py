@@ -159,14 +159,23 @@ def test_recovery_defaults() -> None:
         body = {"model": "m", "sparsity": sparsity, "method": {"pruner": pruner, "induction": induction}}
         return CompressionSpec.from_dict(body)
 
-    assert spec(enabled=True).recovers and spec(enabled=True).induction.recover_epochs_for() == 1
+    assert spec(enabled=True).recovers and spec(enabled=True).induction.recover_epochs_for("wanda") == 1
     assert not spec(enabled=True, recover_epochs=0).recovers and not spec(enabled=False).recovers
+    # magnitude's budget (3x a data-free step) pays for neither training nor recovery by default
+    assert not spec("magnitude", enabled=True).recovers and spec("magnitude", enabled=True).induction_epochs == 0
+    assert spec("magnitude", enabled=True, recover_epochs=1).recovers
     # auto: the dense model's outputs where the walk carries them anyway, else the dense layer's
     assert not spec(enabled=True).recovery_fits_model  # Wanda with swaps: no scales trained, no fit
     assert spec(enabled=True, targets="model").recovery_fits_model
-    assert spec("magnitude", enabled=True).recovery_fits_model  # its scales train against the model
+    # magnitude's scales train against the model where they train at all
+    assert spec("magnitude", enabled=True, epochs=1, recover_epochs=1).recovery_fits_model
+    assert not spec("magnitude", enabled=True, recover_epochs=1).recovery_fits_model  # statistics start only
     assert spec("sparsegpt", "2:4", enabled=True).recovery_fits_model  # SparseGPT fits the dense model
-    assert not spec("magnitude", enabled=True, targets="layer").recovery_fits_model
+    assert not spec("magnitude", enabled=True, epochs=1, recover_epochs=1, targets="layer").recovery_fits_model
+    # samples: all but for magnitude (one sequence); 0 is every sequence
+    assert spec(enabled=True).induction.samples_for("wanda") == 0
+    assert spec("magnitude", enabled=True).induction.samples_for("magnitude") == 1
+    assert spec("magnitude", enabled=True, samples=0).induction.samples_for("magnitude") == 0
 
 
 def _structured_model_dir(out):
@@ -188,14 +197,16 @@ def _structured_model_dir(out):
 # walk (magnitude, the paper's Wanda, sequential "layer") and the walk that prunes in turn inside
 # one forward (Wanda with swaps, SparseGPT fitting the dense model)
 JOBS = [
-    ("magnitude", 0.5, {}, {}, "model"),  # the scales train against the dense model: its stream is there
+    # magnitude with training (its quality setting): the scales train against the dense model,
+    # whose stream is there (its defaults train neither scales nor recovery)
+    ("magnitude", 0.5, {}, {"epochs": 1, "samples": 0}, "model"),
     ("wanda", "2:4", {"swap_rounds": 0}, {}, "model"),
     ("wanda", "2:4", {}, {}, "layer"),  # scales skipped, no dense stream: auto takes the dense layer
     ("wanda", "2:4", {}, {"targets": "model"}, "model"),  # ... unless asked for
     ("sparsegpt", "2:4", {}, {}, "model"),  # fits the dense model: its stream is there
     ("sparsegpt", 0.5, {"sequential": "layer"}, {}, "model"),
     ("wanda", 0.5, {"sequential": "layer"}, {"targets": "model"}, "model"),  # recovery alone moves the stream
-    ("magnitude", 0.5, {}, {"targets": "layer"}, "layer"),
+    ("magnitude", 0.5, {}, {"epochs": 1, "samples": 0, "targets": "layer"}, "layer"),
 ]
 
 
@@ -255,7 +266,7 @@ def test_the_cli_flags_reach_the_spec() -> None:
     spec = CompressionSpec.from_dict(spec_body(build_parser().parse_args(args)))
     ind = spec.induction
     assert (ind.recover_epochs, ind.recover_lr, ind.samples, ind.recover_weights_lr) == (2, 0.02, 4, 0.0)
-    bad = spec_body(build_parser().parse_args([*args[:6], "--induction-samples", "0"]))
+    bad = spec_body(build_parser().parse_args([*args[:6], "--induction-samples", "-2"]))
     with pytest.raises(SpecError) as info:
         CompressionSpec.from_dict(bad)
     assert info.value.param == "method.induction.samples"
