@@ -104,9 +104,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--induction-epochs",
         type=int,
         default=None,
-        help="training passes per layer (default 1; 0 for Wanda with swaps and unstructured SparseGPT: "
-        "docs/induction.md); "
-        "0 keeps the statistics initialisation alone",
+        help="training passes per layer (default 1; 0 for Wanda with swaps, unstructured SparseGPT "
+        "and magnitude: docs/induction.md); 0 keeps the statistics initialisation alone",
     )
     p.add_argument("--induction-lr", type=float, default=None)
     p.add_argument("--induction-reg", type=float, default=None)
@@ -115,15 +114,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--induction-targets",
         choices=["auto", "model", "layer"],
         default=None,
-        help="train against the dense model's outputs of each layer (model, the default) or the "
-        "dense layer's on the pruned model's inputs (layer, the paper's)",
+        help="train against the dense model's outputs of each layer (model, the default where the "
+        "scales train) or the dense layer's on the pruned model's inputs (layer, the paper's)",
     )
     p.add_argument(
         "--induction-recover-epochs",
         type=int,
         default=None,
         help="after pruning, passes training one output and one input scale per linear with the mask "
-        "fixed, folded into the sparse weights (default 1; 0 turns the recovery off)",
+        "fixed, folded into the sparse weights (default 1, 0 for magnitude; 0 turns the recovery off)",
     )
     p.add_argument("--induction-recover-lr", type=float, default=None)
     p.add_argument(
@@ -136,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--induction-samples",
         type=int,
         default=None,
-        help="calibration sequences induction trains and guards on (default: all); fewer is faster",
+        help="first calibration sequences induction trains and guards on (default: all, 1 for magnitude; 0: all)",
     )
     p.add_argument("--no-induction-shifts", action="store_true", help="scales only, no shifts")
     p.add_argument(

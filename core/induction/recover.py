@@ -62,7 +62,7 @@ def recover_layer(
     epochs: int,
     lr: float,
     weights_lr: float = 0.0,
-    samples: int = -1,
+    samples: int = 0,
     generator: torch.Generator | None,
     batch_size: int = 1,
 ) -> RecoveryResult:
@@ -70,7 +70,7 @@ def recover_layer(
     with ``weights_lr`` > 0 an update of its kept weights, so that its output on ``batches``
     approaches ``targets`` (per batch, [b, seq, hidden]); fold them into the weights if they win
     on the check subset. Zeros stay zeros. ``samples``: train and check on the first sequences
-    only (``InductionSpec.samples``). ``batch_size``
+    only (``InductionSpec.samples_for``; 0 or less: all). ``batch_size``
     sequences per step: one, so that a pass over a few dozen calibration sequences still makes
     a few dozen Adam steps."""
     start = time.perf_counter()

@@ -142,7 +142,8 @@ def test_submit_through_the_form_watch_it_run_and_read_the_results(page: Any, se
     page.get_by_label("Train against").select_option("layer")
     page.get_by_label("Recovery epochs").fill("2")
     page.get_by_label("Recovery weight step").fill("0.01")
-    page.get_by_label("Samples").fill("4")
+    page.get_by_label("Induction sequences").fill("3")
+    page.get_by_label("Samples", exact=True).fill("4")
     page.get_by_label("Sequence length").fill("32")
     page.get_by_label("Window length").fill("32")
     page.get_by_label("Max windows").fill("2")
@@ -169,6 +170,10 @@ def test_submit_through_the_form_watch_it_run_and_read_the_results(page: Any, se
     assert results["induction"]["targets"] == "layer"  # the form's choices reached the engine
     assert results["induction"]["recover_epochs"] == 2 and results["induction"]["recovery"]["targets"] == "layer"
     assert all(r["recovery"]["info"]["weights_lr"] == 0.01 for r in results["layers"])
+    # 3 of the 4 calibration sequences: the recovery steps one sequence at a time, the first held
+    # out for its check: 2 steps per epoch, 2 epochs
+    assert results["induction"]["samples"] == 3
+    assert all(len(r["recovery"]["losses"]) == 2 * 2 for r in results["layers"])
 
     # Perplexity: the page shows the API's numbers.
     ppl = page.locator("[data-testid=perplexity] tbody tr").first

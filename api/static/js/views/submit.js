@@ -168,16 +168,19 @@ export function mount(root, ctx) {
   const targets = h(
     "select",
     { name: "targets" },
-    h("option", { value: "auto", selected: true }, "Auto (the dense model's outputs)"),
+    h("option", { value: "auto", selected: true }, "Auto (the dense model's outputs where the scales train)"),
     h("option", { value: "model" }, "The dense model's outputs of each layer"),
     h("option", { value: "layer" }, "The dense layer on the pruned inputs (the paper's)"),
   );
   // After pruning: scales trained with the mask fixed and folded into the sparse weights
   // (docs/induction.md, "Recovery"); 0 turns them off.
-  const recoverEpochs = numberInput("recover_epochs", "", { min: 0, placeholder: "auto (1)" });
+  const recoverEpochs = numberInput("recover_epochs", "", { min: 0, placeholder: "auto (1; magnitude 0)" });
   // The recovery's step on each kept weight, relative to its linear's mean weight; 0: scales only.
   const recoverWeightsLr = numberInput("recover_weights_lr", "", { step: "any", min: 0, placeholder: "0.006" });
-  const inductionSettings = [epochs, lr, reg, mask, targets, recoverEpochs, recoverWeightsLr];
+  // The first calibration sequences induction reads; 0: all (magnitude's default is 1: its
+  // budget is 3x a pruning step that reads no data).
+  const inductionSamples = numberInput("induction_samples", "", { min: 0, placeholder: "auto (all; magnitude 1)" });
+  const inductionSettings = [epochs, lr, reg, mask, targets, recoverEpochs, recoverWeightsLr, inductionSamples];
   function syncInduction() {
     for (const c of inductionSettings) c.disabled = !induction.checked;
     inductionBox.classList.toggle("muted", !induction.checked);
@@ -256,6 +259,7 @@ export function mount(root, ctx) {
     field("method.induction.targets", "Train against", targets),
     field("method.induction.recover_epochs", "Recovery epochs", recoverEpochs),
     field("method.induction.recover_weights_lr", "Recovery weight step", recoverWeightsLr),
+    field("method.induction.samples", "Induction sequences", inductionSamples),
   );
 
   const form = h(
@@ -424,6 +428,7 @@ export function mount(root, ctx) {
           targets: targets.value,
           recover_epochs: numberValue(recoverEpochs, "method.induction.recover_epochs"),
           recover_weights_lr: numberValue(recoverWeightsLr, "method.induction.recover_weights_lr"),
+          samples: numberValue(inductionSamples, "method.induction.samples"),
         })
       : { enabled: false };
     return {
@@ -483,6 +488,7 @@ export function mount(root, ctx) {
     if (ind.targets) targets.value = ind.targets;
     recoverEpochs.value = ind.recover_epochs >= 0 ? ind.recover_epochs : "";
     recoverWeightsLr.value = ind.recover_weights_lr ?? "";
+    inductionSamples.value = ind.samples >= 0 ? ind.samples : "";
     const c = spec.calibration || {};
     if (c.source) {
       if (!calSource.querySelector(`option[value="${CSS.escape(c.source)}"]`)) {
