@@ -76,7 +76,8 @@ def recover_layer(
     start = time.perf_counter()
     linears = layer_linears(layer, arch)
     minibatches = first_sequences(list(_minibatches(batches, batch_size)), samples)
-    pieces = _target_pieces(targets, batch_size)[: len(minibatches)]
+    # (``samples`` may have cut the last minibatch: its targets are cut alike)
+    pieces = [Y[: mb.hidden.shape[0]] for Y, mb in zip(_target_pieces(targets, batch_size), minibatches, strict=False)]
     held_out = check_subset(len(minibatches))
     train = [i for i in range(len(minibatches)) if i not in held_out] or held_out
     log_r = {p: torch.zeros(m.out_features, device=device, requires_grad=True) for p, m in linears.items()}

@@ -177,7 +177,8 @@ def induce_layer(
         # (on every sequence: they are the dense stream the walk carries on)
         outputs = _outputs(layer, params, list(_minibatches(reference, spec.batch_size)), device)
         reference_outputs = _per_batch(outputs, reference, spec.batch_size)
-        targets = outputs[: len(minibatches)]
+        # (``samples`` may have cut the last minibatch: its targets are cut alike)
+        targets = [Y[: mb.hidden.shape[0]] for Y, mb in zip(outputs, minibatches, strict=False)]
     permuted = None
     if spec.permute and target.is_nm and spec.rounds_for(pruner, trains=spec.epochs > 0) > 0:
         # Regroup first, so the scales train for the groups the pruner will see; the plain

@@ -14,7 +14,7 @@ from core.arch import arch_for, decoder_layers, layer_linears
 from core.errors import SpecError
 from core.induction import fold_, induce_layer, plan_layer
 from core.induction.masks import hard_and_threshold, keep_mask
-from core.induction.train import GroupStats, _minibatches, _Trainer, dense_pass, init_transform
+from core.induction.train import GroupStats, _cut, _minibatches, _Trainer, dense_pass, init_transform
 from core.induction.transform import Transform
 from core.pruners import prune_weight
 from core.sparsity import LayerTarget, mask_for, nm_ok
@@ -296,6 +296,14 @@ def test_samples_limit_what_induction_trains_and_guards_on() -> None:
         torch.testing.assert_close(a, b)
     # the statistics differ (the init's start is read from 4 sequences instead of 8)
     assert few.info["check_losses"]["init"] != every.info["check_losses"]["init"]
+    # the cut minibatch trains against its own sequences' targets: the same run as on the first
+    # 3 sequences alone (reference included)
+    first3 = [LayerBatch(batches[0].hidden[:3], _cut(batches[0].kwargs, 4, 0, 3))]
+    spec = InductionSpec(enabled=True, epochs=1, batch_size=2, samples=0)
+    alone = induce_layer(copy.deepcopy(layer), arch, first3, device="cpu", target=TARGETS["50%"],
+                         pruner="magnitude", spec=spec, reference=first3)  # fmt: skip
+    assert few.losses == pytest.approx(alone.losses, rel=1e-6)
+    assert few.info["check_losses"] == pytest.approx(alone.info["check_losses"], rel=1e-6)
 
 
 def test_result_records_settings_curve_and_time() -> None:
