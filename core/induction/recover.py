@@ -34,7 +34,15 @@ import torch
 from torch import nn
 
 from core.arch import ArchSpec, layer_linears
-from core.induction.train import Batch, _forward, _minibatches, check_subset, first_sequences, held_out_loss
+from core.induction.train import (
+    Batch,
+    _forward,
+    _minibatches,
+    check_subset,
+    first_sequences,
+    held_out_loss,
+    targets_for,
+)
 from core.walker import layer_precision
 
 _MARGIN = 0.002  # relative check-loss gain the trained scales need to replace identity
@@ -76,8 +84,7 @@ def recover_layer(
     start = time.perf_counter()
     linears = layer_linears(layer, arch)
     minibatches = first_sequences(list(_minibatches(batches, batch_size)), samples)
-    # (``samples`` may have cut the last minibatch: its targets are cut alike)
-    pieces = [Y[: mb.hidden.shape[0]] for Y, mb in zip(_target_pieces(targets, batch_size), minibatches, strict=False)]
+    pieces = targets_for(_target_pieces(targets, batch_size), minibatches)
     held_out = check_subset(len(minibatches))
     train = [i for i in range(len(minibatches)) if i not in held_out] or held_out
     log_r = {p: torch.zeros(m.out_features, device=device, requires_grad=True) for p, m in linears.items()}

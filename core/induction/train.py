@@ -177,10 +177,10 @@ def induce_layer(
         # (on every sequence: they are the dense stream the walk carries on)
         outputs = _outputs(layer, params, list(_minibatches(reference, spec.batch_size)), device)
         reference_outputs = _per_batch(outputs, reference, spec.batch_size)
-        # (``samples`` may have cut the last minibatch: its targets are cut alike)
-        targets = [Y[: mb.hidden.shape[0]] for Y, mb in zip(outputs, minibatches, strict=False)]
+        targets = targets_for(outputs, minibatches)
     permuted = None
-    if spec.permute and target.is_nm and spec.rounds_for(pruner, trains=spec.epochs > 0) > 0:
+    rounds = spec.rounds_for(pruner, trains=spec.epochs > 0)
+    if spec.permute and target.is_nm and rounds > 0:
         # Regroup first, so the scales train for the groups the pruner will see; the plain
         # pruning of the layer as it came is kept as the bar the permuted candidates must beat.
         args = (target, pruner, spec, dampening, blocksize, device, order, swaps)
@@ -191,7 +191,7 @@ def induce_layer(
         idx = check_subset(len(minibatches))
         unpermuted = plain.pruned_loss(T_id, [minibatches[i] for i in idx], [targets[i] for i in idx])
         original = {k: v.detach().clone() for k, v in layer.state_dict().items()}
-        permuted = _permute_first(layer, plan, stats, target, pruner, dampening, spec, generator)
+        permuted = _permute_first(layer, plan, stats, target, pruner, dampening, rounds, generator)
         params = {n: p.detach().to(device=device, dtype=torch.float32) for n, p in layer.named_parameters()}
     T0 = init_transform(plan, stats, spec, pruner, device=device)
     trainer = _Trainer(
@@ -241,7 +241,7 @@ def _permute_first(
     target: LayerTarget,
     pruner: str,
     dampening: float,
-    spec: InductionSpec,
+    rounds: int,
     generator: torch.Generator | None,
 ) -> dict[str, Any]:
     """Choose and fold the N:M channel permutation of o and down (``permute.py``) from the dense
@@ -256,7 +256,7 @@ def _permute_first(
         by_path,
         {},
         dampening=dampening,
-        rounds=spec.rounds_for(pruner, trains=spec.epochs > 0),
+        rounds=rounds,
         generator=generator,
     )
     fold_permutation_(layer, plan, perm)
@@ -683,12 +683,19 @@ def first_sequences(minibatches: list[Minibatch], samples: int) -> list[Minibatc
         return minibatches
     out: list[Minibatch] = []
     for mb in minibatches:
-        b = mb.hidden.shape[0]
-        need = samples - sum(m.hidden.shape[0] for m in out)
-        if need <= 0:
+        if samples <= 0:
             break
-        out.append(mb if b <= need else Minibatch(mb.hidden[:need], _cut(mb.kwargs, b, 0, need)))
+        b = mb.hidden.shape[0]
+        out.append(mb if b <= samples else Minibatch(mb.hidden[:samples], _cut(mb.kwargs, b, 0, samples)))
+        samples -= b
     return out
+
+
+def targets_for(targets: Sequence[torch.Tensor], minibatches: Sequence[Minibatch]) -> list[torch.Tensor]:
+    """The targets of ``minibatches`` from those of the uncut minibatches they start (per
+    minibatch, in order): ``first_sequences`` may have dropped the last ones and cut the last
+    one kept, and its targets are cut alike."""
+    return [Y[: mb.hidden.shape[0]] for Y, mb in zip(targets, minibatches, strict=False)]
 
 
 def check_subset(n: int) -> list[int]:
