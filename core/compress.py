@@ -511,6 +511,7 @@ def _prune_layers(
             return _visit_in_forward(i, layer, batches, target, row)
         col_weights: dict[str, torch.Tensor] = {}
         pruned: dict[str, PruneResult] = {}
+        measured: list[torch.Tensor] | None = None  # the dense pass, where induction shared it
         if skipped is not None:
             # SparseGPT is invariant to induction's foldable scales (docs/induction.md section 2);
             # induction reaches it only through per-linear importances and the scale-dependence of
@@ -522,11 +523,23 @@ def _prune_layers(
             # The N:M channel permutation below still applies: no pruner is invariant to it.
             row["induction_skipped"] = skipped
         elif spec.induction.enabled:
-            from core.induction import induce_layer  # torch-heavy training code, only when asked for
+            # torch-heavy training code, only when asked for
+            from core.induction import induce_layer, recorder_for
 
-            reference = None
+            reference, shared, hooks_s = None, None, 0.0
             if spec.induction_fits_model:  # the dense model's inputs of this layer, batch for batch
                 reference = [replace(b, hidden=h) for b, h in zip(batches, dense_stream, strict=True)]
+            elif not needs_stats:
+                # Magnitude reads no statistics: the walk's dense pass below only measures the
+                # layer's error. Run it first, through induction's statistics hooks, and induction
+                # runs no dense pass of its own (the fold is exact: the dense outputs stay the
+                # same). The forward stays measurement, as without induction; the hooks are induction's.
+                started = time.perf_counter()
+                with recorder_for(layer, arch, spec.induction, spec.pruner) as recorder:
+                    measured = run_layer(layer, batches, device=device)
+                hooks_s = recorder.seconds
+                row["measure_seconds"] = time.perf_counter() - started - hooks_s
+                shared = (measured, recorder.stats)
             result = induce_layer(
                 layer,
                 arch,
@@ -541,12 +554,13 @@ def _prune_layers(
                 order=spec.order,
                 swap_rounds=spec.swaps,
                 reference=reference,
+                dense=shared,
             )
             if result.reference_outputs is not None:  # the dense layer's, computed before the fold
                 dense_stream[:] = result.reference_outputs
             col_weights = dict(result.col_weights)
             row["induction"] = rep.induction_row(result)
-            row["induction_seconds"] = result.seconds
+            row["induction_seconds"] = result.seconds + hooks_s
         if recovery_advances:
             started = time.perf_counter()
             reference = [replace(b, hidden=h) for b, h in zip(batches, dense_stream, strict=True)]
@@ -570,6 +584,8 @@ def _prune_layers(
                 sensitivity=sens,
                 hessian_every=spec.hessian_every,
             )
+        elif measured is not None:  # (run before induction, above)
+            stats, outputs = {}, measured
         else:
             # Magnitude needs no data: this dense pass only measures the layer's error.
             stats, outputs = {}, run_layer(layer, batches, device=device)

@@ -146,6 +146,7 @@ def induce_layer(
     order: SweepOrder = "natural",
     swap_rounds: int = 0,
     reference: Sequence[Batch] | None = None,
+    dense: tuple[Sequence[torch.Tensor], dict[str, GroupStats]] | None = None,
 ) -> InductionResult:
     """Train the layer's transform on ``batches`` against its pruned block, then fold it in place.
 
@@ -160,6 +161,10 @@ def induce_layer(
     of this layer, batch for batch like ``batches`` (``InductionSpec.targets`` "model"): the
     targets are then the dense layer's outputs on them (returned as ``reference_outputs``, the
     dense model's next inputs), while the statistics stay those of ``batches``, which the pruner reads.
+    ``dense``: the dense layer's outputs on ``batches`` (per batch) and the statistics that
+    ``recorder_for``'s hooks gathered in that same forward, where the caller runs it anyway
+    (magnitude's walk measures the layer's error with it); induction then runs no dense pass of its
+    own. The outputs may carry the walk's forward precision.
     """
     start = time.perf_counter()
     spec = replace(spec, epochs=spec.epochs_for(pruner, swap_rounds, target.is_nm))  # -1: the default
@@ -168,8 +173,12 @@ def induce_layer(
     params = {n: p.detach().to(device=device, dtype=torch.float32) for n, p in layer.named_parameters()}
     minibatches = first_sequences(list(_minibatches(batches, spec.batch_size)), spec.samples_for(pruner))
     swaps = swap_rounds if pruner == "wanda" else 0
-    want_H = pruner == "sparsegpt" or swaps > 0
-    targets, stats = dense_pass(layer, plan, params, minibatches, device=device, want_H=want_H)
+    if dense is None:
+        want_H = wants_hessian(pruner, swaps)
+        targets, stats = dense_pass(layer, plan, params, minibatches, device=device, want_H=want_H)
+    else:
+        targets, stats = regroup(dense[0], minibatches), dense[1]
+        _check_recorded(stats, minibatches)
     reference_outputs = None
     if reference is not None:
         # the dense model's outputs of this layer: what the pruned block must reproduce, drift
@@ -295,41 +304,121 @@ def dense_pass(
     want_H: bool,
 ) -> tuple[list[torch.Tensor], dict[str, GroupStats]]:
     """The dense layer's outputs per minibatch and the input statistics of its four groups."""
-    a = plan.arch
-    leaders = {"attn": a.q, "o": a.o, "mlp": a.mlp_in[0], "down": a.mlp_out}
-    acc: dict[str, GroupStats] = {}
+    with StatsRecorder(layer, plan, want_H=want_H) as recorder:
+        targets = _outputs(layer, params, minibatches, device)
+    return targets, recorder.stats
 
-    def hook_for(group: str):
+
+def recorder_for(
+    layer: nn.Module, arch: ArchSpec, spec: InductionSpec, pruner: str, swap_rounds: int = 0
+) -> StatsRecorder:
+    """The ``StatsRecorder`` whose statistics ``induce_layer(dense=...)`` takes: over the sequences
+    induction reads, with H where the pruner needs it."""
+    want_H = wants_hessian(pruner, swap_rounds)
+    return StatsRecorder(layer, plan_layer(layer, arch), want_H=want_H, sequences=spec.samples_for(pruner))
+
+
+def regroup(pieces: Sequence[torch.Tensor], minibatches: Sequence[Minibatch]) -> list[torch.Tensor]:
+    """Float32 ``pieces`` [b, ...] (in order, sequences along dim 0) re-cut into the sizes of
+    ``minibatches``, which start at the same first sequence and may stop short of the last."""
+    out: list[torch.Tensor] = []
+    it = iter(pieces)
+    current, pos = next(it), 0
+    for mb in minibatches:
+        need, parts = mb.hidden.shape[0], []
+        while need > 0:
+            if pos == current.shape[0]:
+                current, pos = next(it), 0
+            take = min(need, current.shape[0] - pos)
+            parts.append(current[pos : pos + take])
+            pos, need = pos + take, need - take
+        out.append((parts[0] if len(parts) == 1 else torch.cat(parts)).to(torch.float32))
+    return out
+
+
+def _check_recorded(stats: dict[str, GroupStats], minibatches: Sequence[Minibatch]) -> None:
+    """The statistics handed in must be over exactly the tokens induction trains and checks on."""
+    tokens = sum(mb.hidden.shape[0] * mb.hidden.shape[1] for mb in minibatches)
+    counts = {g: st.n for g, st in stats.items()}
+    if len(counts) != 4 or any(n != tokens for n in counts.values()):
+        raise ValueError(
+            f"induction: the recorded statistics cover {counts} tokens, induction reads {tokens}"
+        )
+
+
+def wants_hessian(pruner: str, swap_rounds: int) -> bool:
+    """Whether induction's statistics need the inputs' Gram matrix H: SparseGPT's scores and
+    update read it, and so do Wanda's swaps."""
+    return pruner == "sparsegpt" or (pruner == "wanda" and swap_rounds > 0)
+
+
+class StatsRecorder:
+    """Forward hooks that gather the input statistics of a layer's four groups (``GroupStats``)
+    from forwards run through the module (its own or ``functional_call``'s), over the first
+    ``sequences`` sequences they see (all where 0 or less). ``seconds``: the time spent in
+    the hooks, so a caller whose forward they ride on can charge them to induction.
+    Hooks are removed on exit, even where the forward raises."""
+
+    def __init__(self, layer: nn.Module, plan: LayerPlan, *, want_H: bool, sequences: int = 0) -> None:
+        self.layer, self.plan, self.want_H, self.sequences = layer, plan, want_H, sequences
+        self.stats: dict[str, GroupStats] = {}
+        self.seconds = 0.0
+        self._seen: dict[str, int] = {}
+        self._batch = 0  # sequences in the forward under way (set by the layer's own pre-hook)
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> StatsRecorder:
+        a = self.plan.arch
+        leaders = {"attn": a.q, "o": a.o, "mlp": a.mlp_in[0], "down": a.mlp_out}
+        self._handles = [self.layer.register_forward_pre_hook(self._on_layer, with_kwargs=True)]
+        for group, path in leaders.items():
+            hook = self._hook_for(group)
+            self._handles.append(self.layer.get_submodule(path).register_forward_pre_hook(hook))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _on_layer(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        self._batch = int(hidden.shape[0])
+
+    def _hook_for(self, group: str):
         def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
-            X = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float32)  # [tokens, in]
-            st = acc.get(group)
-            if st is None:
-                z = torch.zeros(X.shape[1], dtype=torch.float32, device=X.device)
-                H = (
-                    torch.zeros(X.shape[1], X.shape[1], dtype=torch.float32, device=X.device)
-                    if want_H
-                    else None
-                )
-                st = acc[group] = GroupStats(0, z, z.clone(), z.clone(), H, X[:0].abs())
-            st.n += X.shape[0]
-            st.sum += X.sum(0)
-            st.sq_sum += X.square().sum(0)
-            st.abs_sum += X.abs().sum(0)
-            if st.H is not None:
-                st.H.addmm_(X.T, X)
-            room = _MEDIAN_ROWS - st.sample.shape[0]
-            if room > 0:
-                st.sample = torch.cat([st.sample, X[:: max(1, X.shape[0] // room)][:room].abs()])
+            started = time.perf_counter()
+            seen = self._seen.get(group, 0)
+            take = self._batch if self.sequences <= 0 else min(self._batch, self.sequences - seen)
+            if take > 0:
+                self._seen[group] = seen + take
+                X = args[0].detach()
+                # [b, ..., in] or [b * seq, in]: the first ``take`` sequences, as [tokens, in]
+                X = X.reshape(self._batch, -1, X.shape[-1])[:take].reshape(-1, X.shape[-1]).to(torch.float32)
+                self._add(group, X)
+            self.seconds += time.perf_counter() - started
 
         return hook
 
-    handles = [layer.get_submodule(p).register_forward_pre_hook(hook_for(g)) for g, p in leaders.items()]
-    try:
-        targets = _outputs(layer, params, minibatches, device)
-    finally:
-        for h in handles:
-            h.remove()
-    return targets, acc
+    def _add(self, group: str, X: torch.Tensor) -> None:
+        st = self.stats.get(group)
+        if st is None:
+            z = torch.zeros(X.shape[1], dtype=torch.float32, device=X.device)
+            H = (
+                torch.zeros(X.shape[1], X.shape[1], dtype=torch.float32, device=X.device)
+                if self.want_H
+                else None
+            )
+            st = self.stats[group] = GroupStats(0, z, z.clone(), z.clone(), H, X[:0].abs())
+        st.n += X.shape[0]
+        st.sum += X.sum(0)
+        st.sq_sum += X.square().sum(0)
+        st.abs_sum += X.abs().sum(0)
+        if st.H is not None:
+            st.H.addmm_(X.T, X)
+        room = _MEDIAN_ROWS - st.sample.shape[0]
+        if room > 0:
+            st.sample = torch.cat([st.sample, X[:: max(1, X.shape[0] // room)][:room].abs()])
 
 
 @torch.no_grad()

@@ -14,7 +14,16 @@ from core.arch import arch_for, decoder_layers, layer_linears
 from core.errors import SpecError
 from core.induction import fold_, induce_layer, plan_layer
 from core.induction.masks import hard_and_threshold, keep_mask
-from core.induction.train import GroupStats, _cut, _minibatches, _Trainer, dense_pass, init_transform
+from core.induction.train import (
+    GroupStats,
+    Minibatch,
+    _cut,
+    _minibatches,
+    _Trainer,
+    dense_pass,
+    init_transform,
+    regroup,
+)
 from core.induction.transform import Transform
 from core.pruners import prune_weight
 from core.sparsity import LayerTarget, mask_for, nm_ok
@@ -306,6 +315,97 @@ def test_samples_limit_what_induction_trains_and_guards_on() -> None:
     assert few.info["check_losses"] == pytest.approx(alone.info["check_losses"], rel=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("pruner", "samples", "epochs"), [("magnitude", 3, 0), ("magnitude", 0, 1), ("wanda", 5, 1)]
+)
+def test_a_shared_dense_pass_gives_the_same_induction(pruner: str, samples: int, epochs: int) -> None:
+    """``dense``: the walk's own dense forward over every batch, run with ``recorder_for``'s hooks
+    (which read only the first ``samples`` sequences, across batches), stands in for induction's
+    dense pass: the same statistics, targets, guard and folded layer, in float32."""
+    from core.induction import recorder_for
+
+    model = tiny_model("llama")
+    arch = arch_for(model)
+    layer = decoder_layers(model, arch)[1]
+    batches = batches_for(model, arch, samples=8, bs=4)  # (sequences 0-2 and 0-4 cross no / one batch)
+    spec = InductionSpec(enabled=True, epochs=epochs, batch_size=2, samples=samples)
+
+    def induce(dense):
+        fresh = copy.deepcopy(layer)
+        r = induce_layer(fresh, arch, batches, device="cpu", target=TARGETS["50%"], pruner=pruner,
+                         spec=spec, generator=torch.Generator().manual_seed(0), dense=dense)  # fmt: skip
+        return fresh, r
+
+    with recorder_for(layer, arch, spec, pruner) as recorder:
+        outputs = run_layer(layer, batches, device="cpu")
+    want_n = 32 * (samples or 8)
+    assert {g: st.n for g, st in recorder.stats.items()} == dict.fromkeys(
+        ("attn", "o", "mlp", "down"), want_n
+    )
+    assert recorder.seconds > 0
+    (own_layer, own), (shared_layer, shared) = induce(None), induce((outputs, recorder.stats))
+    assert shared.info["chosen"] == own.info["chosen"]
+    assert shared.info["check_losses"] == pytest.approx(own.info["check_losses"], rel=1e-5)
+    assert shared.losses == pytest.approx(own.losses, rel=1e-4)
+    for (name, a), b in zip(own_layer.state_dict().items(), shared_layer.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_shared_dense_pass_must_cover_what_induction_reads() -> None:
+    """Statistics over other sequences than induction trains and checks on are refused."""
+    from core.induction import recorder_for
+
+    model = tiny_model("llama")
+    arch = arch_for(model)
+    layer = decoder_layers(model, arch)[0]
+    batches = batches_for(model, arch, samples=8, bs=4)
+    recorded = InductionSpec(enabled=True, samples=2)
+    with recorder_for(layer, arch, recorded, "magnitude") as recorder:
+        outputs = run_layer(layer, batches, device="cpu")
+    with pytest.raises(ValueError, match="recorded statistics cover"):
+        induce_layer(layer, arch, batches, device="cpu", target=TARGETS["50%"], pruner="magnitude",
+                     spec=InductionSpec(enabled=True, samples=3), dense=(outputs, recorder.stats))  # fmt: skip
+
+
+def test_regroup_recuts_sequences_into_minibatches() -> None:
+    pieces = [torch.arange(4.0).reshape(4, 1), torch.arange(4.0, 8.0).reshape(4, 1)]
+    mbs = [Minibatch(torch.zeros(n, 3, 2), {}) for n in (3, 3, 1)]  # crosses the first piece's end
+    got = regroup(pieces, mbs)
+    assert [g.flatten().tolist() for g in got] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert all(g.dtype == torch.float32 for g in got)
+
+
+def test_magnitude_induction_shares_the_walks_dense_pass(tmp_path, monkeypatch) -> None:
+    """Magnitude's walk runs the dense layer anyway (to measure its error): with the layer's own
+    targets induction reads that pass and runs none of its own; with the dense model's targets,
+    or before Wanda (whose statistics pass follows the fold), it still runs its own."""
+    import core.induction.train as train
+    from core.compress import compress
+    from tests.tiny import tiny_model_dir
+
+    model = tiny_model_dir(tmp_path / "models", "llama", layers=2, hidden=64)
+    calls: list[int] = []
+    own = train.dense_pass
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return own(*args, **kwargs)
+
+    monkeypatch.setattr(train, "dense_pass", counting)
+
+    def run(pruner: str, **induction) -> dict:
+        method = {"pruner": pruner, "swap_rounds": 0, "induction": {"enabled": True, **induction}}
+        calls.clear()
+        report = compress(
+            tiny_job(model, 0.5, method), out_dir=tmp_path / f"{pruner}{len(induction)}"
+        ).to_dict()
+        return {"own passes": len(calls), "layers": len(report["layers"])}
+
+    assert run("magnitude") == {"own passes": 0, "layers": 2}
+    assert run("magnitude", epochs=1, targets="model") == {"own passes": 2, "layers": 2}
+    assert run("wanda") == {"own passes": 2, "layers": 2}
+
+
 def test_result_records_settings_curve_and_time() -> None:
     model = tiny_model("opt")
     arch = arch_for(model)
@@ -441,7 +541,8 @@ def test_induction_scales_are_skipped_only_where_they_cannot_help(
 def test_model_targets_differ_from_layer_targets_only_after_the_first_layer(tmp_path, pruner: str) -> None:
     """The first layer's inputs are the same in the dense and the pruned model, so both targets
     train it alike; from the second layer on, "model" aims at the dense model's activations,
-    which the pruned first layer has drifted from."""
+    which the pruned first layer has drifted from. (The walk's forwards in float32: magnitude's
+    "layer" targets come from the walk's own dense pass, in its precision, bfloat16 where native.)"""
     from core.compress import compress
     from tests.tiny import tiny_model_dir
 
@@ -449,7 +550,8 @@ def test_model_targets_differ_from_layer_targets_only_after_the_first_layer(tmp_
 
     def run(targets: str) -> dict:
         induction = {"enabled": True, "batch_size": 2, "targets": targets, "epochs": 1, "samples": 0}
-        spec = tiny_job(model, 0.5, {"pruner": pruner, "swap_rounds": 0, "induction": induction})
+        method = {"pruner": pruner, "swap_rounds": 0, "induction": induction}
+        spec = tiny_job(model, 0.5, method, options={"compute_dtype": "model"})
         return compress(spec, out_dir=tmp_path / targets).to_dict()
 
     model_rows, layer_rows = run("model"), run("layer")
