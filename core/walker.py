@@ -300,7 +300,7 @@ def prune_in_forward(
         return hook
 
     def fit(group: tuple[str, ...]) -> Callable[[nn.Module, tuple], tuple | None]:
-        @_exact
+        @exact
         def hook(module: nn.Module, args: tuple) -> tuple | None:
             if reference_pass[0]:
                 return None
@@ -424,7 +424,7 @@ def _sensitivity_hooks(
 
         return hook
 
-    @_exact
+    @exact
     def measure(module: nn.Module, args: tuple) -> None:
         if len(outs) < len(arch.mlp_in):
             return
@@ -567,14 +567,14 @@ def _exact_forward(module: nn.Module) -> Callable[..., Any]:
     to the module's weight dtype."""
     forward, dtype = module.forward, next(module.parameters()).dtype
 
-    @_exact
+    @exact
     def run(x: Tensor, *args: Any, **kwargs: Any) -> Any:
         return forward(x.to(dtype), *args, **kwargs)
 
     return run
 
 
-def _exact(fn: Callable[..., Any]) -> Callable[..., Any]:
+def exact(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` (a hook or a forward) run with autocast off: the walker's statistics and pruning
     compute as they would without ``forward_precision``."""
 
@@ -587,7 +587,7 @@ def _exact(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _accumulate_into(stats: InputStats) -> Callable[[nn.Module, tuple], None]:
-    @_exact
+    @exact
     def hook(module: nn.Module, args: tuple) -> None:
         stats.update(args[0])
 
@@ -605,7 +605,7 @@ def _pair_into(
     """Forward hook. During the dense pass: keep the linear's output (``cross``) or nothing; then
     accumulate the pruned input, with y_dense - y from the kept output (``cross``)."""
 
-    @_exact
+    @exact
     def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
         if _DENSE_PASS in kept:
             if cross:

@@ -44,7 +44,7 @@ from core.pruners import HinvFactor, inverse_hessian_factor, sparsegpt
 from core.sparsity import LayerTarget
 from core.spec import InductionSpec, SweepOrder
 from core.swaps import swap_refine
-from core.walker import layer_precision
+from core.walker import exact, layer_precision
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,7 @@ def induce_layer(
     seconds = time.perf_counter() - start
     info = _info(plan, chosen, checks, spec, pruner, len(losses), seconds)
     info["targets"] = "layer" if reference is None else "model"
+    info["dense_pass"] = "own" if dense is None else "walk"  # who ran the dense layer for the targets
     if permuted is not None:
         info["permutation"] = permuted
     col_weights = col_weights_for(plan, chosen[1], pruner)
@@ -386,6 +387,7 @@ class StatsRecorder:
         self._batch = int(hidden.shape[0])
 
     def _hook_for(self, group: str):
+        @exact  # float32 sums even where the forward they ride on runs under autocast
         def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
             started = time.perf_counter()
             seen = self._seen.get(group, 0)
