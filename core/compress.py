@@ -559,8 +559,9 @@ def _prune_layers(
             if result.reference_outputs is not None:  # the dense layer's, computed before the fold
                 dense_stream[:] = result.reference_outputs
             col_weights = dict(result.col_weights)
+            result.seconds += hooks_s  # (the statistics it took from the walk's pass)
             row["induction"] = rep.induction_row(result)
-            row["induction_seconds"] = result.seconds + hooks_s
+            row["induction_seconds"] = result.seconds
         if recovery_advances:
             started = time.perf_counter()
             reference = [replace(b, hidden=h) for b, h in zip(batches, dense_stream, strict=True)]
