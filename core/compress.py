@@ -526,7 +526,7 @@ def _prune_layers(
             # torch-heavy training code, only when asked for
             from core.induction import induce_layer, recorder_for
 
-            reference, shared, hooks_s = None, None, 0.0
+            reference, shared = None, None
             if spec.induction_fits_model:  # the dense model's inputs of this layer, batch for batch
                 reference = [replace(b, hidden=h) for b, h in zip(batches, dense_stream, strict=True)]
             elif not needs_stats:
@@ -537,9 +537,8 @@ def _prune_layers(
                 started = time.perf_counter()
                 with recorder_for(layer, arch, spec.induction, spec.pruner) as recorder:
                     measured = run_layer(layer, batches, device=device)
-                hooks_s = recorder.seconds
-                row["measure_seconds"] = time.perf_counter() - started - hooks_s
-                shared = (measured, recorder.stats)
+                row["measure_seconds"] = time.perf_counter() - started - recorder.seconds
+                shared = (measured, recorder)  # (induce_layer counts the recorder's seconds)
             result = induce_layer(
                 layer,
                 arch,
@@ -559,7 +558,6 @@ def _prune_layers(
             if result.reference_outputs is not None:  # the dense layer's, computed before the fold
                 dense_stream[:] = result.reference_outputs
             col_weights = dict(result.col_weights)
-            result.seconds += hooks_s  # (the statistics it took from the walk's pass)
             row["induction"] = rep.induction_row(result)
             row["induction_seconds"] = result.seconds
         if recovery_advances:

@@ -146,7 +146,7 @@ def induce_layer(
     order: SweepOrder = "natural",
     swap_rounds: int = 0,
     reference: Sequence[Batch] | None = None,
-    dense: tuple[Sequence[torch.Tensor], dict[str, GroupStats]] | None = None,
+    dense: tuple[Sequence[torch.Tensor], StatsRecorder] | None = None,
 ) -> InductionResult:
     """Train the layer's transform on ``batches`` against its pruned block, then fold it in place.
 
@@ -161,10 +161,10 @@ def induce_layer(
     of this layer, batch for batch like ``batches`` (``InductionSpec.targets`` "model"): the
     targets are then the dense layer's outputs on them (returned as ``reference_outputs``, the
     dense model's next inputs), while the statistics stay those of ``batches``, which the pruner reads.
-    ``dense``: the dense layer's outputs on ``batches`` (per batch) and the statistics that
-    ``recorder_for``'s hooks gathered in that same forward, where the caller runs it anyway
-    (magnitude's walk measures the layer's error with it); induction then runs no dense pass of its
-    own. The outputs may carry the walk's forward precision.
+    ``dense``: the dense layer's outputs on ``batches`` (per batch) and the ``recorder_for`` whose
+    hooks rode on that same forward, where the caller runs it anyway (magnitude's walk measures
+    the layer's error with it); induction then runs no dense pass of its own, and its time counts
+    the hooks'. The outputs may carry the walk's forward precision.
     """
     start = time.perf_counter()
     spec = replace(spec, epochs=spec.epochs_for(pruner, swap_rounds, target.is_nm))  # -1: the default
@@ -177,8 +177,8 @@ def induce_layer(
         want_H = wants_hessian(pruner, swaps)
         targets, stats = dense_pass(layer, plan, params, minibatches, device=device, want_H=want_H)
     else:
-        targets, stats = regroup(dense[0], minibatches), dense[1]
-        _check_recorded(stats, minibatches)
+        targets, stats = regroup(dense[0], minibatches), dense[1].stats
+        _check_recorded(stats, minibatches, want_H=wants_hessian(pruner, swaps))
     reference_outputs = None
     if reference is not None:
         # the dense model's outputs of this layer: what the pruned block must reproduce, drift
@@ -221,7 +221,7 @@ def induce_layer(
         else:
             chosen = (f"permuted {chosen[0]}", chosen[1])
     fold_(layer, plan, chosen[1])
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start + (dense[1].seconds if dense is not None else 0.0)
     info = _info(plan, chosen, checks, spec, pruner, len(losses), seconds)
     info["targets"] = "layer" if reference is None else "model"
     info["dense_pass"] = "own" if dense is None else "walk"  # who ran the dense layer for the targets
@@ -337,13 +337,18 @@ def regroup(pieces: Sequence[torch.Tensor], minibatches: Sequence[Minibatch]) ->
     return out
 
 
-def _check_recorded(stats: dict[str, GroupStats], minibatches: Sequence[Minibatch]) -> None:
-    """The statistics handed in must be over exactly the tokens induction trains and checks on."""
+def _check_recorded(stats: dict[str, GroupStats], minibatches: Sequence[Minibatch], *, want_H: bool) -> None:
+    """The statistics handed in must be over exactly the tokens induction trains and checks on,
+    with H where the pruner reads it."""
     tokens = sum(mb.hidden.shape[0] * mb.hidden.shape[1] for mb in minibatches)
     counts = {g: st.n for g, st in stats.items()}
     if len(counts) != 4 or any(n != tokens for n in counts.values()):
         raise ValueError(
             f"induction: the recorded statistics cover {counts} tokens, induction reads {tokens}"
+        )
+    if any((st.H is not None) != want_H for st in stats.values()):
+        raise ValueError(
+            f"induction: the recorded statistics {'lack' if want_H else 'hold'} the Gram matrix H"
         )
 
 
@@ -357,8 +362,11 @@ class StatsRecorder:
     """Forward hooks that gather the input statistics of a layer's four groups (``GroupStats``)
     from forwards run through the module (its own or ``functional_call``'s), over the first
     ``sequences`` sequences they see (all where 0 or less). ``seconds``: the time spent in
-    the hooks, so a caller whose forward they ride on can charge them to induction.
-    Hooks are removed on exit, even where the forward raises."""
+    the hooks, so a caller whose forward they ride on can charge them to induction (on a GPU,
+    the time to launch their kernels, as the rest of the walk's timings). Hooks are removed on
+    exit, even where the forward raises. The sums do not depend on how the sequences are batched;
+    the median sample does once a forward holds more than ``_MEDIAN_ROWS`` tokens (it strides
+    through each forward's tokens), which only ``init: median`` reads."""
 
     def __init__(self, layer: nn.Module, plan: LayerPlan, *, want_H: bool, sequences: int = 0) -> None:
         self.layer, self.plan, self.want_H, self.sequences = layer, plan, want_H, sequences
@@ -372,9 +380,13 @@ class StatsRecorder:
         a = self.plan.arch
         leaders = {"attn": a.q, "o": a.o, "mlp": a.mlp_in[0], "down": a.mlp_out}
         self._handles = [self.layer.register_forward_pre_hook(self._on_layer, with_kwargs=True)]
-        for group, path in leaders.items():
-            hook = self._hook_for(group)
-            self._handles.append(self.layer.get_submodule(path).register_forward_pre_hook(hook))
+        try:
+            for group, path in leaders.items():
+                hook = self._hook_for(group)
+                self._handles.append(self.layer.get_submodule(path).register_forward_pre_hook(hook))
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -387,7 +399,7 @@ class StatsRecorder:
         self._batch = int(hidden.shape[0])
 
     def _hook_for(self, group: str):
-        @exact  # float32 sums even where the forward they ride on runs under autocast
+        @exact  # as the walker's own hooks: nothing in them computes under the forward's autocast
         def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
             started = time.perf_counter()
             seen = self._seen.get(group, 0)

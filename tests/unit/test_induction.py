@@ -343,7 +343,7 @@ def test_a_shared_dense_pass_gives_the_same_induction(pruner: str, samples: int,
         ("attn", "o", "mlp", "down"), want_n
     )
     assert recorder.seconds > 0
-    (own_layer, own), (shared_layer, shared) = induce(None), induce((outputs, recorder.stats))
+    (own_layer, own), (shared_layer, shared) = induce(None), induce((outputs, recorder))
     assert shared.info["chosen"] == own.info["chosen"]
     assert shared.info["check_losses"] == pytest.approx(own.info["check_losses"], rel=1e-5)
     assert shared.losses == pytest.approx(own.losses, rel=1e-4)
@@ -362,9 +362,16 @@ def test_a_shared_dense_pass_must_cover_what_induction_reads() -> None:
     recorded = InductionSpec(enabled=True, samples=2)
     with recorder_for(layer, arch, recorded, "magnitude") as recorder:
         outputs = run_layer(layer, batches, device="cpu")
+    kw = dict(device="cpu", target=TARGETS["50%"], dense=(outputs, recorder))
     with pytest.raises(ValueError, match="recorded statistics cover"):
-        induce_layer(layer, arch, batches, device="cpu", target=TARGETS["50%"], pruner="magnitude",
-                     spec=InductionSpec(enabled=True, samples=3), dense=(outputs, recorder.stats))  # fmt: skip
+        induce_layer(
+            layer, arch, batches, pruner="magnitude", spec=InductionSpec(enabled=True, samples=3), **kw
+        )
+    # SparseGPT reads H, which a magnitude recorder does not gather
+    with pytest.raises(ValueError, match="lack the Gram matrix"):
+        induce_layer(
+            layer, arch, batches, pruner="sparsegpt", spec=InductionSpec(enabled=True, samples=2), **kw
+        )
 
 
 def test_regroup_recuts_sequences_into_minibatches() -> None:
@@ -378,7 +385,9 @@ def test_regroup_recuts_sequences_into_minibatches() -> None:
 def test_magnitude_induction_shares_the_walks_dense_pass(tmp_path, monkeypatch) -> None:
     """Magnitude's walk runs the dense layer anyway (to measure its error): with the layer's own
     targets induction reads that pass and runs none of its own; with the dense model's targets,
-    or before Wanda (whose statistics pass follows the fold), it still runs its own."""
+    or before Wanda (whose statistics pass follows the fold), it still runs its own. In float32
+    the shared pass gives the job induction's own pass would: the same choices, losses, layer
+    errors."""
     import core.induction.train as train
     from core.compress import compress
     from tests.tiny import tiny_model_dir
@@ -393,18 +402,46 @@ def test_magnitude_induction_shares_the_walks_dense_pass(tmp_path, monkeypatch) 
 
     monkeypatch.setattr(train, "dense_pass", counting)
 
-    def run(pruner: str, **induction) -> dict:
+    def run(pruner: str, compute: str = "bfloat16", **induction) -> dict:
         method = {"pruner": pruner, "swap_rounds": 0, "induction": {"enabled": True, **induction}}
         calls.clear()
-        # (the walk's forwards in bfloat16 on every machine: the hooks ride on an autocast forward)
-        job = tiny_job(model, 0.5, method, options={"compute_dtype": "bfloat16"})
-        report = compress(job, out_dir=tmp_path / f"{pruner}{len(induction)}").to_dict()
+        # (bfloat16: the walk's forwards as on bfloat16-native hardware, on every machine)
+        job = tiny_job(model, 0.5, method, options={"compute_dtype": compute})
+        report = compress(job, out_dir=tmp_path / f"{pruner}{compute}{len(induction)}").to_dict()
         passes = {row["induction"]["info"]["dense_pass"] for row in report["layers"]}
-        return {"own passes": len(calls), "layers": len(report["layers"]), "reported": passes}
+        return {
+            "own passes": len(calls),
+            "layers": len(report["layers"]),
+            "reported": passes,
+            "report": report,
+        }
 
-    assert run("magnitude") == {"own passes": 0, "layers": 2, "reported": {"walk"}}
-    assert run("magnitude", epochs=1, targets="model") == {"own passes": 2, "layers": 2, "reported": {"own"}}
-    assert run("wanda") == {"own passes": 2, "layers": 2, "reported": {"own"}}
+    def counts(r: dict) -> dict:
+        return {k: v for k, v in r.items() if k != "report"}
+
+    assert counts(run("magnitude")) == {"own passes": 0, "layers": 2, "reported": {"walk"}}
+    assert counts(run("magnitude", epochs=1, targets="model")) == {
+        "own passes": 2,
+        "layers": 2,
+        "reported": {"own"},
+    }
+    assert counts(run("wanda")) == {"own passes": 2, "layers": 2, "reported": {"own"}}
+
+    shared = run("magnitude", "model", samples=3)["report"]
+    import core.induction as pkg
+
+    with_shared = pkg.induce_layer
+    monkeypatch.setattr(pkg, "induce_layer", lambda *a, **kw: with_shared(*a, **{**kw, "dense": None}))
+    own_run = run("magnitude", "model", samples=3)
+    assert counts(own_run) == {"own passes": 2, "layers": 2, "reported": {"own"}}
+    for x, y in zip(shared["layers"], own_run["report"]["layers"], strict=True):
+        assert x["induction"]["info"]["chosen"] == y["induction"]["info"]["chosen"]
+        assert x["induction"]["info"]["check_losses"] == pytest.approx(
+            y["induction"]["info"]["check_losses"], rel=1e-5
+        )
+        assert x["rel_error"] == pytest.approx(
+            y["rel_error"], rel=1e-5
+        )  # (the pruned layer against the dense)
 
 
 def test_result_records_settings_curve_and_time() -> None:
