@@ -41,6 +41,7 @@ from core.induction.train import (
     check_subset,
     first_sequences,
     held_out_loss,
+    target_pieces,
     targets_for,
 )
 from core.walker import layer_precision
@@ -84,7 +85,7 @@ def recover_layer(
     start = time.perf_counter()
     linears = layer_linears(layer, arch)
     minibatches = first_sequences(list(_minibatches(batches, batch_size)), samples)
-    pieces = targets_for(_target_pieces(targets, batch_size), minibatches)
+    pieces = targets_for(target_pieces(targets, batch_size), minibatches)
     held_out = check_subset(len(minibatches))
     train = [i for i in range(len(minibatches)) if i not in held_out] or held_out
     log_r = {p: torch.zeros(m.out_features, device=device, requires_grad=True) for p, m in linears.items()}
@@ -189,8 +190,3 @@ def _as_params(base: dict[str, tuple[torch.Tensor, torch.Tensor | None]]) -> dic
     params = {f"{path}.weight": W for path, (W, _) in base.items()}
     params.update({f"{path}.bias": b for path, (_, b) in base.items() if b is not None})
     return params
-
-
-def _target_pieces(targets: Sequence[torch.Tensor], size: int) -> list[torch.Tensor]:
-    """The targets cut as ``_minibatches`` cuts the batches."""
-    return [Y[i : i + size] for Y in targets for i in range(0, Y.shape[0], size)]

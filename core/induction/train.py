@@ -177,7 +177,8 @@ def induce_layer(
         want_H = wants_hessian(pruner, swaps)
         targets, stats = dense_pass(layer, plan, params, minibatches, device=device, want_H=want_H)
     else:
-        targets, stats = regroup(dense[0], minibatches), dense[1].stats
+        pieces = targets_for(target_pieces(dense[0], spec.batch_size), minibatches)
+        targets, stats = [Y.to(torch.float32) for Y in pieces], dense[1].stats
         _check_recorded(stats, minibatches, want_H=wants_hessian(pruner, swaps))
     reference_outputs = None
     if reference is not None:
@@ -317,24 +318,6 @@ def recorder_for(
     induction reads, with H where the pruner needs it."""
     want_H = wants_hessian(pruner, swap_rounds)
     return StatsRecorder(layer, plan_layer(layer, arch), want_H=want_H, sequences=spec.samples_for(pruner))
-
-
-def regroup(pieces: Sequence[torch.Tensor], minibatches: Sequence[Minibatch]) -> list[torch.Tensor]:
-    """Float32 ``pieces`` [b, ...] (in order, sequences along dim 0) re-cut into the sizes of
-    ``minibatches``, which start at the same first sequence and may stop short of the last."""
-    out: list[torch.Tensor] = []
-    it = iter(pieces)
-    current, pos = next(it), 0
-    for mb in minibatches:
-        need, parts = mb.hidden.shape[0], []
-        while need > 0:
-            if pos == current.shape[0]:
-                current, pos = next(it), 0
-            take = min(need, current.shape[0] - pos)
-            parts.append(current[pos : pos + take])
-            pos, need = pos + take, need - take
-        out.append((parts[0] if len(parts) == 1 else torch.cat(parts)).to(torch.float32))
-    return out
 
 
 def _check_recorded(stats: dict[str, GroupStats], minibatches: Sequence[Minibatch], *, want_H: bool) -> None:
@@ -799,6 +782,11 @@ def targets_for(targets: Sequence[torch.Tensor], minibatches: Sequence[Minibatch
     minibatch, in order): ``first_sequences`` may have dropped the last ones and cut the last
     one kept, and its targets are cut alike."""
     return [Y[: mb.hidden.shape[0]] for Y, mb in zip(targets, minibatches, strict=False)]
+
+
+def target_pieces(targets: Sequence[torch.Tensor], size: int) -> list[torch.Tensor]:
+    """Per-batch targets cut as ``_minibatches`` cuts the batches."""
+    return [Y[i : i + size] for Y in targets for i in range(0, Y.shape[0], size)]
 
 
 def check_subset(n: int) -> list[int]:

@@ -16,13 +16,14 @@ from core.induction import fold_, induce_layer, plan_layer
 from core.induction.masks import hard_and_threshold, keep_mask
 from core.induction.train import (
     GroupStats,
-    Minibatch,
     _cut,
     _minibatches,
     _Trainer,
     dense_pass,
+    first_sequences,
     init_transform,
-    regroup,
+    target_pieces,
+    targets_for,
 )
 from core.induction.transform import Transform
 from core.pruners import prune_weight
@@ -374,12 +375,15 @@ def test_a_shared_dense_pass_must_cover_what_induction_reads() -> None:
         )
 
 
-def test_regroup_recuts_sequences_into_minibatches() -> None:
-    pieces = [torch.arange(4.0).reshape(4, 1), torch.arange(4.0, 8.0).reshape(4, 1)]
-    mbs = [Minibatch(torch.zeros(n, 3, 2), {}) for n in (3, 3, 1)]  # crosses the first piece's end
-    got = regroup(pieces, mbs)
-    assert [g.flatten().tolist() for g in got] == [[0, 1, 2], [3, 4, 5], [6]]
-    assert all(g.dtype == torch.float32 for g in got)
+def test_walk_outputs_are_cut_as_the_minibatches() -> None:
+    """The walk's per-batch outputs cut as ``_minibatches`` cuts its batches, then as
+    ``first_sequences`` cut those: each minibatch gets its own sequences' outputs."""
+    outputs = [torch.arange(4.0).reshape(4, 1, 1), torch.arange(4.0, 8.0).reshape(4, 1, 1)]
+    batches = [LayerBatch(Y.clone(), {}) for Y in outputs]
+    mbs = first_sequences(list(_minibatches(batches, 2)), 5)  # 2 + 2 + 1 (cut) sequences
+    got = targets_for(target_pieces(outputs, 2), mbs)
+    assert [g.flatten().tolist() for g in got] == [[0, 1], [2, 3], [4]]
+    assert all(torch.equal(g, mb.hidden) for g, mb in zip(got, mbs, strict=True))
 
 
 def test_magnitude_induction_shares_the_walks_dense_pass(tmp_path, monkeypatch) -> None:
