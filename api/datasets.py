@@ -15,6 +15,7 @@ from sqlalchemy import select
 from api.deps import CallerDep, CtxDep, SessionDep
 from api.errors import COMMON, ApiError, not_found
 from api.schemas import DatasetList, DatasetOut
+from api.validation import MAX_JSON_DEPTH, json_depth
 from common.models import Dataset, new_id, storable
 from common.storage import StorageError
 
@@ -78,6 +79,8 @@ def count_records(path: Path, fmt: str) -> int:
                 if not line.strip():
                     continue
                 if fmt == "jsonl":
+                    if json_depth(line) > MAX_JSON_DEPTH:
+                        raise _invalid(f"line {lineno} nests deeper than {MAX_JSON_DEPTH} levels")
                     try:
                         value = json.loads(line)
                     except json.JSONDecodeError as exc:

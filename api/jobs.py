@@ -34,7 +34,7 @@ from common.jobs import StaleStatus, add_event, get_job, set_status
 from common.models import ApiKey, Artifact, Dataset, Job, JobEvent
 from common.queue import enqueue
 from common.states import JobStatus
-from common.storage import LocalStorage, Storage, StorageError
+from common.storage import LocalStorage, Storage, StorageNotFound
 from core.errors import SpecError
 from core.spec import CompressionSpec
 
@@ -185,7 +185,8 @@ def _enqueue(job: Job, session: Session, ctx: CtxDep, caller: CallerDep) -> JobO
         enqueue(ctx.celery, ctx.settings, job.id)
     except Exception as exc:  # kombu's OperationalError and friends: the broker is unreachable
         log.error("could not enqueue %s: %s", job.id, exc)
-        message = f"the job queue is unreachable ({exc}); job {job.id} was recorded and marked failed, submit again later"
+        # The broker's error stays in the log: it may name a server-side path or host.
+        message = f"the job queue is unreachable; job {job.id} was recorded and marked failed, submit again later"
         try:
             set_status(session, job, JobStatus.FAILED, "could not enqueue", error=(BROKER_DOWN, message))
             session.commit()
@@ -260,7 +261,8 @@ def list_events(
     job_id: str,
     session: SessionDep,
     caller: CallerDep,
-    after: Annotated[int, Query(ge=0, description="only events with a larger id")] = 0,
+    # Bounded by the id column (BIGINT): a larger value cannot be bound and was a 500.
+    after: Annotated[int, Query(ge=0, le=2**63 - 1, description="only events with a larger id")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> EventList:
     """The job's events, oldest first; poll with ``after=<last id>``."""
@@ -387,16 +389,12 @@ def _link(request: Request, ctx: CtxDep, caller: CallerDep, row: Artifact, stora
 def send_artifact(storage: Storage, row: Artifact, filename: str) -> Response:
     """Stream the artifact's bytes from storage (a file response for the local backend)."""
     headers = {"X-Checksum-Sha256": row.sha256}
-    if isinstance(storage, LocalStorage):
-        path = storage.local_path(row.storage_key)
-        if not path.is_file():
-            raise ApiError(410, "artifact_missing", f"{row.name} is recorded but missing from storage")
-        return FileResponse(path, filename=filename, media_type="application/octet-stream", headers=headers)
-    try:
+    try:  # 410 only when the store answers "no such object"; StorageUnavailable is a 503
+        if isinstance(storage, LocalStorage):
+            path = storage.locate(row.storage_key)
+            return FileResponse(path, filename=filename, media_type="application/octet-stream", headers=headers)
         chunks = storage.open_stream(row.storage_key)
-    except StorageError as exc:
-        if exc.__class__ is not StorageError:  # StorageUnavailable: a 503, not a missing file
-            raise
+    except StorageNotFound as exc:
         raise ApiError(410, "artifact_missing", f"{row.name} is recorded but missing from storage") from exc
     headers["Content-Length"] = str(row.size)
     headers["Content-Disposition"] = f'attachment; filename="{filename}"'

@@ -7,15 +7,30 @@ on the worker), and text sources that are built in or uploaded by the same team.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from common.refs import BUILTIN_SOURCES, DATASET_ID, MODEL_ALIASES, check_model_ref
+from common.refs import BUILTIN_SOURCES, DATASET_ID, EVALUATION_ONLY, MODEL_ALIASES, check_model_ref
 from common.settings import Settings
 from core.errors import SpecError
 from core.spec import CompressionSpec
 
-__all__ = ["MODEL_ALIASES", "check_limits", "check_model_ref", "check_sources", "local_models"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "MODEL_ALIASES",
+    "check_limits",
+    "check_model_ref",
+    "check_sources",
+    "json_depth",
+    "local_models",
+]
+
+# Uploaded .jsonl records hold text fields: nesting deeper than this is refused before parsing
+# (json.loads recurses once per level and fails with RecursionError, a 500, near 1000).
+MAX_JSON_DEPTH = 100
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
 
 
 def check_limits(spec: CompressionSpec, settings: Settings) -> None:
@@ -41,6 +56,8 @@ def dataset_ids(spec: CompressionSpec) -> list[tuple[str, str]]:
 def check_sources(spec: CompressionSpec, owns_dataset: Callable[[str], bool]) -> None:
     """Every source is built in, or an uploaded dataset id that ``owns_dataset`` accepts."""
     for param, source in dataset_ids(spec):
+        if source in EVALUATION_ONLY and param.startswith("calibration"):
+            raise SpecError(f"{source!r} is an evaluation text only: calibrate on pydoc or a dataset", param=param)
         if source in BUILTIN_SOURCES or (param.startswith("evaluation") and source == "none"):
             continue
         if DATASET_ID.match(source):
@@ -62,3 +79,15 @@ def local_models(roots: Iterable[Path]) -> list[str]:
         if root.is_dir():
             found.extend(str(p.parent) for p in sorted(root.glob("*/config.json")))
     return found
+
+
+def json_depth(text: str) -> int:
+    """How deeply the JSON text ``text`` nests arrays and objects (brackets inside strings do not count).
+
+    Linear in the text and without recursion, so it is safe on input that ``json.loads`` is not.
+    """
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest

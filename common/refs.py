@@ -12,8 +12,9 @@ from pathlib import Path
 from common.settings import Settings
 from core.errors import SpecError
 
-BUILTIN_SOURCES: tuple[str, ...] = ("pydoc", "wikitext2", "c4")
-MODEL_ALIASES: tuple[str, ...] = ("smollm2-135m",)  # core.models.ALIASES (torch-side, not importable here)
+BUILTIN_SOURCES: tuple[str, ...] = ("pydoc", "wikitext2", "c4", "fortunes")
+EVALUATION_ONLY: tuple[str, ...] = ("fortunes",)  # out of the calibration domain (core.fortunes)
+MODEL_ALIASES: tuple[str, ...] = ("smollm2-135m", "gemma3-270m")  # core.builtins.BUILTINS (torch-side, not importable here)
 DATASET_ID = re.compile(r"^ds_[0-9a-f]{24}$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,95})(?:/[A-Za-z0-9](?:[A-Za-z0-9._-]{0,95}))?$")
 _S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](?:/\S*)?$")
@@ -62,6 +63,23 @@ def check_model_ref(ref: str, settings: Settings) -> None:
         raise SpecError("this service does not load models from the Hugging Face hub", param="model")
 
 
+def s3_configured(settings: Settings) -> bool:
+    """Whether the worker has S3 to read from: the artifact store is S3, or the operator named
+    S3 model roots (boto3's credential chain then applies). Without either, an s3:// reference
+    could only fail on the worker ("Unable to locate credentials") after its retries."""
+    return settings.storage == "s3" or bool(settings.model_s3_roots)
+
+
+def is_hub_id(ref: str) -> bool:
+    """A reference that ``check_model_ref`` accepted as a Hugging Face hub id (not a path, alias or URI)."""
+    return (
+        ref.lower() not in MODEL_ALIASES
+        and not ref.startswith("s3://")
+        and not _SCHEME.match(ref)
+        and not looks_like_path(ref)
+    )
+
+
 def _under_roots(ref: str, roots: list[Path]) -> bool:
     """``ref`` is absolute and, with symlinks and '..' resolved, lies under one of ``roots``."""
     try:
@@ -80,13 +98,20 @@ def _key_under(key: str, prefix: str) -> bool:
 
 
 def check_s3_model(ref: str, settings: Settings) -> None:
-    """An s3:// model URI: well formed, under SPRUCE_MODEL_S3_ROOTS when set, never the service's files."""
+    """An s3:// model URI: well formed, S3 configured, under SPRUCE_MODEL_S3_ROOTS when set, never
+    the service's files."""
     if not _S3_URI.match(ref):
         raise SpecError("not a valid s3://bucket/prefix URI", param="model")
     bucket, _, key = ref[len("s3://") :].partition("/")
     key = key.removesuffix("/")
     if key and any(p in ("", ".", "..") for p in key.split("/")):
         raise SpecError("s3:// URIs may not hold empty, '.' or '..' path segments", param="model")
+    if not s3_configured(settings):
+        raise SpecError(
+            "this service has no S3 storage configured (SPRUCE_STORAGE=s3 or SPRUCE_MODEL_S3_ROOTS): "
+            "s3:// models cannot be read; give a hub id or a path under SPRUCE_MODEL_ROOTS",
+            param="model",
+        )
     if settings.storage == "s3" and bucket == settings.s3_bucket:
         base = settings.s3_prefix.strip("/")
         for area in SERVICE_AREAS:

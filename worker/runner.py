@@ -1,5 +1,6 @@
-"""One job, start to finish: claim the row, resolve inputs, run the engine, upload, record.
+"""One job, start to finish: claim a row, resolve inputs, run the engine, upload, record.
 
+A message is a turn: the worker starts the job the fair scheduler picks (worker/claim.py).
 Everything here is keyed by the job id and safe to run again for the same id (a redelivered
 message): claiming is a compare-and-set on the status, artifacts are replaced, not appended.
 Each attempt is numbered (``jobs.attempts``) and every write it makes is guarded by its number,
@@ -19,21 +20,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from datetime import timedelta
+
 from sqlalchemy import delete, select, update
-from sqlalchemy.orm.attributes import set_committed_value
 
 from common.db import session_scope
 from common.jobs import StaleStatus, add_event, get_job, set_status
 from common.models import Artifact, Dataset, Job, utcnow
-from common.refs import DATASET_ID, check_model_ref, looks_like_path
+from common.refs import DATASET_ID, check_model_ref, is_hub_id
 from common.settings import Settings
 from common.states import JobStatus, is_terminal
 from common.storage import Storage, build_storage, download_s3_uri, sha256_file
 from core.checkpoint import ResumeState
-from core.errors import Cancelled, DatasetUnavailable, ModelNotFound, SpecError, SystemFault, UserError
+from core.errors import Cancelled, DatasetUnavailable, ModelNotFound, SystemFault, UserError
 from core.progress import Progress
 from worker.checkpoint import StorageCheckpoint, discard, fingerprint
-from worker.liveness import Heartbeat, is_fresh, worker_lost_error
+from worker.hub import hub_folder
+from worker.claim import claim_next
+from worker.liveness import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +46,11 @@ RESULT_KEYS = ("perplexity", "sparsity", "sizes", "timings", "layers", "resume",
 
 
 class RetryLater(Exception):
-    """A system fault with retries left: the task re-queues itself after ``delay`` seconds."""
+    """The message goes back on the queue after ``delay`` seconds: a system fault with retries
+    left (``cause``), or queued jobs that cannot start yet (a backoff, a team's running limit)."""
 
-    def __init__(self, delay: float, cause: BaseException) -> None:
-        super().__init__(f"retry in {delay:.0f}s: {cause}")
+    def __init__(self, delay: float, cause: BaseException | None = None) -> None:
+        super().__init__(f"retry in {delay:.0f}s" + (f": {cause}" if cause else ": jobs wait"))
         self.delay = delay
         self.cause = cause
 
@@ -61,84 +66,6 @@ def pick_device(settings: Settings) -> str:
 def backoff(retries_done: int, base: float) -> float:
     """Exponential: base, 2 base, 4 base, ... capped at one hour."""
     return float(min(3600.0, base * (2**retries_done)))
-
-
-# -- claiming -------------------------------------------------------------------------------------
-
-
-def claim(url: str, job_id: str, worker: str, device: str, settings: Settings) -> Job | None:
-    """Mark the job running for this worker as a new attempt; None if there is nothing to run.
-
-    A job cancelled (or otherwise finished) while queued is skipped. A job already ``running`` is
-    a message delivered again: if its heartbeat is fresh, another worker is on it and this
-    message is dropped (no second run); if it is stale, that worker died and this one takes over.
-    Past ``max_attempts`` started deliveries the job is failed instead (``worker_lost``): a job
-    that kills its worker every time must not loop forever.
-    """
-    for _ in range(3):
-        with session_scope(url) as session:
-            job = get_job(session, job_id)
-            if job is None:
-                log.warning("job %s does not exist; dropping the message", job_id)
-                return None
-            if is_terminal(job.status):
-                log.info("job %s is already %s; skipping", job_id, job.status)
-                return None
-            running = job.status == JobStatus.RUNNING
-            if running and is_fresh(job, settings.heartbeat_timeout):
-                log.info(
-                    "job %s is running on %s with a fresh heartbeat; not starting a second run",
-                    job_id,
-                    job.worker,
-                )
-                return None
-            guard = (Job.attempts == job.attempts,)
-            try:
-                if job.attempts >= settings.max_attempts:
-                    # Running: its last worker died. Queued: requeued after a worker died (a system
-                    # fault is not retried past the limit), so the cause is the same.
-                    code, message = worker_lost_error(job)
-                    log.error("job %s: %s", job_id, message)
-                    target = JobStatus.FAILED
-                    set_status(
-                        session, job, target, "failed: no attempts left", error=(code, message), where=guard
-                    )
-                    return None
-                values: dict[str, Any] = {
-                    "attempts": job.attempts + 1,
-                    "worker": worker,
-                    "device": device,
-                    "heartbeat_at": utcnow(),
-                }
-                if not running:
-                    set_status(
-                        session,
-                        job,
-                        JobStatus.RUNNING,
-                        f"running on {worker} ({device})",
-                        where=guard,
-                        **values,
-                    )
-                else:
-                    lost = f"{job.worker} stopped heart-beating" if job.worker else "its worker was lost"
-                    message = f"redelivered: {lost}; taken over by {worker} (attempt {job.attempts + 1})"
-                    result: Any = session.execute(
-                        update(Job)
-                        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, *guard)
-                        .values(**values, updated_at=utcnow())
-                        .execution_options(synchronize_session=False)
-                    )
-                    if result.rowcount != 1:
-                        raise StaleStatus(f"job {job_id} changed while being taken over")
-                    add_event(session, job_id, "status", message, stage=job.stage)
-                    for key, value in values.items():  # mirror the write without dirtying the row
-                        set_committed_value(job, key, value)
-            except StaleStatus:
-                session.rollback()
-                continue  # the API cancelled it, or another worker claimed it: look again
-            session.expunge(job)
-            return job
-    return None
 
 
 # -- progress and cancellation --------------------------------------------------------------------
@@ -249,11 +176,8 @@ def resolve_inputs(
             if "nothing at" in str(exc):
                 raise ModelNotFound(f"model {model!r}: no objects at that S3 location") from exc
             raise SystemFault(f"could not download {model}: {exc}") from exc
-    elif not looks_like_path(model) and Path(model).exists():
-        # A hub-id-shaped name that happens to be a folder next to the worker must not be read.
-        raise SpecError(
-            f"{model!r} is ambiguous on this worker; name hub models as owner/name", param="model"
-        )
+    elif is_hub_id(model):  # from the Hugging Face cache, never the worker's directory (worker/hub.py)
+        spec["model"] = str(hub_folder(model))
 
     cache: dict[str, str] = {}
 
@@ -324,32 +248,40 @@ def finish(
 # -- the run ----------------------------------------------------------------------------------------
 
 
-def run(job_id: str, settings: Settings, *, retries_done: int = 0, worker: str | None = None) -> str:
-    """Run one job; returns its final status, or raises ``RetryLater`` for a retryable fault.
+def run(job_id: str, settings: Settings, *, worker: str | None = None) -> str:
+    """Take one turn for the message of ``job_id``: run the job the scheduler picks (``job_id``
+    itself when its worker died, else the fairest queued job) and return its final status.
 
-    Returns "skipped" when there is nothing to run (finished, or another worker is on it) and
-    "superseded" when this attempt lost the job to another one midway (it then writes nothing).
+    Raises ``RetryLater`` for a retryable fault, and when no job may start now while some wait
+    (the message looks again later). Returns "skipped" when nothing is queued, "superseded" when
+    this attempt lost the job to another one midway (it then writes nothing).
     """
     url = settings.resolved_database_url
     worker = worker or f"{socket.gethostname()}:{os.getpid()}"
     # A dry run never touches torch, so it never asks torch which device there is.
     device = (settings.device or "none") if settings.dry_run else pick_device(settings)
-    job = claim(url, job_id, worker, device, settings)
+    found = claim_next(url, job_id, worker, device, settings)
+    if settings.checkpoints:  # out of attempts: nothing will resume them
+        for failed in found.failed:
+            if _failed(url, failed):
+                discard(build_storage(settings), failed)
+    job = found.job
     if job is None:
-        if settings.checkpoints and _failed(url, job_id):  # e.g. out of attempts: nothing will resume
-            discard(build_storage(settings), job_id)
-        return "skipped"
-    log.info("job %s: attempt %d of at most %d on %s", job_id, job.attempts, settings.max_attempts, device)
-    heartbeat = Heartbeat(url, job_id, job.attempts, settings.heartbeat_interval).start()
+        if found.waiting is None:
+            return "skipped"
+        wait = (found.waiting - utcnow()).total_seconds()
+        raise RetryLater(min(settings.defer_interval, max(0.5, wait)))
+    if job.id != job_id:
+        log.info("message for job %s: the fair turn goes to job %s", job_id, job.id)
+    log.info("job %s: attempt %d of at most %d on %s", job.id, job.attempts, settings.max_attempts, device)
+    heartbeat = Heartbeat(url, job.id, job.attempts, settings.heartbeat_interval).start()
     try:
-        return _attempt(job, settings, worker, device, heartbeat, retries_done)
+        return _attempt(job, settings, worker, device, heartbeat)
     finally:
         heartbeat.stop()
 
 
-def _attempt(
-    job: Job, settings: Settings, worker: str, device: str, heartbeat: Heartbeat, retries_done: int
-) -> str:
+def _attempt(job: Job, settings: Settings, worker: str, device: str, heartbeat: Heartbeat) -> str:
     from celery.exceptions import SoftTimeLimitExceeded
 
     url, job_id, attempt = settings.resolved_database_url, job.id, job.attempts
@@ -424,7 +356,7 @@ def _attempt(
             finish(url, job_id, JobStatus.FAILED, "failed", attempt=attempt, error=(exc.code, message))
         )
     except Exception as exc:  # SystemFault and anything unexpected: retry, then fail
-        return ended(_system_fault(url, job_id, exc, retries_done, settings, attempt))
+        return ended(_system_fault(url, job, exc, settings))
 
 
 def _failed(url: str, job_id: str) -> bool:
@@ -521,13 +453,13 @@ def _compress(
     )
 
 
-def _system_fault(
-    url: str, job_id: str, exc: Exception, retries_done: int, settings: Settings, attempt: int
-) -> str:
+def _system_fault(url: str, job: Job, exc: Exception, settings: Settings) -> str:
+    """Queue the job again after a backoff (counted on the row: ``jobs.retries``), or fail it."""
+    job_id, attempt = job.id, job.attempts
     code = exc.code if isinstance(exc, SystemFault) else "system_error"
     detail = f"{type(exc).__name__}: {exc}"
-    if retries_done < settings.max_retries and attempt < settings.max_attempts:
-        delay = backoff(retries_done, settings.retry_backoff)
+    if job.retries < settings.max_retries and attempt < settings.max_attempts:
+        delay = backoff(job.retries, settings.retry_backoff)
         log.warning("job %s attempt %d failed (%s); retrying in %.0fs", job_id, attempt, detail, delay)
         status = finish(
             url,
@@ -535,6 +467,8 @@ def _system_fault(
             JobStatus.QUEUED,
             f"attempt {attempt} failed ({detail}); retrying in {delay:.0f}s",
             attempt=attempt,
+            retries=job.retries + 1,
+            run_after=utcnow() + timedelta(seconds=delay),
         )
         if status == JobStatus.QUEUED:
             raise RetryLater(delay, exc) from exc
