@@ -1,15 +1,19 @@
 """The Spruce benchmark (../shared/BENCHMARK.md): quality and speed of every pruner configuration.
 
 Each configuration runs in its own process (so peak memory is per row) through the same
-``core.compress.compress`` the service uses, on SmolLM2-135M and the pydoc text.
+``core.compress.compress`` the service uses: calibrated on pydoc (text A), evaluated on pydoc's
+held-out span and on fortunes (text C, never calibrated on), on SmolLM2-135M or Gemma 3 270M.
 
     python benchmarks/quality.py                       # the table without Sparsity Induction
     python benchmarks/quality.py --induction both      # with and without induction
     python benchmarks/quality.py --only wanda:2:4 --only sparsegpt:0.5
+    python benchmarks/quality.py --model gemma3-270m   # the second benchmark model
+    python benchmarks/quality.py --reference llmc.json # llm-compressor's same rows, same run
     python benchmarks/quality.py --json results.json   # also save the raw rows
 
-Reference figures (llm-compressor 0.14 on the same work) are in ../shared/anchors.md; the
-``ref`` columns below repeat them so each row reads at a glance.
+Reference figures (llm-compressor 0.14, SmolLM2, pydoc) are in ../shared/anchors.md; the
+``ref`` columns repeat them, or take every text and model from ``--reference``, the JSON that
+``reference_llmcompressor.py --json`` writes.
 """
 
 from __future__ import annotations
@@ -56,12 +60,14 @@ def _body(
     dense: bool,
     seed: int = 0,
     method: dict[str, Any] | None = None,
+    model: str = "smollm2-135m",
+    texts: tuple[str, ...] = ("pydoc", "fortunes"),
 ) -> dict[str, Any]:
     extra = dict(method or {})
     # --method's induction settings apply where the row runs induction (or where they switch it on)
     settings = extra.pop("induction", {})
     return {
-        "model": "smollm2-135m",
+        "model": model,
         "sparsity": sparsity if ":" in sparsity else float(sparsity),
         "method": {
             "pruner": pruner,
@@ -70,7 +76,7 @@ def _body(
             **extra,
         },
         "calibration": {"source": "pydoc", "samples": samples, "seq_len": 512, "seed": seed},
-        "evaluation": {"sources": ["pydoc"], "seq_len": 512, "max_windows": 40, "dense": dense},
+        "evaluation": {"sources": list(texts), "seq_len": 512, "max_windows": 40, "dense": dense},
     }
 
 
@@ -95,14 +101,17 @@ def run_one(body: dict[str, Any], threads: int) -> dict[str, Any]:
     return report
 
 
-def row_of(label: str, key: str, report: dict[str, Any]) -> dict[str, Any]:
+def row_of(label: str, key: str, report: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
     t = report["timings"]
     step = t.get("prune", 0.0) + t.get("allocate", 0.0) + t.get("induction", 0.0)
     sp = report["sparsity"]
-    ref_ppl, ref_s = ANCHORS.get(key, (None, None))
+    ref = reference.get(key, {})
+    ref_ppl, ref_s = ANCHORS.get(key, (None, None)) if not reference else (ref.get("pydoc"), ref.get("seconds"))
     return {
         "config": label,
         "ppl": report["perplexity"]["sparse"]["pydoc"],
+        "ppl_c": report["perplexity"]["sparse"].get("fortunes"),
+        "ref_c": ref.get("fortunes"),
         "seconds": step,
         "induction_s": t.get("induction", 0.0),
         "peak_gib": report.get("peak_rss_after_prune_bytes", report["peak_rss_bytes"]) / 2**30,
@@ -115,10 +124,15 @@ def row_of(label: str, key: str, report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def print_table(rows: list[dict[str, Any]], dense: float | None) -> None:
-    print(f"\ndense perplexity: {dense:.2f} (llm-compressor reference {DENSE_ANCHOR})" if dense else "")
+def _ppl(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def print_table(rows: list[dict[str, Any]], dense: dict[str, float]) -> None:
+    if dense:
+        print("\ndense perplexity: " + ", ".join(f"{k} {v:.2f}" for k, v in dense.items()))
     head = (
-        "| config | ppl | ref ppl | step s | ref s | speed-up | induction s | peak GiB |"
+        "| config | A ppl | ref A | C ppl | ref C | step s | ref s | speed-up | induction s | peak GiB |"
         " sparsity mean/min/max | N:M ok |"
     )
     print(head)
@@ -129,7 +143,8 @@ def print_table(rows: list[dict[str, Any]], dense: float | None) -> None:
         speed = f"{r['ref_s'] / r['seconds']:.1f}x" if r["ref_s"] and r["seconds"] > 0 else "-"
         nm = "-" if r["nm_ok"] is None else ("yes" if r["nm_ok"] else "NO")
         print(
-            f"| {r['config']} | {r['ppl']:.2f} | {ref_ppl} | {r['seconds']:.1f} | {ref_s} | {speed} |"
+            f"| {r['config']} | {r['ppl']:.2f} | {ref_ppl} | {_ppl(r['ppl_c'])} | {_ppl(r['ref_c'])} |"
+            f" {r['seconds']:.1f} | {ref_s} | {speed} |"
             f" {r['induction_s']:.1f} | {r['peak_gib']:.2f} |"
             f" {r['sp_mean']:.4f}/{r['sp_min']:.4f}/{r['sp_max']:.4f} | {nm} |"
         )
@@ -149,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="extra method settings as JSON, e.g. '{\"dampening\": 0.1}'",
     )
+    ap.add_argument("--model", default="smollm2-135m", help="smollm2-135m, gemma3-270m, or any model ref")
+    ap.add_argument("--texts", default="pydoc,fortunes", help="evaluation texts, comma-separated")
+    ap.add_argument(
+        "--reference", type=Path, default=None, help="reference_llmcompressor.py --json output for this model"
+    )
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--reports", type=Path, default=None, help="folder for each row's full report.json")
     ap.add_argument(
@@ -165,14 +185,17 @@ def main(argv: list[str] | None = None) -> int:
         ]
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.induction]
     rows: list[dict[str, Any]] = []
-    dense = None
+    dense: dict[str, float] = {}
+    texts = tuple(t for t in args.texts.split(",") if t)
+    reference = _reference(args.reference) if args.reference else {}
     dense_wanted = not args.skip_dense
     started = time.time()
     for pruner, sparsity, allocation in configs:
         for induction in modes:
             key = f"{pruner}:{sparsity}" if allocation == "uniform" else ""
             body = _body(
-                pruner, sparsity, allocation, induction, args.samples, dense_wanted, args.seed, args.method
+                pruner, sparsity, allocation, induction, args.samples, dense_wanted, args.seed, args.method,
+                args.model, texts,
             )
             dense_wanted = False
             induced = body["method"]["induction"].get("enabled", False)  # --method may switch it on
@@ -182,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.reports.mkdir(parents=True, exist_ok=True)
                 name = label.replace(" ", "_").replace(":", "-").replace("+", "")
                 (args.reports / f"{name}.json").write_text(json.dumps(report, indent=1, default=str))
-            dense = dense or report["perplexity"].get("dense", {}).get("pydoc")
-            rows.append(row_of(label, key, report))
+            dense = dense or report["perplexity"].get("dense", {})
+            rows.append(row_of(label, key, report, reference))
             print(
                 f"[{time.time() - started:.0f}s] {label}: ppl {rows[-1]['ppl']:.2f}",
                 file=sys.stderr,
@@ -193,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"dense": dense, "rows": rows}, indent=2))
     return 0
+
+
+def _reference(path: Path) -> dict[str, Any]:
+    """llm-compressor's rows by config key: perplexity per text and seconds of the pruning call."""
+    rows = json.loads(path.read_text())["rows"]
+    return {r["config"]: {**r.get("perplexity", {}), "seconds": r.get("seconds")} for r in rows}
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ from pathlib import Path
 log = logging.getLogger("reference_llmcompressor")
 
 DEFAULT_MODEL = Path.home() / ".cache/spruce/models/smollm2-135m"
+# Text C (BENCHMARK.md), as Spruce caches it on first use (core.fortunes); evaluated whole.
+DEFAULT_FORTUNES = Path.home() / ".cache/spruce/texts/fortunes.txt"
 SEQ_LEN = 512
 SAMPLES = 32
 SEED = 0
@@ -177,7 +179,9 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # KiB on Linux
 
 
-def run_one(config: str, model_dir: Path, threads: int, magnitude_via_oneshot: bool = False) -> dict:
+def run_one(
+    config: str, model_dir: Path, threads: int, magnitude_via_oneshot: bool = False, fortunes: Path | None = None
+) -> dict:
     """One configuration in this process: load, prune (timed alone), evaluate."""
     import torch
     from datasets import Dataset
@@ -217,13 +221,16 @@ def run_one(config: str, model_dir: Path, threads: int, magnitude_via_oneshot: b
                 num_calibration_samples=SAMPLES,
                 max_seq_length=SEQ_LEN,
                 shuffle_calibration_samples=False,
-                sequential_targets=["LlamaDecoderLayer"],
+                sequential_targets=[type(model.model.layers[0]).__name__],
             )
         seconds = time.perf_counter() - t0
         row["sparsity"] = achieved_sparsity(model, mask_structure)
     row["seconds"] = seconds
     row["peak_rss_after_prune_gib"] = peak_rss_gib()
-    row["perplexity"] = perplexity(model, eval_span)
+    row["perplexity"] = {"pydoc": perplexity(model, eval_span)}
+    if fortunes is not None:
+        text_c = tokenizer(fortunes.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
+        row["perplexity"]["fortunes"] = perplexity(model, text_c)
     row["peak_rss_gib"] = peak_rss_gib()
     return row
 
@@ -248,8 +255,9 @@ def fmt(row: dict) -> str:
     sp_s = "-" if sp is None else f"{100 * sp['mean']:.2f}% [{100 * sp['min']:.2f}, {100 * sp['max']:.2f}]"
     if sp and "nm_ok" in sp:
         sp_s += " N:M ok" if sp["nm_ok"] else " N:M VIOLATED"
+    ppl = " / ".join(f"{v:.2f}" for v in row["perplexity"].values())
     return (
-        f"| {row['config']} | {row['perplexity']:.2f} | {secs} | "
+        f"| {row['config']} | {ppl} | {secs} | "
         f"{row['peak_rss_after_prune_gib']:.2f} | {row['peak_rss_gib']:.2f} | {sp_s} |"
     )
 
@@ -260,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write rows and versions here")
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fortunes", type=Path, default=DEFAULT_FORTUNES, help="text C; 'none' skips it")
     ap.add_argument(
         "--magnitude-via-oneshot",
         action="store_true",
@@ -273,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     if args.worker:
-        row = run_one(args.worker, args.model, args.threads, args.magnitude_via_oneshot)
+        fortunes = None if str(args.fortunes) == "none" else args.fortunes
+        row = run_one(args.worker, args.model, args.threads, args.magnitude_via_oneshot, fortunes)
         print("ROW " + json.dumps(row), flush=True)
         return 0
 
@@ -286,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     info = versions()
     log.info("versions: %s", info)
     log.info(
-        "| config | perplexity | seconds (prune call) | peak RSS to prune GiB | peak RSS GiB | sparsity |"
+        "| config | perplexity pydoc / fortunes | seconds (prune call) | peak RSS to prune GiB | peak RSS GiB | sparsity |"
     )
     log.info("|---|---|---|---|---|---|")
     rows = []
@@ -300,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             str(args.model),
             "--threads",
             str(args.threads),
+            "--fortunes",
+            str(args.fortunes),
         ]
         if args.magnitude_via_oneshot:
             cmd.append("--magnitude-via-oneshot")

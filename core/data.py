@@ -14,6 +14,8 @@ Sources:
   validation). When the Hugging Face hub cannot be reached, the failure is a quick
   ``DatasetUnavailable``; a machine with a local datasets cache runs with
   ``HF_DATASETS_OFFLINE=1`` and is served from that cache.
+- ``fortunes``: Text C of BENCHMARK.md (core.fortunes), for evaluation only: the whole text, its
+  first windows, never calibrated on.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from typing import Any, Literal
 import torch
 
 from core.errors import DatasetUnavailable, SpecError, UserError
+from core.fortunes import FORTUNES, fortunes_text
+from core.models import resolve_cache_dir
 from core.spec import TextSpec
 
 log = logging.getLogger(__name__)
@@ -87,6 +91,9 @@ def load_text(source: str, *, role: Role, field: str = "text") -> tuple[str, Tex
     if kind == "pydoc":
         text = pydoc_text()
         return text, _info(source, "pydoc", text, _TOKEN_SPLIT[role])
+    if kind == FORTUNES:
+        text = fortunes_text(resolve_cache_dir())
+        return text, _info(source, FORTUNES, text, "tokens[0:100%]")
     if kind == "file":
         text = _read_file(Path(source).expanduser(), field=field, param=_PARAM[role])
         return text, _info(source, "file", text, _TOKEN_SPLIT[role])
@@ -133,12 +140,13 @@ def evaluation_ids(
     """The evaluation token stream of ``source``: [T] int64, and a report dict.
 
     For pydoc and files this is the last 40% of the tokens (never overlapping calibration); for
-    wikitext2 the test split, for c4 the first 1100 validation documents.
+    wikitext2 the test split, for c4 the first 1100 validation documents, for fortunes all of it.
     """
     kind = _kind(source, "evaluation")
     text, info = load_text(source, role="evaluation", field=field)
     ids = tokenize_cached(tokenizer, text, info.sha256)  # [T]
-    span = ids if kind == "dataset" else ids[_calibration_cut(len(ids)) :]
+    whole = kind in ("dataset", FORTUNES)  # nothing of these was calibrated on
+    span = ids if whole else ids[_calibration_cut(len(ids)) :]
     if len(span) < 2:
         raise UserError(
             f"evaluation text {source!r} has {len(span)} tokens after the split; at least 2 are needed",
@@ -265,11 +273,19 @@ def _kind(source: str, role: Role) -> str:
     """Classify ``source``: 'pydoc', 'dataset' or 'file'; unknown names raise ``SpecError``."""
     if source == PYDOC:
         return "pydoc"
+    if source == FORTUNES:
+        if role == "calibration":
+            raise SpecError(
+                "fortunes is an evaluation text, out of the calibration domain: calibrate on pydoc, "
+                "a dataset or a file",
+                param=_PARAM[role],
+            )
+        return FORTUNES
     if source in DATASETS:
         return "dataset"
     if Path(source).suffix.lower() in FILE_SUFFIXES:
         return "file"
-    known = ", ".join((PYDOC, *DATASETS))
+    known = ", ".join((PYDOC, *DATASETS, FORTUNES) if role == "evaluation" else (PYDOC, *DATASETS))
     raise SpecError(
         f"unknown text source {source!r}: use one of {known}, or the path of a .txt or .jsonl file",
         param=_PARAM[role],
