@@ -81,6 +81,13 @@ class Team(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("team"))
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Per-team overrides of the SPRUCE_TEAM_MAX_* defaults (None: the default; 0: no limit);
+    # set with `spruce teams limits` (common/quotas.py).
+    max_queued: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_running: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_stored_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # When a worker last started one of its jobs: the fair scheduler's tie-break (common/fair.py).
+    last_started_at: Mapped[datetime | None] = mapped_column(default=None)
 
     keys: Mapped[list[ApiKey]] = relationship(back_populates="team")
 
@@ -106,6 +113,8 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_team_created", "team_id", "created_at", "id"),
+        # The fair scheduler's scan: queued (or running) jobs per team, oldest first.
+        Index("ix_jobs_status_team_created", "status", "team_id", "created_at"),
         # A retried POST with the same Idempotency-Key finds its job (per team: keys are the client's).
         UniqueConstraint("team_id", "idempotency_key"),
     )
@@ -130,6 +139,11 @@ class Job(Base):
     # The running worker refreshes this; a running job whose heartbeat is old has lost its worker.
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     resumes: Mapped[int] = mapped_column(Integer, default=0)  # times it continued from a checkpoint
+    retries: Mapped[int] = mapped_column(Integer, default=0)  # re-queued after a system fault
+    # A queued job does not start before this (a retry's backoff); None: at once.
+    run_after: Mapped[datetime | None] = mapped_column(default=None)
+    # DELETE /v1/jobs/{id} on a running job: hidden from the API, removed once its worker stops.
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     request_hash: Mapped[str | None] = mapped_column(String(64), default=None)  # sha256 of the body
     device: Mapped[str | None] = mapped_column(String(32), default=None)
@@ -179,6 +193,8 @@ class Artifact(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     storage_key: Mapped[str] = mapped_column(String(1000))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Removed from storage by retention (SPRUCE_RETENTION_DAYS): a download answers 410.
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
 
     job: Mapped[Job] = relationship(back_populates="artifacts")
 

@@ -63,10 +63,31 @@ class Settings(BaseSettings):
     max_eval_windows: int = Field(default=1000, ge=1)
     max_upload_mb: int = Field(default=256, ge=1)
 
+    # Operations (docs/service.md, "Metrics and logs").
+    log_format: Literal["json", "text"] = "text"  # json: one object per line, for log collectors
+    metrics_token: SecretStr | None = None  # set: GET /metrics needs "Authorization: Bearer <token>"
+
     # Who may call, how often (docs/service.md, "Security and limits").
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: no CORS headers
     rate_limit_per_minute: int = Field(default=6000, ge=0, description="requests per key; 0: no limit")
     rate_limit_burst: int = Field(default=1000, ge=1, description="requests a key may send at once")
+
+    # Fair sharing between teams (docs/service.md, "Fair sharing"); 0: no limit. Per-team
+    # overrides are set with `spruce teams limits`.
+    team_max_queued: int = Field(default=1000, ge=0, description="queued jobs a team may hold")
+    team_max_running: int = Field(default=0, ge=0, description="jobs of one team running at once")
+    team_max_stored_bytes: int = Field(
+        default=0, ge=0, description="bytes of artifacts and datasets a team may keep"
+    )
+    retention_days: int = Field(
+        default=0, ge=0, description="remove artifacts of jobs finished this many days ago; 0: keep"
+    )
+    retention_interval: float = Field(
+        default=3600.0, gt=0, description="seconds between each worker's retention passes"
+    )
+    defer_interval: float = Field(
+        default=5.0, gt=0, description="seconds before a message that found no job it may start looks again"
+    )
 
     # Worker.
     device: str | None = None  # None: cuda when available, else cpu

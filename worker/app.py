@@ -38,6 +38,30 @@ def _preload_engine(**_: Any) -> None:
         import core.compress  # noqa: F401
 
 
+@worker_init.connect
+def _watch_parent(**_: Any) -> None:
+    # Under `spruce serve`, die with serve (worker/supervised.py); elsewhere this does nothing.
+    from worker.supervised import watch_parent
+
+    watch_parent()
+
+
+_alive: list[Any] = []  # the process's beat for `python -m worker.healthcheck`, once ready
+
+
+@worker_ready.connect
+def _start_alive(**_: Any) -> None:
+    from worker.healthcheck import AliveFile
+
+    _alive.append(AliveFile.for_this_process().start())
+
+
+@worker_shutdown.connect
+def _stop_alive(**_: Any) -> None:
+    while _alive:
+        _alive.pop().stop()
+
+
 _sweeper: list[Any] = []  # the process's Sweeper, once the worker is ready
 
 
@@ -59,6 +83,9 @@ def _start_sweeper(**_: Any) -> None:
         on_failed=lambda job_id: discard(storage, job_id),
     )
     _sweeper.append(sweeper.start())
+    from common.retention import HousekeepingLoop  # deletions and retention, on the same terms
+
+    _sweeper.append(HousekeepingLoop(settings).start())
 
 
 @worker_shutdown.connect
@@ -76,19 +103,22 @@ def _stop_sweeper(**_: Any) -> None:
     max_retries=None,  # retries are counted against SPRUCE_MAX_RETRIES by the runner, see below
 )
 def run_job(self: Task, job_id: str) -> str:
-    """Run job ``job_id`` through the engine; the row records every outcome.
+    """A turn for a queued job: run the one the fair scheduler picks (worker/claim.py; ``job_id``
+    when its worker died); the row records every outcome.
 
     User errors fail the job at once, a cancel ends it as cancelled, and system faults are
-    retried with exponential backoff up to ``max_retries`` times before the job is failed.
+    retried with exponential backoff up to ``max_retries`` times (counted on the job's row)
+    before the job is failed.
     """
     from worker.runner import RetryLater, run
 
     settings = get_settings()
     try:
-        return run(job_id, settings, retries_done=self.request.retries or 0, worker=self.request.hostname)
+        return run(job_id, settings, worker=self.request.hostname)
     except RetryLater as later:
-        # The runner already put the row back to queued with the reason; the countdown is the backoff.
-        raise self.retry(countdown=later.delay, max_retries=settings.max_retries) from later.cause
+        # A backoff (the runner put the row back to queued with the reason), or jobs that cannot
+        # start yet: the message comes back after the countdown. The row counts the retries.
+        raise self.retry(countdown=later.delay, max_retries=None) from later.cause
     except SoftTimeLimitExceeded:  # only under the prefork pool; the runner handles it, this is a guard
         log.error("job %s hit the soft time limit outside the engine", job_id)
         return "failed"

@@ -17,10 +17,9 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
-
-from datetime import timedelta
 
 from sqlalchemy import delete, select, update
 
@@ -28,6 +27,7 @@ from common.db import session_scope
 from common.jobs import StaleStatus, add_event, get_job, set_status
 from common.models import Artifact, Dataset, Job, utcnow
 from common.refs import DATASET_ID, check_model_ref, is_hub_id
+from common.retention import purge_one
 from common.settings import Settings
 from common.states import JobStatus, is_terminal
 from common.storage import Storage, build_storage, download_s3_uri, sha256_file
@@ -35,8 +35,8 @@ from core.checkpoint import ResumeState
 from core.errors import Cancelled, DatasetUnavailable, ModelNotFound, SystemFault, UserError
 from core.progress import Progress
 from worker.checkpoint import StorageCheckpoint, discard, fingerprint
-from worker.hub import hub_folder
 from worker.claim import claim_next
+from worker.hub import hub_folder
 from worker.liveness import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -279,6 +279,18 @@ def run(job_id: str, settings: Settings, *, worker: str | None = None) -> str:
         return _attempt(job, settings, worker, device, heartbeat)
     finally:
         heartbeat.stop()
+        _purge_if_deleted(settings, job.id)
+
+
+def _purge_if_deleted(settings: Settings, job_id: str) -> None:
+    """A job deleted while it ran is removed once it stops (DELETE /v1/jobs/{id}, common/retention.py)."""
+    try:
+        with session_scope(settings.resolved_database_url) as session:
+            job = get_job(session, job_id)
+            if job is not None and job.deleted_at is not None:
+                purge_one(session, build_storage(settings), job_id)
+    except Exception as exc:  # storage or database away: the periodic housekeeping finishes it
+        log.warning("job %s: could not remove the deleted job yet: %s", job_id, exc)
 
 
 def _attempt(job: Job, settings: Settings, worker: str, device: str, heartbeat: Heartbeat) -> str:

@@ -22,6 +22,7 @@ from common.storage import LocalStorage
 from core.errors import Cancelled, DatasetUnavailable, SpecError, SystemFault
 from core.progress import Progress
 from worker import runner
+from worker.claim import claim
 from worker.runner import Reporter, RetryLater, backoff, resolve_inputs, run
 
 pytestmark = pytest.mark.unit
@@ -167,10 +168,10 @@ def test_system_fault_retries_then_fails(settings: Settings, monkeypatch: pytest
     stub(monkeypatch, crash)
     job_id = make_job(settings)
     with pytest.raises(RetryLater):
-        run(job_id, settings, retries_done=0)
+        run(job_id, settings)
     job, events, _ = load(settings, job_id)
     assert job.status == "queued" and "retrying" in events[-1].message
-    assert run(job_id, settings, retries_done=1) == "failed"  # max_retries=1: this was the last attempt
+    assert run(job_id, settings) == "failed"  # max_retries=1: this was the last attempt
     job = load(settings, job_id)[0]
     assert job.error_code == "system_error" and "gave up after 2 attempts" in (job.error_message or "")
     assert job.attempts == 2
@@ -346,7 +347,7 @@ def test_sweep_loses_the_race_to_a_worker_that_took_over(settings: Settings) -> 
     set_running(settings, job_id, age=settings.heartbeat_timeout + 1)
 
     def send_and_a_worker_takes_it_at_once(sent_id: str) -> None:
-        assert runner.claim(settings.resolved_database_url, sent_id, "gpu1@fast", "cpu", settings) is not None
+        assert claim(settings.resolved_database_url, sent_id, "gpu1@fast", "cpu", settings) is not None
 
     assert sweep(settings, send_and_a_worker_takes_it_at_once) == {}
     job = load(settings, job_id)[0]
@@ -408,7 +409,7 @@ def test_system_fault_is_not_retried_past_max_attempts(
         job = s.get(Job, job_id)
         assert job is not None
         job.attempts = 2  # two earlier deliveries were lost
-    assert run(job_id, settings, retries_done=0) == "failed"  # max_retries=1 left one retry, attempts none
+    assert run(job_id, settings) == "failed"  # max_retries=1 left one retry, attempts none
     assert "gave up after 3 attempts" in (load(settings, job_id)[0].error_message or "")
 
 
@@ -452,7 +453,7 @@ def test_checkpoint_is_counted_on_resume_kept_for_a_retry_and_deleted_at_the_end
     with pytest.raises(RetryLater):
         run(job_id, settings)
     assert store.exists(f"jobs/{job_id}/checkpoint/head.json")  # kept: the retry resumes from it
-    assert run(job_id, settings, retries_done=1) == "succeeded"
+    assert run(job_id, settings) == "succeeded"
     job, events, arts = load(settings, job_id)
     assert calls == ["saved", "resumed"] and job.resumes == 1
     resume = [e for e in events if e.type == "resume"]
