@@ -22,6 +22,7 @@ from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from common.queue import TASK_NAME, celery_config
 from common.settings import get_settings
+from worker import observability  # noqa: F401  (connects the logging signals: JSON, job ids)
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from sqlalchemy import delete, select, update
 
 from common.db import session_scope
 from common.jobs import StaleStatus, add_event, get_job, set_status
+from common.logging import job_id as log_job_id
 from common.models import Artifact, Dataset, Job, utcnow
 from common.refs import DATASET_ID, check_model_ref, is_hub_id
 from common.retention import purge_one
@@ -275,9 +276,11 @@ def run(job_id: str, settings: Settings, *, worker: str | None = None) -> str:
         log.info("message for job %s: the fair turn goes to job %s", job_id, job.id)
     log.info("job %s: attempt %d of at most %d on %s", job.id, job.attempts, settings.max_attempts, device)
     heartbeat = Heartbeat(url, job.id, job.attempts, settings.heartbeat_interval).start()
+    logged_as = log_job_id.set(job.id)  # every log line of the attempt names its job
     try:
         return _attempt(job, settings, worker, device, heartbeat)
     finally:
+        log_job_id.reset(logged_as)
         heartbeat.stop()
         _purge_if_deleted(settings, job.id)
 
