@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import datasets, errors, health, idempotency, jobs
+from api import datasets, errors, health, idempotency, jobs, usage
 from api.deps import ServiceContext
 from api.limits import BodyLimit
 from api.schemas import JobCreate
@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(jobs.downloads)
     app.include_router(datasets.router)
+    app.include_router(usage.router)
     _include_dashboard(app)
     _add_middleware(app, app.state.ctx.settings)
     return app

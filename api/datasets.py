@@ -7,16 +7,20 @@ import json
 import logging
 import tempfile
 from pathlib import Path, PurePosixPath
-from typing import Annotated, BinaryIO
+from typing import Annotated, Any, BinaryIO
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Response, UploadFile
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.deps import CallerDep, CtxDep, SessionDep
 from api.errors import COMMON, ApiError, not_found
 from api.schemas import DatasetList, DatasetOut
+from api.usage import quota_error
 from api.validation import MAX_JSON_DEPTH, json_depth
-from common.models import Dataset, new_id, storable
+from common import quotas
+from common.models import Dataset, Job, new_id, storable
+from common.states import JobStatus
 from common.storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -126,6 +130,8 @@ def upload_dataset(
         with open(path, "wb") as out:
             size, sha256 = copy_limited(file.file, out, ctx.settings.max_upload_mb << 20)
         records = count_records(path, fmt)
+        check_storage(session, ctx, caller, size)
+        session.commit()  # releases the team's row while the file is stored
         key = f"datasets/{caller.team_id}/{ds_id}/{ds_id}.{fmt}"
         ctx.storage.put_file(key, path)
     ds = Dataset(
@@ -139,8 +145,9 @@ def upload_dataset(
         records=records,
         storage_key=key,
     )
-    session.add(ds)
     try:
+        check_storage(session, ctx, caller, size)  # again, locked: a concurrent upload may have won
+        session.add(ds)
         session.commit()
     except Exception:
         # No row, no file: an upload the database never recorded must not linger in storage.
@@ -151,6 +158,15 @@ def upload_dataset(
             log.warning("could not remove the unrecorded upload %s: %s", ds_id, exc)
         raise
     return dataset_out(ds)
+
+
+def check_storage(session: Session, ctx: CtxDep, caller: CallerDep, size: int) -> None:
+    """403 if ``size`` more bytes pass the team's storage quota; holds the team's row locked."""
+    try:
+        quotas.check_upload(session, quotas.lock_team(session, caller.team_id), ctx.settings, size)
+    except quotas.QuotaExceeded as exc:
+        session.rollback()
+        raise quota_error(exc) from exc
 
 
 @router.get("", response_model=DatasetList)
@@ -167,7 +183,50 @@ def list_datasets(session: SessionDep, caller: CallerDep) -> DatasetList:
     responses={404: {"description": "no such dataset in your team"}},
 )
 def read_dataset(dataset_id: str, session: SessionDep, caller: CallerDep) -> DatasetOut:
+    return dataset_out(team_dataset(session, dataset_id, caller.team_id))
+
+
+def team_dataset(session: Session, dataset_id: str, team_id: str) -> Dataset:
     ds = session.get(Dataset, dataset_id) if storable(dataset_id) else None
-    if ds is None or ds.team_id != caller.team_id:
+    if ds is None or ds.team_id != team_id:
         raise not_found("dataset")
-    return dataset_out(ds)
+    return ds
+
+
+def names_dataset(spec: dict[str, Any], dataset_id: str) -> bool:
+    """True if a job's spec (as submitted) reads ``dataset_id`` for calibration or evaluation."""
+    calibration = spec.get("calibration") or {}
+    sources = (spec.get("evaluation") or {}).get("sources") or []
+    if isinstance(sources, str):
+        sources = [sources]
+    return calibration.get("source") == dataset_id or dataset_id in sources
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=204,
+    response_class=Response,
+    responses={
+        404: {"description": "no such dataset in your team"},
+        409: {"description": "a queued or running job reads it"},
+    },
+)
+def delete_dataset(dataset_id: str, session: SessionDep, ctx: CtxDep, caller: CallerDep) -> Response:
+    """Remove the dataset and its file; refused (409) while a queued or running job reads it."""
+    quotas.lock_team(session, caller.team_id)  # no job of the team is submitted meanwhile
+    ds = team_dataset(session, dataset_id, caller.team_id)
+    active = session.scalars(
+        select(Job).where(
+            Job.team_id == caller.team_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])
+        )
+    ).all()
+    users = [job.id for job in active if names_dataset(job.spec, dataset_id)]
+    if users:
+        shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
+        raise ApiError(
+            409, "dataset_in_use", f"dataset {dataset_id} is read by queued or running jobs: {shown}"
+        )
+    ctx.storage.delete_prefix(ds.storage_key)  # first: a failure leaves the row, and a retry works
+    session.delete(ds)
+    session.commit()
+    return Response(status_code=204)

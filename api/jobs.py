@@ -29,7 +29,9 @@ from api.schemas import (
     JobList,
     JobOut,
 )
+from api.usage import quota_error
 from api.validation import check_limits, check_model_ref, check_sources
+from common import quotas, retention
 from common.jobs import StaleStatus, add_event, get_job, set_status
 from common.models import ApiKey, Artifact, Dataset, Job, JobEvent
 from common.queue import enqueue
@@ -80,7 +82,7 @@ def job_out(job: Job, team_name: str) -> JobOut:
 
 def team_job(session: Session, job_id: str, team_id: str) -> Job:
     job = get_job(session, job_id)
-    if job is None or job.team_id != team_id:
+    if job is None or job.team_id != team_id or job.deleted_at is not None:
         raise not_found("job")
     return job
 
@@ -147,6 +149,7 @@ def create_job(
                 idempotency.release(session, existing, idempotency_key)
                 session.commit()
                 log.info("job %s was never enqueued; a retry creates a new job for its key", existing.id)
+        check_quota(session, ctx, caller)  # holds the team's row until the commit below
         job = Job(
             team_id=caller.team_id,
             api_key_id=caller.key_id,
@@ -174,6 +177,15 @@ def create_job(
         f"{idempotency.HEADER}: requests with this key keep racing each other; retry",
         idempotency.HEADER,
     )
+
+
+def check_quota(session: Session, ctx: CtxDep, caller: CallerDep) -> None:
+    """429 over the team's queued-jobs limit, 403 over its storage quota (common/quotas.py)."""
+    try:
+        quotas.check_submit(session, quotas.lock_team(session, caller.team_id), ctx.settings)
+    except quotas.QuotaExceeded as exc:
+        session.rollback()
+        raise quota_error(exc) from exc
 
 
 def _never_enqueued(job: Job) -> bool:
@@ -206,7 +218,7 @@ def list_jobs(
     after: Annotated[str | None, Query(description="the last job id of the previous page")] = None,
 ) -> JobList:
     """The team's jobs, newest first; page with ``after=<last id>`` while ``has_more``."""
-    stmt = select(Job).where(Job.team_id == caller.team_id)
+    stmt = select(Job).where(Job.team_id == caller.team_id, Job.deleted_at.is_(None))
     if status is not None:
         stmt = stmt.where(Job.status == status.value)
     if after:
@@ -256,6 +268,19 @@ def cancel_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobOut:
     return job_out(job, caller.team_name)
 
 
+@router.delete("/{job_id}", status_code=204, response_class=Response, responses={**ERRORS, 409: {}})
+def delete_job(job_id: str, session: SessionDep, ctx: CtxDep, caller: CallerDep) -> Response:
+    """Delete the job: cancel it if it is queued or running, remove its artifacts and checkpoints
+    from storage, and the job itself. It is gone from the API at once; a running job's row and
+    files are removed when its worker stops, at the next layer."""
+    job = team_job(session, job_id, caller.team_id)
+    try:
+        retention.delete_job(session, ctx.storage, job, caller.key_name)
+    except StaleStatus as exc:
+        raise ApiError(409, "job_busy", f"job {job.id} kept changing while being deleted; retry") from exc
+    return Response(status_code=204)
+
+
 @router.get("/{job_id}/events", response_model=EventList, responses=ERRORS)
 def list_events(
     job_id: str,
@@ -302,6 +327,13 @@ def find_artifact(session: Session, job_id: str, name: str) -> Artifact:
     row = session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
     if row is None:
         raise not_found("artifact")
+    if row.deleted_at is not None:
+        raise ApiError(
+            410,
+            "artifact_deleted",
+            f"{row.name} was removed on {row.deleted_at:%Y-%m-%d} by the retention policy "
+            "(SPRUCE_RETENTION_DAYS)",
+        )
     return row
 
 
@@ -309,7 +341,11 @@ def find_artifact(session: Session, job_id: str, name: str) -> Artifact:
 def list_artifacts(job_id: str, session: SessionDep, caller: CallerDep) -> ArtifactList:
     """Every file the job produced: ``hf/...``, ``compact/...``, ``report.json``."""
     team_job(session, job_id, caller.team_id)
-    rows = session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)).all()
+    rows = session.scalars(
+        select(Artifact)
+        .where(Artifact.job_id == job_id, Artifact.deleted_at.is_(None))
+        .order_by(Artifact.name)
+    ).all()
     data = [
         ArtifactOut(
             name=a.name,
