@@ -80,3 +80,19 @@ export function definitionList(pairs, cls = "facts") {
     pairs.filter(Boolean).map(([term, desc]) => h("div", {}, h("dt", {}, term), h("dd", {}, desc))),
   );
 }
+
+/**
+ * A <dl> of facts {term, text, strong?, title?, cls?} (the shape job/report.js returns): `strong`
+ * marks the figure that matters, `title` explains a term on hover, `cls` styles the value.
+ */
+export function factList(facts, cls = "facts") {
+  return definitionList(
+    facts.map((f) => [
+      f.term,
+      f.strong || f.title || f.cls
+        ? h(f.strong ? "strong" : "span", { title: f.title, class: f.cls }, f.text)
+        : f.text,
+    ]),
+    cls,
+  );
+}

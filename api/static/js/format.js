@@ -81,6 +81,15 @@ export function fmtNum(x, digits = 2) {
   return v.toFixed(digits);
 }
 
+/** "×1.23": how many times `base` the `value` is (a sparse perplexity against the dense one). */
+export function fmtRatio(value, base) {
+  const v = Number(value);
+  const b = Number(base);
+  if (value === null || value === undefined || base === null || base === undefined) return DASH;
+  if (!Number.isFinite(v) || !Number.isFinite(b) || !v || !b) return DASH;
+  return `×${(v / b).toFixed(2)}`;
+}
+
 /** "2:4" or "50%" for a sparsity target given as the API's string or number. */
 export function fmtSparsity(value) {
   if (value === null || value === undefined || value === "") return DASH;

@@ -16,7 +16,7 @@ import {
   shortId,
   sparsityFraction,
 } from "../format.js";
-import { perplexityRows } from "./job.js";
+import { perplexityRows } from "../job/report.js";
 
 /** The point a job contributes to the chart: x = achieved (else target) sparsity, y = perplexity. */
 export function comparePoint(job, source) {
