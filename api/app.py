@@ -12,10 +12,13 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import datasets, errors, health, idempotency, jobs, usage
+from api import datasets, errors, health, idempotency, jobs, metrics, usage
 from api.deps import ServiceContext
 from api.limits import BodyLimit
+from api.middleware import HEADER as REQUEST_ID
+from api.middleware import RequestContext
 from api.schemas import JobCreate
+from common.logging import configure_logging
 from common.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -31,9 +34,15 @@ Errors are `{"error": {"code", "message", "param"}}`.
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app bound to ``settings`` (default: the environment's ``SPRUCE_*`` settings)."""
     app = FastAPI(title="Spruce", version="0.1.0", description=DESCRIPTION, docs_url="/docs")
-    app.state.ctx = ServiceContext(settings or get_settings())
+    ctx = app.state.ctx = ServiceContext(settings or get_settings())
+    configure_logging(ctx.settings.log_format)
+    registry, app.state.http_metrics, app.state.metrics_service = metrics.build_registry(
+        ctx.database_url, lambda: ctx.celery, ctx.settings.resolved_broker_url
+    )
+    app.state.metrics_registry = registry
     errors.install(app, body_models={"/v1/jobs": JobCreate})
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(jobs.router)
     app.include_router(jobs.downloads)
     app.include_router(datasets.router)
@@ -53,11 +62,20 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", idempotency.HEADER],
-            expose_headers=["Retry-After", idempotency.REPLAYED, "X-Checksum-Sha256", "Content-Disposition"],
+            allow_headers=["Authorization", "Content-Type", idempotency.HEADER, REQUEST_ID],
+            expose_headers=[
+                "Retry-After",
+                idempotency.REPLAYED,
+                "X-Checksum-Sha256",
+                "Content-Disposition",
+                REQUEST_ID,
+            ],
             allow_credentials=False,  # bearer keys, never cookies
             max_age=600,
         )
+    # Outermost of all: the request id is set before anything logs, and the latency measured
+    # is what the client sees (413s, 429s and CORS answers included).
+    app.add_middleware(RequestContext, metrics=app.state.http_metrics)
 
 
 def _include_dashboard(app: FastAPI) -> None:
