@@ -1,0 +1,111 @@
+"""docker-compose.yml, the Dockerfile, .dockerignore and pyproject's dependency split, read as
+data: the production stack runs the commands the integration tests run, restarts what dies,
+pins its images, and the API image installs no torch."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.integration.conftest import API_CMD, WORKER_CMD
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+TORCH_SIDE = ("torch", "transformers", "accelerate", "datasets", "gguf", "compressed-tensors", "safetensors")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return data
+
+
+def _stage(dockerfile: str, name: str) -> str:
+    """The text of one build stage (``FROM ... AS name`` up to the next FROM)."""
+    match = re.search(rf"^FROM \S+ AS {name}\n(.*?)(?=^FROM |\Z)", dockerfile, re.S | re.M)
+    assert match, name
+    return match.group(1)
+
+
+def test_compose_runs_what_the_integration_tests_run(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    api = services["api"]["command"]
+    assert api[:2] == ["sh", "-c"] and api[2].startswith("alembic upgrade head && exec ")
+    uvicorn = shlex.split(api[2].split("exec ", 1)[1])
+    tested = API_CMD[1:]  # after "-m": uvicorn api.app:create_app --factory --host ...
+    assert uvicorn[: len(tested) - 1] == tested[:-1] and uvicorn[-2:] == ["--port", "8000"]
+    assert services["worker"]["command"] == WORKER_CMD[1:]  # celery -A worker.app worker ...
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for target, command in (("api", api), ("worker", services["worker"]["command"])):
+        assert services[target]["build"]["target"] == target
+        assert f"CMD {command}".replace("'", '"') in _stage(dockerfile, target)
+
+
+def test_services_restart_and_images_are_pinned(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        if name == "create-bucket":  # a one-shot: restarted only when it failed
+            assert service["restart"] == "on-failure"
+        else:
+            assert service["restart"] == "unless-stopped", name
+        if "image" in service:
+            image, _, tag = service["image"].partition(":")
+            assert tag and tag != "latest", name
+            if image.startswith("minio/"):
+                assert re.fullmatch(r"RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ", tag), service["image"]
+
+
+def test_the_worker_has_its_cache_token_and_healthcheck(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["worker"]
+    env = worker["environment"]
+    assert env["HF_HOME"].startswith("/cache/") and env["SPRUCE_CACHE_DIR"] == "/cache"
+    assert env["HF_TOKEN"] == "${HF_TOKEN:-}" and env["SPRUCE_LOG_FORMAT"] == "json"
+    assert "modelcache:/cache" in worker["volumes"]
+    assert worker["healthcheck"]["test"] == ["CMD", "python", "-m", "worker.healthcheck"]
+    base = _stage((ROOT / "Dockerfile").read_text(), "base")
+    # The named volume copies the image's /cache, owner included: it must exist, owned by uid 1000.
+    assert "--uid 1000 spruce" in base and re.search(r"chown spruce:spruce [^\n]*/cache", base)
+
+
+def test_the_api_image_and_the_base_install_carry_no_torch() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    api, worker = _stage(dockerfile, "api"), _stage(dockerfile, "worker")
+    assert "torch" not in api and "RUN pip install .\n" in api
+    assert 'pip install ".[worker]"' in worker and "torch==" in worker
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = [re.split(r"[<>=\[ ;]", d)[0] for d in project["dependencies"]]
+    assert not set(base) & set(TORCH_SIDE), base
+    extras = project["optional-dependencies"]
+    assert {re.split(r"[<>=\[ ;]", d)[0] for d in extras["worker"]} >= {"torch", "transformers"}
+    assert "spruce[worker]" in extras["dev"]  # make install / .ci/run still install everything
+    assert "prometheus-client" in base
+
+
+def test_the_build_context_leaves_out_local_state() -> None:
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert {".git", ".venv", ".spruce", "out", "test-artifacts"} <= ignored
+
+
+def test_the_api_and_the_cli_start_without_the_worker_extra(tmp_path: Path) -> None:
+    """What the API image runs, in a process where the worker extra's packages cannot be imported."""
+    import subprocess
+    import sys
+
+    blocked = ["torch", "transformers", "accelerate", "datasets", "gguf", "compressed_tensors", "safetensors"]
+    code = (
+        "import sys\n"
+        f"for m in {blocked!r}: sys.modules[m] = None\n"
+        "from pathlib import Path\n"
+        "import api.app, cli.main, migrations\n"
+        "from common.settings import Settings\n"
+        f"api.app.create_app(Settings(data_dir=Path({str(tmp_path)!r}))).openapi()\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
