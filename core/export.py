@@ -3,24 +3,23 @@
 ``save_hf`` writes the pruned model as a plain Hugging Face folder (config, tokenizer,
 safetensors with the zeros in place); it loads anywhere ``from_pretrained`` does.
 
-``save_compact`` writes the compressed-tensors "sparse-bitmask" format, the layout llm-compressor
-produced for sparse models: each pruned decoder linear's ``<module>.weight`` becomes
+``save_compact`` writes the sparse-bitmask layout compressed-tensors' former ``BitmaskCompressor``
+wrote (its bit packing, ``pack_bitmasks``, is the library's): each pruned decoder linear's
+``<module>.weight`` becomes
 
     <module>.shape        int64 [2]        the dense shape
     <module>.compressed   dtype [nnz]      the non-zero values, row-major
     <module>.bitmask      uint8 [out, ceil(in / 8)]   one bit per weight, little-endian bit order
     <module>.row_offsets  int64 [out]      index in ``compressed`` where each row starts
 
-and every other tensor (embeddings, norms, biases, LM head) is stored dense. ``config.json``
-carries ``quantization_config.sparsity_config`` (format, targets, global_sparsity,
-sparsity_structure), as llm-compressor writes it.
-
-compressed-tensors 0.20 dropped its sparse compressors (``ModelCompressor`` no longer reads or
-writes ``sparsity_config``); it keeps ``BitmaskConfig`` and the bit packing
-(``pack_bitmasks`` / ``unpack_bitmasks``), which this module uses, so the tensors are the ones
-the library's former ``BitmaskCompressor`` wrote. The artifact is therefore read by
-``load_compact`` (or compressed-tensors <= 0.14), not by ``from_pretrained`` of current
-transformers; the Hugging Face folder is the one to serve.
+and every other tensor (embeddings, norms, biases, LM head) is stored dense, in
+``model.sparse.safetensors``. No maintained loader reads this format any more (compressed-tensors
+dropped its sparse compressors after 0.14, transformers and vLLM their 2:4 paths), and current
+transformers would load such a folder as a model with most weights random. So the folder is made
+so that no loader mistakes it for a model: its ``config.json`` has ``model_type``
+``spruce_compact`` (``from_pretrained`` refuses it by name) and carries the real model's config
+under ``base_config``; ``load_compact`` / ``load_compact_model`` read it back exactly. The
+Hugging Face folder (``hf/``) is the one to serve.
 """
 
 from __future__ import annotations
@@ -32,25 +31,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from compressed_tensors.base import (
-    COMPRESSION_VERSION_NAME,
-    QUANTIZATION_CONFIG_NAME,
-    QUANTIZATION_METHOD_NAME,
-    SPARSITY_CONFIG_NAME,
-)
 from compressed_tensors.config import BitmaskConfig, CompressionFormat
 from compressed_tensors.utils import pack_bitmasks, unpack_bitmasks
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from core.arch import ArchSpec, decoder_layers, layer_linears
+from core.arch import ArchSpec, decoder_layers, layer_linears, stored_linear
 from core.errors import UserError
 
 log = logging.getLogger(__name__)
 
-QUANTIZATION_METHOD = "compressed-tensors"
-WEIGHTS_NAME = "model.safetensors"
+COMPACT_TYPE = "spruce_compact"  # config.json's model_type: no transformers class has it
+COMPACT_WEIGHTS = "model.sparse.safetensors"  # not model.safetensors, which loaders look for
 PARAM_NAMES: tuple[str, ...] = ("shape", "compressed", "bitmask", "row_offsets")
 _TIED_KEY = "spruce.tied"  # safetensors metadata: {alias name: stored name} for shared tensors
 
@@ -96,7 +89,7 @@ def save_compact(
     missing = targets - {n.removesuffix(".weight") for n in state}
     if missing:
         raise ValueError(f"target linears without a weight in the state dict: {sorted(missing)[:3]}")
-    save_file(tensors, str(out_dir / WEIGHTS_NAME), metadata={"format": "pt", _TIED_KEY: json.dumps(tied)})
+    save_file(tensors, str(out_dir / COMPACT_WEIGHTS), metadata={"format": "pt", _TIED_KEY: json.dumps(tied)})
 
     config = BitmaskConfig(
         targets=sorted(targets),
@@ -115,7 +108,7 @@ def load_compact(folder: Path) -> dict[str, torch.Tensor]:
     sparsity = read_sparsity_config(folder)
     if sparsity.get("format") != CompressionFormat.sparse_bitmask.value:
         raise UserError(f"{folder} is not a sparse-bitmask artifact (format {sparsity.get('format')!r})")
-    with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as f:
+    with safe_open(str(folder / COMPACT_WEIGHTS), framework="pt") as f:
         names = list(f.keys())
         stored = {name: f.get_tensor(name) for name in names}
         tied: dict[str, str] = json.loads((f.metadata() or {}).get(_TIED_KEY, "{}"))
@@ -133,6 +126,18 @@ def load_compact(folder: Path) -> dict[str, torch.Tensor]:
     for alias, source in tied.items():
         out[alias] = out[source]
     return out
+
+
+def load_compact_model(folder: Path) -> nn.Module:
+    """The model a ``save_compact`` folder holds, rebuilt from its ``base_config`` and weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(folder)
+    base = dict(_read_config(folder)["base_config"])
+    config = AutoConfig.for_model(base.pop("model_type"), **base)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(config, "dtype", None) or torch.float32)
+    model.load_state_dict(load_compact(folder), strict=True)
+    return model.eval()
 
 
 def folder_size(path: Path) -> int:
@@ -184,36 +189,42 @@ def _bits(W: torch.Tensor) -> np.ndarray:
 
 
 def target_modules(model: nn.Module, arch: ArchSpec) -> set[str]:
-    """Full module names of the prunable decoder linears (those ``save_compact`` compresses)."""
+    """Full module names of the prunable decoder linears (those ``save_compact`` compresses), as
+    the checkpoint names them (a fused linear once for its parts: Phi-3's qkv_proj)."""
     return {
-        f"{arch.layers}.{i}.{path}"
+        f"{arch.layers}.{i}.{stored_linear(path, arch)}"
         for i, layer in enumerate(decoder_layers(model, arch))
         for path in layer_linears(layer, arch)
     }
 
 
 def read_sparsity_config(folder: Path) -> dict[str, Any]:
-    """``quantization_config.sparsity_config`` of a compact folder's config.json."""
+    """The ``sparsity_config`` (compressed-tensors' ``BitmaskConfig`` fields) of a compact folder."""
+    return dict(_read_config(folder)["sparsity_config"])
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
     config_path = Path(folder) / "config.json"
     if not config_path.is_file():
         raise UserError(f"{folder} has no config.json")
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    sparsity = config.get(QUANTIZATION_CONFIG_NAME, {}).get(SPARSITY_CONFIG_NAME)
-    if not isinstance(sparsity, dict):
-        raise UserError(f"{config_path} has no {QUANTIZATION_CONFIG_NAME}.{SPARSITY_CONFIG_NAME}")
-    return sparsity
+    if config.get("model_type") != COMPACT_TYPE:
+        raise UserError(f"{config_path} is not a Spruce compact artifact (model_type {config.get('model_type')!r})")
+    return dict(config)
 
 
 def _write_config(model: nn.Module, out_dir: Path, sparsity: BitmaskConfig) -> None:
     import compressed_tensors
 
-    config = model.config.to_dict()  # type: ignore[operator, union-attr]
-    config[QUANTIZATION_CONFIG_NAME] = {
-        COMPRESSION_VERSION_NAME: compressed_tensors.__version__,
-        QUANTIZATION_METHOD_NAME: QUANTIZATION_METHOD,
-        SPARSITY_CONFIG_NAME: sparsity.model_dump(),
+    config = {
+        "model_type": COMPACT_TYPE,
+        "note": "A Spruce sparse-bitmask artifact, not loadable by transformers: read it with "
+        "core.export.load_compact_model, or serve the hf/ folder beside it.",
+        "compressed_tensors_version": compressed_tensors.__version__,
+        "sparsity_config": sparsity.model_dump(),
+        "base_config": model.config.to_dict(),  # type: ignore[operator, union-attr]
     }
-    text = json.dumps(config, indent=2, sort_keys=True)
+    text = json.dumps(config, indent=2, sort_keys=True, default=str)
     (out_dir / "config.json").write_text(text + "\n", encoding="utf-8")
 
 

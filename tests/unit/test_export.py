@@ -18,6 +18,7 @@ from core.export import (
     dense_bytes,
     folder_size,
     load_compact,
+    load_compact_model,
     save_compact,
     save_hf,
     target_modules,
@@ -47,7 +48,7 @@ def _prune(model: PreTrainedModel, structure: str) -> PreTrainedModel:
 
 
 def _logits(model: PreTrainedModel) -> torch.Tensor:
-    ids = torch.arange(40).reshape(2, 20) % model.config.vocab_size
+    ids = torch.arange(40).reshape(2, 20) % model.config.get_text_config().vocab_size
     with torch.no_grad():
         return model(ids).logits
 
@@ -65,8 +66,10 @@ def test_save_hf_loads_with_identical_logits(tmp_path, arch):
 
 
 @pytest.mark.parametrize(
-    ("arch", "structure"), [("llama", "unstructured"), ("qwen2", "2:4"), ("mistral", "2:4"), ("opt", "4:8")]
-)
+    ("arch", "structure"),
+    [("llama", "unstructured"), ("qwen2", "2:4"), ("mistral", "2:4"), ("opt", "4:8"), ("phi3", "2:4"),
+     ("gemma3", "unstructured"), ("qwen3", "2:4")],
+)  # fmt: skip
 def test_compact_round_trip_is_exact(tmp_path, arch, structure):
     model = _prune(tiny_model(arch), structure)
     save_compact(model, arch_for(model), tmp_path / "compact", structure=structure)
@@ -95,10 +98,9 @@ def test_config_records_sparse_bitmask(tmp_path):
     arch = arch_for(model)
     save_compact(model, arch, tmp_path / "c", structure="2:4", tokenizer=tiny_tokenizer())
     config = json.loads((tmp_path / "c" / "config.json").read_text())
-    assert config["model_type"] == "llama"
-    qc = config["quantization_config"]
-    assert qc["quant_method"] == "compressed-tensors"
-    sc = qc["sparsity_config"]
+    assert config["model_type"] == "spruce_compact"
+    assert config["base_config"]["model_type"] == "llama"
+    sc = config["sparsity_config"]
     assert sc["format"] == "sparse-bitmask"
     assert sc["sparsity_structure"] == "2:4"
     assert sc["global_sparsity"] == pytest.approx(0.5)
@@ -111,7 +113,7 @@ def test_config_records_sparse_bitmask(tmp_path):
 def test_only_decoder_linears_are_compressed(tmp_path):
     model = _prune(tiny_model("llama"), "unstructured")
     save_compact(model, arch_for(model), tmp_path / "c", structure="unstructured")
-    with safe_open(str(tmp_path / "c" / "model.safetensors"), framework="pt") as f:
+    with safe_open(str(tmp_path / "c" / "model.sparse.safetensors"), framework="pt") as f:
         keys = set(f.keys())
     assert "model.layers.0.self_attn.q_proj.bitmask" in keys
     assert "model.layers.0.self_attn.q_proj.weight" not in keys
@@ -140,8 +142,22 @@ def test_bitmask_keeps_dtype():
 def test_load_compact_rejects_a_plain_folder(tmp_path):
     model = tiny_model("llama")
     save_hf(model, tiny_tokenizer(), tmp_path / "hf")
-    with pytest.raises(UserError, match="sparsity_config"):
+    with pytest.raises(UserError, match="not a Spruce compact artifact"):
         load_compact(tmp_path / "hf")
+
+
+@pytest.mark.parametrize(("arch", "structure"), [("llama", "2:4"), ("qwen2", "unstructured")])
+def test_plain_transformers_refuses_the_compact_folder_and_spruce_reads_it(tmp_path, arch, structure):
+    """No loader may take the compact folder for a model with random weights; Spruce's reader
+    rebuilds exactly the model the hf/ folder holds."""
+    model = _prune(tiny_model(arch), structure)
+    save_hf(model, tiny_tokenizer(), tmp_path / "hf")
+    save_compact(model, arch_for(model), tmp_path / "compact", structure=structure, tokenizer=tiny_tokenizer())
+    with pytest.raises(ValueError, match="spruce_compact"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "compact")
+    rebuilt = load_compact_model(tmp_path / "compact")
+    served = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert torch.equal(_logits(rebuilt), _logits(served))
 
 
 def test_sizes(tmp_path):
