@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -11,19 +13,25 @@ from typing import Annotated, Any
 import anyio
 from fastapi import Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
 from api.limits import MemoryLimiter, Rate, RateLimiter, RedisLimiter, retry_after_header
 from api.links import signing_key
+from api.readiness import Readiness
 from common.db import POOL_CAPACITY, session_factory
+from common.dbwait import lock_wait
 from common.keys import authenticate
-from common.models import utcnow
+from common.models import ApiKey, utcnow
 from common.queue import make_celery
 from common.settings import Settings
 from common.storage import Storage, build_storage
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)  # write last_used_at at most this often per key
+LAST_USED_WAIT_S = 0.2  # how long that write may wait for the database's write lock
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,6 +73,15 @@ class ServiceContext:
     @cached_property
     def signing_key(self) -> bytes:
         return signing_key(self.settings)
+
+    @cached_property
+    def readiness(self) -> Readiness:
+        return Readiness(self.settings, storage=lambda: self.storage, producer=lambda: self.celery)
+
+    @cached_property
+    def last_used_tries(self) -> dict[str, float]:
+        """key id -> time.monotonic() of this process's last try to write its last_used_at."""
+        return {}
 
 
 @dataclass(frozen=True)
@@ -140,13 +157,38 @@ def get_caller(
     if key is None:
         raise _unauthorized("invalid or revoked API key")
     check_rate(ctx, key.id)
-    now = utcnow()
-    if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
-        key.last_used_at = now
-        session.commit()
-    return Caller(
+    caller = Caller(
         key_id=key.id, key_name=key.name, key_prefix=key.prefix, team_id=key.team_id, team_name=key.team.name
     )
+    touch_last_used(session, ctx, key)
+    return caller
+
+
+def touch_last_used(session: Session, ctx: ServiceContext, key: ApiKey) -> None:
+    """Record that ``key`` was used: at most once a minute per key, and best effort.
+
+    Bookkeeping must not hold a request: the write waits at most ``LAST_USED_WAIT_S`` for the
+    database's write lock (another process may hold it for long), and a write that fails is
+    logged, rolled back and not tried again by this process for a minute.
+    """
+    now = utcnow()
+    if key.last_used_at is not None and now - key.last_used_at <= LAST_USED_RESOLUTION:
+        return
+    tries = ctx.last_used_tries
+    tried = tries.get(key.id)
+    if tried is not None and time.monotonic() - tried < LAST_USED_RESOLUTION.total_seconds():
+        return
+    tries[key.id] = time.monotonic()
+    try:
+        with lock_wait(session.connection(), LAST_USED_WAIT_S):
+            key.last_used_at = now
+            session.flush()  # the write takes the lock here; the commit below waits for nothing
+        session.commit()
+    except DBAPIError as exc:
+        session.rollback()
+        log.info("last_used_at of key %s not recorded (%s)", key.id, exc.__class__.__name__)
+    if len(tries) > 10_000:  # forget old tries (bounded memory with many keys)
+        tries.clear()
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

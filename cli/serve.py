@@ -6,11 +6,11 @@ import argparse
 import logging
 import os
 import signal
-import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
+
+from cli.supervisor import WorkerSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,6 @@ WORKER_ARGS = (
     "--loglevel",
     "INFO",
 )
-STOP_GRACE_S = 30.0  # an idle worker with torch loaded needs ~10 s to exit on a busy machine
 
 
 def register(sub: Any) -> None:
@@ -110,55 +109,13 @@ def first_key(url: str) -> str | None:
         return create_key(session, "default", "admin").secret
 
 
-def start_worker(log_path: Path) -> subprocess.Popen[bytes]:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    out = open(log_path, "ab")  # noqa: SIM115 (handed to the child; closed with it)
-    # Its own session: a Ctrl-C in the terminal reaches `serve`, which then stops the worker in order.
-    return subprocess.Popen(
-        [
-            sys.executable,
-            *WORKER_ARGS,
-            "--without-gossip",
-            "--without-mingle",
-            "-n",
-            f"serve-{os.getpid()}@%h",
-        ],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env=os.environ.copy(),
-    )
-
-
-def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    """Warm shutdown (SIGTERM); if a job keeps it busy past the grace period, stop it hard.
-
-    A job interrupted this way is requeued by the next `spruce serve` (see ``requeue_orphans``).
-    """
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(STOP_GRACE_S)
-        return
-    except subprocess.TimeoutExpired:
-        log.warning(
-            "worker still busy after %.0fs; stopping it (its job restarts on the next serve)", STOP_GRACE_S
-        )
-    proc.send_signal(signal.SIGQUIT)  # Celery's cold shutdown
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from common.db import upgrade
     from common.queue import enqueue, make_celery
     from common.settings import get_settings
+    from worker.liveness import start_sweeper
 
     use_data_dir(args.data_dir)
     settings = get_settings()
@@ -168,53 +125,53 @@ def run_serve(args: argparse.Namespace) -> int:
     url = settings.resolved_database_url
     upgrade(url)
 
-    worker = None
-    if not args.no_worker:
-        orphans = requeue_orphans(url)
-        if orphans:
-            producer = make_celery(settings)
-            for job_id in orphans:
-                enqueue(producer, settings, job_id)
-            log.info("requeued %d interrupted job(s): %s", len(orphans), ", ".join(orphans))
-        worker = start_worker(data_dir / "logs" / "worker.log")
-
-    config = uvicorn.Config(
-        "api.app:create_app", factory=True, host=args.host, port=args.port, log_level="info"
-    )
-    server = uvicorn.Server(config)
-    failed, stopping = threading.Event(), threading.Event()
-    if worker is not None:
-
-        def watch(proc: subprocess.Popen[bytes]) -> None:
-            proc.wait()
-            if not stopping.is_set():
-                log.error(
-                    "the worker exited (code %s); see %s", proc.returncode, data_dir / "logs" / "worker.log"
-                )
-                failed.set()
-                server.should_exit = True
-
-        threading.Thread(target=watch, args=(worker,), daemon=True).start()
-
-    key = first_key(url)
-    shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    lines = [
-        f"Spruce is running at http://{shown_host}:{args.port}  (API docs: /docs)",
-        f"data: {data_dir}  (models under {data_dir / 'models'} may be named by path)",
-    ]
-    if worker is not None:
-        lines.append(f"worker: pid {worker.pid}, log {data_dir / 'logs' / 'worker.log'}")
-    if key:
-        lines += ["A first API key (team 'default'); it is shown only once:", key]
-    else:
-        lines.append("create an API key with: spruce keys create --team NAME")
-    print("\n".join(lines), flush=True)
+    supervisor = sweeper = None
+    # SIGTERM (docker stop, systemd, kill) ends serve as Ctrl-C does: uvicorn stops serving, then
+    # raises the signal again once it is done, which lands here and unwinds to the `finally`
+    # below that stops the worker (the default action would end serve on the spot, its worker
+    # left running on its own).
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if not args.no_worker:
+            orphans = requeue_orphans(url)
+            if orphans:
+                producer = make_celery(settings)
+                for job_id in orphans:
+                    enqueue(producer, settings, job_id)
+                log.info("requeued %d interrupted job(s): %s", len(orphans), ", ".join(orphans))
+            supervisor = WorkerSupervisor(
+                [*WORKER_ARGS, "--without-gossip", "--without-mingle"], data_dir / "logs" / "worker.log", settings
+            ).start()
+            # The stuck-job sweep runs here too, so it runs while no worker is alive.
+            sweeper = start_sweeper(settings, name="spruce-serve-sweeper")
+
+        config = uvicorn.Config(
+            "api.app:create_app", factory=True, host=args.host, port=args.port, log_level="info"
+        )
+        server = uvicorn.Server(config)
+        key = first_key(url)
+        shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        lines = [
+            f"Spruce is running at http://{shown_host}:{args.port}  (API docs: /docs)",
+            f"data: {data_dir}  (models under {data_dir / 'models'} may be named by path)",
+        ]
+        if supervisor is not None and supervisor.proc is not None:
+            lines.append(f"worker: pid {supervisor.proc.pid}, log {data_dir / 'logs' / 'worker.log'}")
+        if key:
+            lines += ["A first API key (team 'default'); it is shown only once:", key]
+        else:
+            lines.append("create an API key with: spruce keys create --team NAME")
+        print("\n".join(lines), flush=True)
         server.run()
     except KeyboardInterrupt:
-        pass  # uvicorn re-raises the Ctrl-C after its graceful shutdown; ours follows
+        pass  # uvicorn re-raises Ctrl-C (and SIGTERM, see above) after its graceful shutdown
     finally:
-        stopping.set()
-        if worker is not None:
-            stop_worker(worker)
-    return 1 if failed.is_set() else 0
+        if sweeper is not None:
+            sweeper.stop()
+        if supervisor is not None:
+            supervisor.stop()
+    return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt

@@ -7,18 +7,26 @@ queue and serialisation.
 
 from __future__ import annotations
 
+import os
+import uuid
 from typing import Any
 
 from common.settings import Settings
 
 TASK_NAME = "spruce.run_job"
+FOLDERS = ("queue", "control", "processed")  # the filesystem broker's folders under broker_folder
+FOLDER_TRANSPORT = "common.fsbroker:FolderTransport"
+
+
+class BrokerUnavailable(Exception):
+    """The queue did not take the message (or did not answer); the message names no server path."""
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
     if not settings.broker_url:
         # kombu's filesystem transport: producer and consumer share one folder, so in == out.
         folder = settings.broker_folder
-        for sub in ("queue", "control", "processed"):
+        for sub in FOLDERS:
             (folder / sub).mkdir(parents=True, exist_ok=True)
         return {
             "data_folder_in": str(folder / "queue"),
@@ -49,10 +57,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings shared by the API (producer) and the worker (consumer); why each is set:"""
     return {
         "broker_url": settings.resolved_broker_url,
+        # The filesystem transport, made to wait out a missing queue folder (common/fsbroker.py).
+        "broker_transport": None if settings.broker_url else FOLDER_TRANSPORT,
         "broker_transport_options": broker_transport_options(settings),
         # Fail fast when the broker is down: the API answers 503 instead of hanging a request.
         "broker_connection_timeout": settings.broker_timeout,
-        "broker_connection_retry_on_startup": True,  # the worker may start before Redis is up
+        # A worker whose broker goes away keeps trying to reconnect, at startup and later, for
+        # as long as it takes (Celery's default gives up after 100 tries and exits), and a
+        # channel error (a broker folder it cannot write) is retried like a lost connection.
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": None,
+        "broker_channel_error_retry": True,
         # One queue per deployment (tests use a unique one per session); the worker consumes it
         # without a -Q flag, so the compose command and the tests' command are the same.
         "task_default_queue": settings.queue,
@@ -92,18 +108,40 @@ def make_celery(settings: Settings, name: str = "spruce") -> Any:
 
 
 def enqueue(celery_app: Any, settings: Settings, job_id: str) -> None:
-    """Send the job to the queue by task name; raises kombu's OperationalError if the broker is down."""
-    celery_app.send_task(
-        TASK_NAME,
-        args=[job_id],
-        queue=settings.queue,
-        # A couple of quick retries absorb a blip; beyond that the caller reports the broker down.
-        retry=True,
-        retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
-    )
+    """Send the job to the queue by task name; ``BrokerUnavailable`` if the broker does not take it."""
+    try:
+        celery_app.send_task(
+            TASK_NAME,
+            args=[job_id],
+            queue=settings.queue,
+            # A couple of quick retries absorb a blip; beyond that the caller reports the broker down.
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
+        )
+    except Exception as exc:  # kombu's OperationalError, a ChannelError naming the broker's folder
+        raise BrokerUnavailable(f"the broker did not take the message ({exc.__class__.__name__})") from exc
 
 
-def check_broker(celery_app: Any, timeout: float) -> None:
-    """Raise if the broker cannot be reached within ``timeout`` seconds."""
-    with celery_app.connection_for_write() as conn:
+def check_broker(settings: Settings, timeout: float) -> None:
+    """Raise unless the queue takes messages now: the filesystem broker's folders exist and take
+    a file, Redis answers PING within ``timeout`` seconds (another broker: a connection)."""
+    url = settings.broker_url
+    if not url:
+        for sub in FOLDERS:
+            probe = settings.broker_folder / sub / f".probe-{os.getpid()}-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")  # no ".msg" suffix: the transport never reads it
+            probe.unlink()
+        return
+    if url.startswith(("redis://", "rediss://")):
+        import redis
+
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        try:
+            client.ping()
+        finally:
+            client.close()
+        return
+    from kombu import Connection
+
+    with Connection(url, connect_timeout=timeout) as conn:
         conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)

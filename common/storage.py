@@ -6,10 +6,16 @@ Keys are '/'-separated paths such as ``jobs/<id>/hf/config.json``. The API strea
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import hashlib
+import io
 import logging
+import os
 import shutil
+import stat
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, ParamSpec, Protocol, TypeVar
@@ -27,6 +33,14 @@ class StorageError(Exception):
 
 class StorageUnavailable(StorageError):
     """The store did not answer (refused, timed out, a 5xx, a full disk): worth retrying later."""
+
+
+class StorageNotFound(StorageError):
+    """The store answered, and has no object under that key (not a fault of the store)."""
+
+
+# Where check() writes and deletes its probe object (a key of its own: nothing lists it).
+PROBE_PREFIX = "_probe"
 
 
 P = ParamSpec("P")
@@ -73,13 +87,40 @@ def sha256_file(path: Path) -> str:
 
 
 class LocalStorage:
-    """Files under one root folder; the default mode's artifact store."""
+    """Files under one root folder; the default mode's artifact store.
+
+    Errors say whether the folder answered: a key with no file under a healthy root is
+    ``StorageNotFound``; anything else (the root missing or replaced by a file, a folder on the
+    way that is a file, permissions, a full or read-only disk) is ``StorageUnavailable``.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
+
+    def _unavailable(self, what: str, exc: OSError) -> StorageUnavailable:
+        # No path in the message: it reaches logs and, through callers, API answers.
+        return StorageUnavailable(f"the artifact folder cannot {what}: {exc.strerror or exc}")
+
+    def _missing(self, key: str, exc: OSError) -> StorageError:
+        if isinstance(exc, FileNotFoundError) and self.root.is_dir():
+            return StorageNotFound(f"no object {key!r}")
+        return self._unavailable(f"read {key!r}", exc)
+
+    def locate(self, key: str) -> Path:
+        """The file behind ``key``, checked to exist (lets the API send it with sendfile)."""
+        path = self._path(key)
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise self._missing(key, exc) from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise StorageNotFound(f"no object {key!r}")
+        return path
+
+    local_path = locate
 
     def put_file(self, key: str, path: Path) -> None:
         with open(path, "rb") as f:
@@ -93,89 +134,113 @@ class LocalStorage:
             with open(tmp, "wb") as out:
                 shutil.copyfileobj(stream, out, CHUNK)
             tmp.replace(dest)  # readers never see half a file
-        except OSError as exc:  # a full disk, a read-only or vanished mount
-            tmp.unlink(missing_ok=True)
-            raise StorageUnavailable(
-                f"cannot write {key!r} under {self.root}: {exc.strerror or exc}"
-            ) from exc
+        except OSError as exc:  # a full disk, a read-only or vanished mount, a file where a folder was
+            with contextlib.suppress(OSError):  # the cleanup meets the same broken folder
+                tmp.unlink(missing_ok=True)
+            raise self._unavailable(f"store {key!r}", exc) from exc
 
     def open_stream(self, key: str) -> Iterator[bytes]:
-        path = self._path(key)
-        if not path.is_file():
-            raise StorageError(f"no object {key!r}")
+        path = self.locate(key)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 (closed by the generator)
+        except OSError as exc:
+            raise self._missing(key, exc) from exc
 
         def chunks() -> Iterator[bytes]:
-            with open(path, "rb") as f:
+            with f:
                 while chunk := f.read(CHUNK):
                     yield chunk
 
         return chunks()
 
     def download(self, key: str, path: Path) -> None:
-        src = self._path(key)
-        if not src.is_file():
-            raise StorageError(f"no object {key!r}")
+        src = self.locate(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, path)
+        try:
+            shutil.copyfile(src, path)
+        except OSError as exc:
+            raise self._missing(key, exc) from exc
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        try:
+            self.locate(key)
+        except StorageNotFound:
+            return False
+        return True
 
     def size(self, key: str) -> int:
-        return self._path(key).stat().st_size
+        return self.locate(key).stat().st_size
 
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix.rstrip("/")) if prefix else self.root
-        if not base.is_dir():
-            return []
-        return sorted(
-            p.relative_to(self.root).as_posix()
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.endswith(".part")
-        )
+        try:
+            if not base.is_dir():
+                if self.root.exists() and not self.root.is_dir():
+                    raise NotADirectoryError(errno.ENOTDIR, "not a folder")
+                return []
+            return sorted(
+                p.relative_to(self.root).as_posix()
+                for p in base.rglob("*")
+                if p.is_file() and not p.name.endswith(".part")
+            )
+        except OSError as exc:
+            raise self._unavailable("be listed", exc) from exc
 
     def delete_prefix(self, prefix: str) -> None:
-        shutil.rmtree(self._path(prefix.rstrip("/")), ignore_errors=True)
+        path = self._path(prefix.rstrip("/"))
+        try:
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+            elif self.root.exists() and not self.root.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "not a folder")
+        except OSError as exc:
+            raise self._unavailable(f"delete {prefix!r}", exc) from exc
 
     def presigned_url(
         self, key: str, filename: str | None = None, expires_in: int | None = None
     ) -> str | None:
         return None  # the API streams local files itself
 
-    def local_path(self, key: str) -> Path:
-        """The file behind ``key`` (local backend only; lets the API send it with sendfile)."""
-        return self._path(key)
-
     def check(self) -> None:
+        """Write and delete a probe object: the folder takes writes now."""
+        key = f"{PROBE_PREFIX}/{os.getpid()}-{uuid.uuid4().hex}"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".readyz"
-            probe.write_bytes(b"ok")
-            probe.unlink()
         except OSError as exc:
-            raise StorageError(f"artifact folder {self.root} is not writable: {exc}") from exc
+            raise self._unavailable("be created", exc) from exc
+        self.put_stream(key, io.BytesIO(b"probe"))
+        try:
+            self._path(key).unlink()
+        except OSError as exc:
+            raise self._unavailable("delete a probe", exc) from exc
 
 
 def _s3_errors(method: Callable[P, R]) -> Callable[P, R]:
-    """Turn "the server did not answer" into ``StorageUnavailable`` (the API answers 503 for it).
+    """Sort S3 failures into "no such object" and "the store did not answer as it should".
 
-    Connection failures and timeouts (after botocore's own retries) and 5xx answers mean the
-    store is down or overloaded; a 4xx (no such key, access denied) stays a ``ClientError``.
+    ``StorageNotFound``: a 404 for the key itself (NoSuchKey). Everything else is
+    ``StorageUnavailable`` (the API answers 503 for it): connection failures and timeouts (after
+    botocore's own retries), 5xx answers, a missing bucket, refused credentials.
     """
 
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        from botocore.exceptions import ClientError, HTTPClientError
-        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return method(*args, **kwargs)
-        except (BotoConnectionError, HTTPClientError) as exc:
-            raise StorageUnavailable(f"object storage is unreachable: {exc}") from exc
         except ClientError as exc:
-            if int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)) >= 500:
-                raise StorageUnavailable(f"object storage failed: {exc}") from exc
-            raise
+            error = exc.response.get("Error", {})
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            if error.get("Code") in ("NoSuchKey", "404", "NotFound") or (
+                status == 404 and error.get("Code") != "NoSuchBucket"
+            ):
+                raise StorageNotFound(f"no such object: {error.get('Code')}") from exc
+            raise StorageUnavailable(f"object storage answered {status} {error.get('Code')}") from exc
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"object storage is unreachable: {exc.__class__.__name__}") from exc
 
     return wrapper
 
@@ -206,6 +271,7 @@ class S3Storage:
         self.endpoint_url = endpoint_url
         self.public_endpoint_url = public_endpoint_url or endpoint_url
         self._clients: dict[str | None, Any] = {}
+        self._probe: Any = None
 
     def _client(self, endpoint: str | None = None) -> Any:
         endpoint = endpoint or self.endpoint_url
@@ -241,12 +307,7 @@ class S3Storage:
 
     @_s3_errors
     def open_stream(self, key: str) -> Iterator[bytes]:
-        from botocore.exceptions import ClientError
-
-        try:
-            obj = self._client().get_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as exc:
-            raise StorageError(f"no object {key!r}: {exc}") from exc
+        obj = self._client().get_object(Bucket=self.bucket, Key=self._key(key))
         return iter(obj["Body"].iter_chunks(CHUNK))
 
     @_s3_errors
@@ -254,13 +315,10 @@ class S3Storage:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._client().download_file(self.bucket, self._key(key), str(path))
 
-    @_s3_errors
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
         try:
-            self._client().head_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError:
+            self.size(key)
+        except StorageNotFound:
             return False
         return True
 
@@ -303,13 +361,27 @@ class S3Storage:
         )
         return url
 
+    @_s3_errors
     def check(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
+        """Write and delete a probe object, with one quick try (readiness must answer in time)."""
+        from botocore.config import Config
 
-        try:
-            self._client().head_bucket(Bucket=self.bucket)
-        except (BotoCoreError, ClientError) as exc:
-            raise StorageUnavailable(f"bucket {self.bucket!r} is not reachable: {exc}") from exc
+        if self._probe is None:
+            config = Config(
+                s3={"addressing_style": "path"},
+                signature_version="s3v4",
+                retries={"max_attempts": 1, "mode": "standard"},
+                connect_timeout=1,
+                read_timeout=2,
+            )
+            import boto3
+
+            self._probe = boto3.client(
+                "s3", endpoint_url=self.endpoint_url, config=config, **self._client_args
+            )
+        key = self._key(f"{PROBE_PREFIX}/{os.getpid()}-{uuid.uuid4().hex}")
+        self._probe.put_object(Bucket=self.bucket, Key=key, Body=b"probe")
+        self._probe.delete_object(Bucket=self.bucket, Key=key)
 
 
 def build_storage(settings: Settings) -> Storage:

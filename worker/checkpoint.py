@@ -20,7 +20,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
-from common.storage import Storage, StorageError
+from common.storage import Storage, StorageNotFound
 from core.checkpoint import (
     FORMAT,
     LayerCheckpoint,
@@ -116,7 +116,7 @@ class StorageCheckpoint:
                 return None
             tensors = unpack(self._get(self._state_dir(index) + "hidden.safetensors"))
             weights = [unpack(self._get(self._layer_key(k))) for k in range(index + 1)]
-        except StorageError as exc:  # a missing file under a committed head: the store lost data
+        except StorageNotFound as exc:  # a missing file under a committed head: the store lost data
             log.warning("checkpoint under %s is incomplete (%s); starting afresh", self.prefix, exc)
             return None
         except Exception as exc:

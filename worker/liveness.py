@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -135,33 +135,68 @@ def sweep(
     with no message; a message whose compare-and-set then loses is dropped by the worker.
     Returns ``{job_id: "requeued" | "failed"}`` for the jobs this sweep changed.
     """
-    url = settings.resolved_database_url
     now = now or utcnow()
-    with session_scope(url) as session:
-        jobs = session.scalars(
-            select(Job).where(Job.status == JobStatus.RUNNING, stale(now, settings.heartbeat_timeout))
-        ).all()
+    timeout = settings.heartbeat_timeout
+    with session_scope(settings.resolved_database_url) as session:
+        jobs = session.scalars(select(Job).where(Job.status == JobStatus.RUNNING, stale(now, timeout))).all()
         session.expunge_all()
+
+    def why(job: Job) -> str:
+        return f"no heartbeat from {job.worker} for {timeout:.0f}s"
+
+    return _hand_back(jobs, settings, send, on_failed, (stale(now, timeout),), why)
+
+
+def requeue_lost(
+    settings: Settings,
+    worker: str,
+    send: Callable[[str], None],
+    on_failed: Callable[[str], None] | None = None,
+    cause: str = "its process exited",
+) -> dict[str, str]:
+    """Queue again (or fail) the running jobs of ``worker``, known dead (its supervisor saw its
+    process exit): at once, without waiting for their heartbeats to go stale.
+
+    Call it before a new process takes the name (``spruce serve`` restarts its worker under the
+    same name); the send comes first, as in ``sweep``. Returns what ``sweep`` returns.
+    """
+    with session_scope(settings.resolved_database_url) as session:
+        jobs = session.scalars(select(Job).where(Job.status == JobStatus.RUNNING, Job.worker == worker)).all()
+        session.expunge_all()
+    return _hand_back(jobs, settings, send, on_failed, (Job.worker == worker,), lambda job: f"{worker}: {cause}")
+
+
+def _hand_back(
+    jobs: Sequence[Job],
+    settings: Settings,
+    send: Callable[[str], None],
+    on_failed: Callable[[str], None] | None,
+    guard: tuple[ColumnElement[bool], ...],
+    why: Callable[[Job], str],
+) -> dict[str, str]:
+    """Each job lost its worker: queue it again, or fail it once its attempts are spent. Every
+    write is a compare-and-set on (running, the attempt seen, ``guard``)."""
+    url = settings.resolved_database_url
     done: dict[str, str] = {}
     for job in jobs:
         exhausted = job.attempts >= settings.max_attempts
         if not exhausted:
             send(job.id)
         with session_scope(url) as session:
-            guard = (Job.attempts == job.attempts, stale(now, settings.heartbeat_timeout))
+            where = (Job.attempts == job.attempts, *guard)
             seen = f"last heartbeat {(job.heartbeat_at or job.updated_at).isoformat()}"
             try:
                 if exhausted:
                     code, message = worker_lost_error(job)
                     set_status(
-                        session, job, JobStatus.FAILED, f"failed: {seen}", error=(code, message), where=guard
+                        session, job, JobStatus.FAILED, f"failed: {seen}", error=(code, message), where=where
                     )
                 else:
                     note = (
-                        f"re-queued: no heartbeat from {job.worker} for {settings.heartbeat_timeout:.0f}s "
-                        f"({seen}); attempt {job.attempts} of {settings.max_attempts} was lost"
+                        f"re-queued: {why(job)} ({seen}); "
+                        f"attempt {job.attempts} of {settings.max_attempts} was lost"
                     )
-                    set_status(session, job, JobStatus.QUEUED, note, where=guard)
+                    set_status(session, job, JobStatus.QUEUED, note, where=where)
             except StaleStatus:
                 continue  # another sweeper or a worker got there first
         done[job.id] = "failed" if exhausted else "requeued"
@@ -197,3 +232,19 @@ class Sweeper:
                 sweep(self.settings, self.send, on_failed=self.on_failed)
             except Exception as exc:  # database or broker away: try again next time
                 log.warning("stale-job sweep failed: %s", exc)
+
+
+def start_sweeper(settings: Settings, name: str) -> Sweeper:
+    """A running ``Sweeper`` that queues jobs through a producer of its own (``name``) and
+    discards the checkpoint of each job it fails."""
+    from common.queue import enqueue, make_celery
+    from common.storage import build_storage
+    from worker.checkpoint import discard
+
+    producer = make_celery(settings, name=name)  # its own connections, off any consumer's
+    storage = build_storage(settings)
+    return Sweeper(
+        settings,
+        send=lambda job_id: enqueue(producer, settings, job_id),
+        on_failed=lambda job_id: discard(storage, job_id),
+    ).start()

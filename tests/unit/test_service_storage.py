@@ -12,7 +12,15 @@ import httpx
 import pytest
 
 from common.settings import Settings
-from common.storage import LocalStorage, S3Storage, StorageError, build_storage, check_key, download_s3_uri
+from common.storage import (
+    LocalStorage,
+    S3Storage,
+    StorageError,
+    StorageUnavailable,
+    build_storage,
+    check_key,
+    download_s3_uri,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -101,14 +109,15 @@ def test_presigned_url_downloads_without_credentials(s3_endpoint: str) -> None:
 
 
 def test_unreachable_bucket_fails_check(s3_endpoint: str, tmp_path: Path) -> None:
-    with pytest.raises(StorageError, match="not reachable"):
+    with pytest.raises(StorageUnavailable, match="NoSuchBucket"):
         S3Storage(
             "missing-bucket", endpoint_url=s3_endpoint, access_key_id="t", secret_access_key="t"
         ).check()
     blocked = tmp_path / "file"
     blocked.write_text("x")
-    with pytest.raises(StorageError, match="not writable"):
+    with pytest.raises(StorageUnavailable, match="cannot be created") as raised:
         LocalStorage(blocked / "sub").check()
+    assert str(tmp_path) not in str(raised.value)  # no server path in what may reach a client
 
 
 def test_build_storage_and_s3_uri_download(s3_endpoint: str, tmp_path: Path) -> None:
