@@ -3,7 +3,7 @@
 Runs llm-compressor's own MagnitudePruningModifier, WandaPruningModifier and
 SparseGPTModifier (default settings) through ``oneshot`` on SmolLM2-135M, with the
 benchmark's calibration set and perplexity, so that Spruce's speed can be quoted as a
-ratio against a reference measured on the same machine in the same session.
+ratio against a reference measured on the same machine, back to back.
 
 It runs inside its own virtualenv (/opt/llmc-venv, see benchmarks/README.md) and must not
 import Spruce: the two projects pin different transformers / compressed-tensors.

@@ -1,10 +1,11 @@
-"""Spruce against llm-compressor on the same rows, in one session, row by row.
+"""Spruce against llm-compressor on the same rows, back to back, row by row.
 
-BENCHMARK.md asks for speed as a ratio against a reference run in the same session. This driver
-runs each configuration twice back to back (Spruce's ``quality.py`` in this project's venv, then
-``reference_llmcompressor.py`` in llm-compressor's venv, see benchmarks/README.md), so that both
-figures of a row come from the same minutes of the same machine, and prints one table:
-perplexity, seconds of the compression step, the speed ratio and peak memory of both.
+BENCHMARK.md asks for speed as a ratio against a reference run on the same machine at the same
+time. This driver runs each configuration twice back to back (Spruce's ``quality.py`` in this
+project's venv, then ``reference_llmcompressor.py`` in llm-compressor's venv, see
+benchmarks/README.md), so that both figures of a row come from the same minutes of the same
+machine, and prints one table: perplexity, seconds of the compression step, the speed ratio and
+peak memory of both.
 
     .venv/bin/python benchmarks/same_session.py --json /tmp/same.json
     .venv/bin/python benchmarks/same_session.py --only wanda:0.7 --only sparsegpt:4:8
