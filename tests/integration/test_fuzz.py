@@ -149,6 +149,7 @@ def _seed(url: str, storage_root: Path) -> str:
 class Target:
     app: FastAPI
     headers: dict[str, str]  # a valid key of the team that owns the seeded ids
+    settings: Settings
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +166,7 @@ def target(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Target:
     key = _seed(pg_url, svc.resolved_artifacts_dir)
     app = create_app(svc)
     assert app.openapi() == schema.raw_schema  # the app under test serves the document we fuzz from
-    return Target(app=app, headers={"Authorization": f"Bearer {key}"})
+    return Target(app=app, headers={"Authorization": f"Bearer {key}"}, settings=svc)
 
 
 @schema.parametrize()
@@ -203,3 +204,82 @@ def test_nul_characters_in_an_upload_are_refused(target: Target, where: str) -> 
         r = client.post("/v1/datasets", content=NUL_UPLOADS[where], headers=headers)
     assert r.status_code == 422, r.text
     assert r.json()["error"]["param"] in ("name", "file")
+
+
+# The bad input of issue 27 ("Why", items 4 and 6), each a 4xx at submission on Postgres: none
+# may reach a worker to fail there as a system fault, and none may be a 500. This app has no S3.
+DEEP = 100_000
+
+
+def _job(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {**SPEC, "calibration": dict(SPEC["calibration"])}
+    for path, value in changes.items():
+        *parents, leaf = path.split("__")
+        node = body
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (_job(calibration__seed=2**70), "calibration.seed"),  # was 201, then 3 attempts of OverflowError
+        (_job(model="s3://models/llama"), "model"),  # was 201, then 3 attempts of "no credentials"
+        (_job(model="file:///app/data/signing.key"), "model"),
+    ],
+    ids=["seed 2^70", "s3 model without S3", "file url"],
+)
+def test_a_job_that_cannot_run_is_refused_at_submission(target: Target, body: dict[str, Any], param: str) -> None:
+    with TestClient(target.app, raise_server_exceptions=False) as client:
+        r = client.post("/v1/jobs", json=body, headers=target.headers)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["param"] == param
+
+
+def test_an_event_cursor_past_the_id_column_is_a_422(target: Target) -> None:
+    with TestClient(target.app, raise_server_exceptions=False) as client:
+        job = client.post("/v1/jobs", json=_job(), headers=target.headers).json()["id"]  # the fuzzer may delete the seeded ones
+        r = client.get(f"/v1/jobs/{job}/events", params={"after": 2**70}, headers=target.headers)
+        assert r.status_code == 422 and r.json()["error"]["param"] == "after", r.text
+        r = client.get(f"/v1/jobs/{job}/events", params={"after": 2**63 - 1}, headers=target.headers)
+        assert r.status_code == 200 and r.json()["data"] == []
+
+
+@pytest.mark.parametrize("where", ["jsonl upload", "job body"])
+def test_deeply_nested_json_is_a_4xx(target: Target, where: str) -> None:
+    nested = "[" * DEEP + "]" * DEEP
+    with TestClient(target.app, raise_server_exceptions=False) as client:
+        if where == "jsonl upload":
+            line = f'{{"text": "hello", "n": {nested}}}\n'.encode()
+            r = client.post("/v1/datasets", files={"file": ("deep.jsonl", line)}, headers=target.headers)
+            assert r.status_code == 422 and r.json()["error"]["param"] == "file", r.text
+        else:
+            body = f'{{"model": "smollm2-135m", "sparsity": 0.5, "method": {nested}}}'
+            headers = {**target.headers, "Content-Type": "application/json"}
+            r = client.post("/v1/jobs", content=body, headers=headers)
+            assert 400 <= r.status_code < 500, r.text
+
+
+def test_a_hub_id_is_accepted_alike_whatever_the_servers_disk_holds(target: Target) -> None:
+    """The API answers from the reference alone: a name that is a file beside the service and
+    one that is nothing get the same answer (the worker resolves both in the hub cache only)."""
+    with TestClient(target.app, raise_server_exceptions=False) as client:
+        answers = [
+            client.post("/v1/jobs", json=_job(model=ref), headers=target.headers)
+            for ref in ("api/app.py", "api/nosuch.py")  # the first exists in the working directory
+        ]
+    assert [a.status_code for a in answers] == [201, 201], [a.text for a in answers]
+
+
+def test_the_broker_down_answer_names_no_server_path(target: Target, tmp_path: Path) -> None:
+    """A filesystem broker whose folder is unusable: whatever the answer, it is not a 500 and it
+    carries no server-side path or exception text (the log has them)."""
+    settings = target.settings.model_copy(update={"data_dir": tmp_path / "data"})
+    settings.broker_folder.parent.mkdir(parents=True)
+    settings.broker_folder.write_text("not a folder")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        r = client.post("/v1/jobs", json=_job(), headers=target.headers)
+    assert r.status_code in (201, 503), r.text
+    assert str(tmp_path) not in r.text and "Error" not in r.text, r.text
