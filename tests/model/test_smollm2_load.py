@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from core.evaluate import perplexity
-from core.models import fetch_smollm2_gguf, load_model
+from core.builtins import SMOLLM2, fetch_gguf
+from core.models import load_model
 
 pytestmark = pytest.mark.model
 
@@ -29,7 +30,7 @@ def test_the_alias_is_the_benchmark_model(smollm2):
 
 
 def test_the_gguf_file_loads_to_the_cached_weights(smollm2, tmp_path):
-    gguf = fetch_smollm2_gguf(tmp_path)
+    gguf = fetch_gguf(SMOLLM2, tmp_path)
     loaded = load_model(str(gguf))
     assert loaded.meta["source"] == "gguf"
     assert getattr(loaded.model.config, "quantization_config", None) is None

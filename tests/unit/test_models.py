@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import GPT2Config
+from transformers import GPT2Config, MixtralConfig, Qwen3MoeConfig
 
+import core.builtins as builtins
 import core.models as models
+from core.arch import REGISTRY
+from core.builtins import Builtin
 from core.errors import ModelNotFound, SystemFault, UnsupportedArchitecture
 from core.models import load_model, resolve_cache_dir
 from tests.tiny import ARCHES, tiny_config, tiny_model, tiny_tokenizer
@@ -21,9 +25,10 @@ pytestmark = pytest.mark.unit
 @pytest.mark.parametrize("name", ARCHES)
 def test_a_tiny_folder_loads_with_arch_and_meta(tiny_dirs, name):
     loaded = load_model(str(tiny_dirs[name]))
-    assert loaded.arch.name == ("opt" if name == "opt" else "llama")
+    model_type = "llama" if name == "llama3" else name
+    assert loaded.meta["source"] == "folder" and loaded.meta["model_type"] == model_type
+    assert loaded.arch is REGISTRY[model_type]
     assert not loaded.model.training
-    assert loaded.meta["source"] == "folder" and loaded.meta["model_type"] == name
     assert loaded.meta["layers"] == 2 and loaded.meta["dtype"] == "float32"
     assert loaded.meta["params"] == sum(p.numel() for p in loaded.model.parameters())
     assert loaded.meta["resolved"] == str(tiny_dirs[name].resolve())
@@ -66,8 +71,16 @@ def test_an_unsupported_model_type_names_the_supported_ones(tmp_path):
 
 def test_a_model_type_unknown_to_transformers_is_unsupported(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "spruce-imaginary"}))
-    with pytest.raises(UnsupportedArchitecture, match="supported: llama"):
+    with pytest.raises(UnsupportedArchitecture, match=r"supported: gemma2, .*llama"):
         load_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("config", [MixtralConfig(num_local_experts=4), Qwen3MoeConfig(num_experts=4)])
+def test_a_mixture_of_experts_is_refused_by_name(tmp_path, config):
+    config.save_pretrained(tmp_path)  # no weights: refused from config.json alone
+    with pytest.raises(UnsupportedArchitecture, match=r"mixture-of-experts \(MoE\)") as err:
+        load_model(str(tmp_path))
+    assert config.model_type in err.value.message and "qwen3" in err.value.message
 
 
 def test_post_layer_norm_opt_is_refused_before_the_weights_are_read(tmp_path):
@@ -130,13 +143,13 @@ def _fake_smollm2(monkeypatch, shape: dict[str, int]) -> list[Path]:
     """Replace the download and the GGUF dequantization by a tiny model; count the fetches."""
     fetched: list[Path] = []
 
-    def fetch(dest: Path) -> Path:
+    def fetch(builtin: Builtin, dest: Path) -> Path:
         fetched.append(dest)
         return dest / "fake.gguf"
 
-    monkeypatch.setattr(models, "fetch_smollm2_gguf", fetch)
+    monkeypatch.setattr(models, "fetch_gguf", fetch)
     monkeypatch.setattr(models, "load_gguf", lambda path, dtype: (tiny_model("llama"), tiny_tokenizer()))
-    monkeypatch.setattr(models, "SMOLLM2_SHAPE", shape)
+    monkeypatch.setitem(builtins.BUILTINS, "smollm2-135m", dataclasses.replace(builtins.SMOLLM2, shape=shape))
     return fetched
 
 

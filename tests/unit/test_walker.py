@@ -1,4 +1,4 @@
-"""The layer walker on tiny llama / qwen2 / opt models: exactness, statistics, hooks, cancellation."""
+"""The layer walker on every family's tiny model: exactness, statistics, hooks, cancellation."""
 
 from __future__ import annotations
 
@@ -318,14 +318,21 @@ def _mlp_in_outputs(layer: nn.Module, arch, batches: list[LayerBatch]) -> dict[s
 
 @pytest.mark.parametrize("name", ARCHES)
 def test_mlp_sensitivity_is_the_derivative_of_the_hidden_activation(name):
-    """Llama/Qwen2: h = silu(gate) * up, so dh/dup = silu(gate) and dh/dgate = silu'(gate) up;
-    OPT: h = relu(fc1), so dh/dfc1 = 1 where fc1 > 0. Closed forms, not autograd."""
+    """Llama/Qwen2: h = silu(gate) * up, so dh/dup = silu(gate) and dh/dgate = silu'(gate) up
+    (Gemma: GeLU-tanh in place of silu); OPT: h = relu(fc1), so dh/dfc1 = 1 where fc1 > 0.
+    Closed forms, not autograd."""
     arch, batches, layer = _first_layer(name)
     sens: dict = {}
     _, outputs = collect_stats(layer, arch, batches, device="cpu", want_hessian=False, sensitivity=sens)
 
     Z = _mlp_in_outputs(layer, arch, batches)
-    if arch.gated:
+    if arch.gated and name.startswith("gemma"):  # gelu_tanh(g) = g/2 (1 + tanh(k (g + c g^3)))
+        g, u = Z[arch.mlp_in[0]], Z[arch.mlp_in[-1]]
+        k, c = (2 / torch.pi) ** 0.5, 0.044715
+        t = torch.tanh(k * (g + c * g**3))
+        act, dact = 0.5 * g * (1 + t), 0.5 * (1 + t) + 0.5 * g * (1 - t**2) * k * (1 + 3 * c * g**2)
+        want = {arch.mlp_in[0]: dact * u, arch.mlp_in[-1]: act}
+    elif arch.gated:
         g, u = Z[arch.mlp_in[0]], Z[arch.mlp_in[-1]]
         sig = torch.sigmoid(g)
         want = {arch.mlp_in[0]: sig * (1 + g * (1 - sig)) * u, arch.mlp_in[-1]: g * sig}
