@@ -1,12 +1,14 @@
 """Security against the real parts: presigned S3 links that carry their expiry (moto), signed API
 links that stream from S3, one rate budget per key shared through Redis by several API processes,
 revocation with the CLI seen at once by the running API, every route team-checked on Postgres,
-and no key in the API's or the worker's logs."""
+no key in the API's or the worker's logs, no working signed link in a JSON access log, and hub
+ids that never read the worker's directory."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import secrets
 import subprocess
 import sys
@@ -20,7 +22,7 @@ import pytest
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 
-from tests.integration.conftest import ROOT, TINY_SPEC, Stack
+from tests.integration.conftest import API_CMD, ROOT, TINY_SPEC, Stack, free_port, stop, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -213,3 +215,63 @@ def test_no_key_in_the_logs(stack: Stack, models: dict[str, Path]) -> None:
     assert job["id"] in logs  # the logs are the right ones and saw this traffic
     for secret in (stack.keys["acme"], stack.keys["rival"], wrong):
         assert secret not in logs
+
+
+def test_a_signed_link_is_logged_without_its_signature(stack: Stack, tmp_path: Path) -> None:
+    """A uvicorn API process (JSON logs, signed API links instead of presigned S3 URLs): the link
+    works, and the API's log has the request, its request id, and no signature."""
+    job_id = _job_with_report(stack)
+    env = {**stack.env, "SPRUCE_S3_PRESIGN": "0", "SPRUCE_LOG_FORMAT": "json"}
+    port, log_path = free_port(), tmp_path / "api.log"
+    with open(log_path, "wb") as log:
+        api = subprocess.Popen(
+            [sys.executable, *API_CMD, "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=log
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            assert api.poll() is None, log_path.read_text()
+            try:
+                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 60, "the API")
+        headers = {"Authorization": f"Bearer {stack.keys['acme']}"}
+        link = httpx.get(f"{url}/v1/jobs/{job_id}/artifacts/report.json?redirect=false", headers=headers)
+        signed = link.json()["url"]
+        got = httpx.get(signed)  # no key: the link alone downloads
+        assert got.status_code == 200 and got.content == REPORT
+        signature = parse_qs(urlsplit(signed).query)["signature"][0]
+    finally:
+        stop(api)
+    lines = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
+    access = [x for x in lines if x["logger"] == "api.access" and x["path"].startswith("/v1/downloads/")]
+    assert len(access) == 1 and access[0]["status"] == 200
+    assert access[0]["request_id"] == got.headers["x-request-id"]
+    assert "signature=[redacted]" in access[0]["path"]
+    text = log_path.read_text()
+    assert signature not in text and stack.keys["acme"] not in text
+
+
+def test_a_hub_id_never_reads_the_workers_directory(stack: Stack) -> None:
+    """``docs/service.md`` is a file in the worker's working directory and ``docs/nosuch.md`` is
+    nothing: as hub ids both fail alike (the worker looks in the hub cache only), so a job
+    cannot tell which files the worker has."""
+    from tests.integration.test_service_jobs import TERMINAL, poll
+
+    outcomes = {}
+    with stack.client() as mine:
+        for ref in ("docs/service.md", "docs/nosuch.md"):
+            assert (ROOT / ref).exists() == (ref == "docs/service.md")
+            body = {"model": ref, "sparsity": 0.5, "calibration": {"samples": 4, "seq_len": 32}}
+            r = mine.post("/v1/jobs", json=body)
+            assert r.status_code == 201, r.text
+            job = r.json()
+            done, _ = poll(mine, job["id"], lambda j: j["status"] in TERMINAL)
+            assert done["status"] == "failed" and done["attempts"] == 1, done  # a user error: no retry
+            outcomes[ref] = (done["error"]["code"], done["error"]["message"].replace(ref, "REF"))
+    assert outcomes["docs/service.md"] == outcomes["docs/nosuch.md"], outcomes
+    assert outcomes["docs/nosuch.md"][0] == "model_not_found"
+    assert stack.worker_log is not None and f"job_id={job['id']}" in stack.worker_log.read_text()
