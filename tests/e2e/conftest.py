@@ -106,6 +106,11 @@ class Service:
                 raise AssertionError(f"{job_id} still {job['status']} after {JOB_TIMEOUT_S}s; see {self.log}")
             time.sleep(0.5)
 
+    def cli(self, *args: str) -> str:
+        """`spruce ARGS --data-dir <this service's>`: the admin commands (keys, team limits)."""
+        env = {**os.environ, "SPRUCE_DATA_DIR": str(self.data_dir)}
+        return _spruce(*args, "--data-dir", str(self.data_dir), env=env)
+
     def tiny_spec(self, **overrides: Any) -> dict[str, Any]:
         """A job body small enough to finish in seconds on a CPU."""
         spec: dict[str, Any] = {

@@ -335,6 +335,31 @@ def test_the_list_updates_live_and_never_shows_another_teams_job(page: Any, serv
     assert ours["id"] not in page.content()
 
 
+# --- usage ---------------------------------------------------------------------------------
+
+
+def test_the_list_shows_the_teams_usage_against_its_limits(page: Any, service: Service) -> None:
+    # A team of its own, so no other test's jobs move its figures.
+    key = service.cli("keys", "create", "--team", "team-c", "--name", "carol").strip().splitlines()[-1]
+    service.cli("teams", "limits", "team-c", "--max-queued", "10", "--max-running", "2", "--max-bytes", str(50 * 1024**3))
+    sign_in(page, service, key)
+    panel = page.locator("[data-testid=usage]")
+    panel.filter(has_text="queued 0/10").wait_for()
+    assert panel.inner_text() == "Usage: queued 0/10 · running 0/2 · storage 0 B / 50.0 GiB"
+
+    job = service.submit(service.tiny_spec(), key=key)
+    assert service.wait(job["id"], key=key)["status"] == "succeeded"
+    code, usage = service.request("GET", "/v1/usage", key)
+    assert code == 200 and usage["stored_bytes"]["used"] > 0, usage
+    # The panel follows the API without a reload; its wording is the helper's (tests/js/usage.test.mjs).
+    expected = page.evaluate("async u => (await import('/static/js/usage.js')).usageText(u)", usage)
+    assert expected.startswith("Usage: queued 0/10 · running 0/2 · storage ") and "0 B /" not in expected
+    page.locator(f'tr[data-job-id="{job["id"]}"] .badge-succeeded').wait_for()
+    page.wait_for_function(
+        "t => document.querySelector('[data-testid=usage]').innerText === t", arg=expected, timeout=15_000
+    )
+
+
 # --- compare -------------------------------------------------------------------------------
 
 

@@ -1,26 +1,17 @@
-// The job list: live status and progress of the team's jobs, a status filter, cursor paging,
-// and a selection of finished jobs to compare.
+// The job list: live status and progress of the team's jobs, the team's usage against its
+// limits, a status filter, cursor paging, and a selection of finished jobs to compare.
 
 import { api, listOf } from "../api.js";
-import { h, patch, progressBar, statusBadge } from "../dom.js";
-import {
-  DASH,
-  STATUSES,
-  elapsedSeconds,
-  fmtDuration,
-  fmtEta,
-  fmtMethod,
-  fmtModel,
-  fmtRelative,
-  fmtSparsity,
-  fmtStage,
-  fmtTime,
-  isTerminal,
-  shortId,
-} from "../format.js";
+import { h, patch } from "../dom.js";
+import { STATUSES, isTerminal } from "../format.js";
+import { jobColumns } from "../jobs/columns.js";
 import { poller } from "../poll.js";
+import { usagePanel } from "../usage.js";
 
 const PAGE = 25;
+// Usage changes with the jobs, which the list sees: it is re-read when a status changes and
+// otherwise only now and then, so the list's one-second poll does not double the requests.
+const USAGE_INTERVAL_MS = 5000;
 
 export function mount(root, ctx) {
   const status = STATUSES.includes(ctx.query.get("status")) ? ctx.query.get("status") : "";
@@ -30,6 +21,8 @@ export function mount(root, ctx) {
   let hasMore = false;
   let loaded = false;
   const rows = new Map(); // id -> <tr>
+  const usage = usagePanel();
+  let statuses = null; // the jobs' ids and statuses at the last render
 
   const filter = h(
     "fieldset",
@@ -80,18 +73,7 @@ export function mount(root, ctx) {
         "tr",
         {},
         h("th", { scope: "col", class: "col-select" }, h("span", { class: "sr-only" }, "Select to compare")),
-        [
-          "Job",
-          "Status",
-          "Model",
-          "Sparsity",
-          "Method",
-          "Progress",
-          "ETA",
-          "Submitted by",
-          "Created",
-          "Elapsed",
-        ].map((name) => h("th", { scope: "col" }, name)),
+        jobColumns().map((c) => h("th", { scope: "col" }, c.label)),
       ),
     ),
     tbody,
@@ -112,6 +94,7 @@ export function mount(root, ctx) {
           h("a", { class: "btn btn-primary", href: "#/new" }, "New job"),
         ),
       ),
+      usage.el,
       filter,
       h("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": "Jobs" }, table),
       empty,
@@ -123,43 +106,6 @@ export function mount(root, ctx) {
   function updateCompareButton() {
     compareButton.disabled = selected.size < 1;
     compareButton.textContent = selected.size ? `Compare selected (${selected.size})` : "Compare selected";
-  }
-
-  function cells(job, now) {
-    const spec = job.spec || {};
-    const done = job.status === "succeeded";
-    const fraction = done ? 1 : (job.progress ?? 0);
-    return [
-      [
-        h(
-          "a",
-          { href: `#/jobs/${encodeURIComponent(job.id)}`, class: "mono", title: job.id },
-          shortId(job.id),
-        ),
-      ],
-      [statusBadge(job.status)],
-      [h("span", { class: "model", title: spec.model || "" }, fmtModel(spec.model))],
-      [fmtSparsity(spec.sparsity)],
-      [fmtMethod(spec.method)],
-      [
-        h(
-          "div",
-          { class: "progress-cell" },
-          progressBar(fraction, { label: `Progress of ${job.id}`, status: job.status }),
-          h("span", { class: "progress-caption" }, fmtStage(job)),
-        ),
-      ],
-      [fmtEta(job)],
-      [job.submitted_by || DASH],
-      [
-        h(
-          "time",
-          { datetime: job.created_at || "", title: fmtTime(job.created_at) },
-          fmtRelative(job.created_at, now),
-        ),
-      ],
-      [fmtDuration(elapsedSeconds(job, now))],
-    ];
   }
 
   function renderRow(job, now) {
@@ -175,7 +121,7 @@ export function mount(root, ctx) {
         },
       });
       tr = h("tr", { dataset: { jobId: job.id } }, h("td", { class: "col-select" }, box));
-      for (let i = 0; i < 10; i += 1) tr.append(h("td"));
+      for (let i = 0; i < jobColumns().length; i += 1) tr.append(h("td"));
       rows.set(job.id, tr);
     }
     tr.dataset.status = job.status;
@@ -187,7 +133,7 @@ export function mount(root, ctx) {
       selected.delete(job.id);
     }
     const tds = tr.children;
-    cells(job, now).forEach((content, i) => patch(tds[i + 1], ...content));
+    jobColumns(now).forEach((c, i) => patch(tds[i + 1], c.cell(job)));
     return tr;
   }
 
@@ -212,6 +158,10 @@ export function mount(root, ctx) {
     table.hidden = loaded && jobs.length === 0;
     moreButton.hidden = !hasMore;
     updateCompareButton();
+    const current = jobs.map((j) => `${j.id}:${j.status}`).join(",");
+    // The first render needs no extra read: the usage poll has just made one.
+    if (statuses !== null && current !== statuses) usagePoll.refresh();
+    statuses = current;
   }
 
   function query(after) {
@@ -255,8 +205,15 @@ export function mount(root, ctx) {
     }
   }
 
+  const usagePoll = poller(usage.refresh, USAGE_INTERVAL_MS, {
+    // The list's own poll reports an unreachable service; the panel keeps its last figures.
+    onError: () => {},
+  });
   const poll = poller(refresh, 1000, {
     onError: (e) => ctx.notify(e ? `Could not refresh the job list: ${e.message}` : null, "error"),
   });
-  return () => poll.stop();
+  return () => {
+    poll.stop();
+    usagePoll.stop();
+  };
 }
