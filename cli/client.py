@@ -6,19 +6,14 @@ Reads the service URL and key from --url/--key or SPRUCE_URL / SPRUCE_API_KEY.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import sys
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-class ClientError(Exception):
-    pass
+from spruce.client import TERMINAL, Client
+from spruce.client import SpruceError as ClientError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -43,6 +38,7 @@ def register(sub: Any) -> None:
     s.add_argument("--seed", type=int)
     s.add_argument("--eval", action="append", help="evaluation source (repeat for several)")
     s.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    s.add_argument("--json", action="store_true", help="print the created job as JSON instead of its id")
     s.set_defaults(func=run_submit)
 
     j = sub.add_parser("jobs", help="list your team's jobs")
@@ -78,40 +74,7 @@ def register(sub: Any) -> None:
     u.set_defaults(func=run_upload)
 
 
-# -- HTTP ---------------------------------------------------------------------------------------------
-
-
-class Client:
-    def __init__(self, url: str | None, key: str | None) -> None:
-        import httpx
-
-        self.url = (url or os.environ.get("SPRUCE_URL") or "http://127.0.0.1:8000").rstrip("/")
-        key = key or os.environ.get("SPRUCE_API_KEY")
-        if not key:
-            raise ClientError(
-                "no API key: pass --key or set SPRUCE_API_KEY (create one with `spruce keys create`)"
-            )
-        # follow_redirects: downloads may answer 307 to a presigned S3 URL; httpx drops the
-        # Authorization header when the redirect leaves this origin.
-        self.http = httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=60.0, follow_redirects=True
-        )
-
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        import httpx
-
-        try:
-            r = self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise ClientError(f"cannot reach {self.url}: {exc}") from exc
-        if r.status_code >= 400:
-            try:
-                err = r.json()["error"]
-                where = f" [{err['param']}]" if err.get("param") else ""
-                raise ClientError(f"{r.status_code} {err['code']}{where}: {err['message']}")
-            except (ValueError, KeyError, TypeError):
-                raise ClientError(f"{r.status_code}: {r.text[:500]}") from None
-        return r.json()
+# -- HTTP: the SDK's client (spruce.Client) ------------------------------------------------------------
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -169,10 +132,10 @@ def build_body(args: argparse.Namespace) -> dict[str, Any]:
 def run_submit(args: argparse.Namespace) -> int:
     try:
         client = _client(args)
-        job = client.request("POST", "/v1/jobs", json=build_body(args))
+        job = client.submit(build_body(args)).raw
     except ClientError as exc:
         return _fail(exc)
-    print(job["id"])
+    print(json.dumps(job, indent=2) if args.json else job["id"])
     if args.wait:
         return follow(client, job["id"])
     return 0
@@ -281,48 +244,17 @@ def run_cancel(args: argparse.Namespace) -> int:
 def run_download(args: argparse.Namespace) -> int:
     try:
         client = _client(args)
-        listing = client.request("GET", f"/v1/jobs/{args.job_id}/artifacts")
-        out = args.out or Path(args.job_id)
-        for art in listing["data"]:
-            if args.only and not art["name"].startswith(args.only):
-                continue
-            dest = out.joinpath(*PurePosixPath(art["name"]).parts)
-            download_one(client, art["url"], dest, art["sha256"])
-            print(f"{dest}  {art['size']} bytes")
+        for dest in client.download(args.job_id, args.out or Path(args.job_id), only=args.only):
+            print(f"{dest}  {dest.stat().st_size} bytes")
     except ClientError as exc:
         return _fail(exc)
     return 0
 
 
-def download_one(client: Client, url: str, dest: Path, sha256: str) -> None:
-    import httpx
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    h = hashlib.sha256()
-    try:
-        with client.http.stream("GET", url) as r:
-            if r.status_code >= 400:
-                r.read()
-                raise ClientError(f"{r.status_code} downloading {url}: {r.text[:300]}")
-            with open(tmp, "wb") as f:
-                for chunk in r.iter_bytes(1 << 20):
-                    h.update(chunk)
-                    f.write(chunk)
-    except httpx.HTTPError as exc:
-        raise ClientError(f"download of {url} failed: {exc}") from exc
-    if h.hexdigest() != sha256:
-        tmp.unlink(missing_ok=True)
-        raise ClientError(f"{dest}: sha256 mismatch (got {h.hexdigest()}, expected {sha256})")
-    tmp.replace(dest)
-
-
 def run_upload(args: argparse.Namespace) -> int:
     try:
-        with open(args.file, "rb") as f:
-            data = {"name": args.name} if args.name else {}
-            ds = _client(args).request("POST", "/v1/datasets", files={"file": (args.file.name, f)}, data=data)
+        ds_id = _client(args).upload(args.file, args.name)
     except (ClientError, OSError) as exc:
         return _fail(exc if isinstance(exc, ClientError) else ClientError(str(exc)))
-    print(ds["id"])
+    print(ds_id)
     return 0
