@@ -19,7 +19,9 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/spruce serve $(ARGS)
 
+# .ci/deps.sh: PostgreSQL, Redis, Chromium and Node.js, started or installed where missing.
 test: $(STAMP)
+	bash .ci/deps.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

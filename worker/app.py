@@ -37,6 +37,12 @@ def _preload_engine(**_: Any) -> None:
     # (and its ETA) measure work, not imports. A dry-run worker never needs them.
     if not get_settings().dry_run:
         import core.compress  # noqa: F401
+    # Progress bars are for terminals: in a worker's log they are carriage-return noise.
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
 
 
 @worker_init.connect
