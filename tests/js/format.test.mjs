@@ -83,6 +83,11 @@ test("methods, models and ids are shortened for tables", () => {
     "sparsegpt · owl · SI",
   );
   assert.equal(f.fmtMethod({ allocation: "uniform" }), "wanda");
+  assert.equal(f.fmtMethod({ pruner: "magnitude", preset: "default", induction: true }), "magnitude · SI");
+  assert.equal(
+    f.fmtMethod({ pruner: "wanda", preset: "reference", induction: { enabled: false } }),
+    "wanda · reference",
+  );
   assert.equal(f.fmtModel("HuggingFaceTB/SmolLM2-135M"), "HuggingFaceTB/SmolLM2-135M");
   assert.equal(f.fmtModel("/models/tiny/llama-4x64"), "…/llama-4x64");
   assert.equal(f.fmtModel("smollm2-135m"), "smollm2-135m");

@@ -59,6 +59,23 @@ test("a full spec, a cancel request, retries and a resume all show", () => {
   assert.equal(t.Resumed, "1× from a checkpoint, last from layer 5");
 });
 
+test("settings under experimental count, and induction may be a plain true", () => {
+  const job = {
+    status: "queued",
+    spec: {
+      model: "m",
+      sparsity: 0.5,
+      method: { pruner: "wanda", preset: "reference", induction: true },
+      calibration: { samples: 8 },
+      experimental: { induction: { epochs: 2, mask: "sigmoid" }, calibration: { seq_len: 64 } },
+    },
+  };
+  const t = texts(summaryFacts(job));
+  assert.equal(t.Method, "wanda · reference · SI");
+  assert.equal(t.Induction, "2 epochs · lr 0.05 · reg 0.0001 · sigmoid");
+  assert.equal(t.Calibration, "pydoc · 8 × 64 tokens · seed 0");
+});
+
 test("progress facts and the bar's fill", () => {
   const now = Date.UTC(2026, 0, 1, 12, 0, 0);
   const job = { status: "running", started_at: "2026-01-01T11:59:00Z", layer: 2, layers: 4, progress: 0.4 };

@@ -106,12 +106,18 @@ export function sparsityFraction(value) {
   return Number.isFinite(v) ? v : null;
 }
 
-/** "wanda · owl · SI" */
+/** Whether a spec's method turns Sparsity Induction on: `induction: true` or `{enabled: true}`. */
+export function inductionOn(method) {
+  return method?.induction === true || method?.induction?.enabled === true;
+}
+
+/** "wanda · owl · SI"; a preset other than the default is named after the pruner. */
 export function fmtMethod(method) {
   if (!method) return DASH;
   const parts = [method.pruner || "wanda"];
+  if (method.preset && method.preset !== "default") parts.push(method.preset);
   if (method.allocation && method.allocation !== "uniform") parts.push(method.allocation);
-  if (method.induction?.enabled) parts.push("SI");
+  if (inductionOn(method)) parts.push("SI");
   return parts.join(" · ");
 }
 

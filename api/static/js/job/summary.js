@@ -10,10 +10,11 @@ import {
   fmtMethod,
   fmtSparsity,
   fmtTime,
+  inductionOn,
   isTerminal,
 } from "../format.js";
 
-// Fields left out of a job body take the API's defaults (core/spec.py); the summary shows those
+// Fields left out of a job body take the API's defaults (core/spec); the summary shows those
 // values so a terse spec still reads completely.
 const DEFAULTS = {
   induction: { epochs: 1, lr: 0.05, reg: 0.0001, mask: "ste" },
@@ -36,18 +37,26 @@ function evaluationText(ev) {
   return `${[].concat(d.sources).join(", ")} · up to ${d.max_windows} windows × ${d.seq_len}`;
 }
 
+// A section's settings: its public options and those under `experimental` (where the schema
+// keeps the non-public ones, core/spec/schema.py), the latter winning as they do in the API.
+function settings(spec, name, pub) {
+  const own = pub && typeof pub === "object" ? pub : {};
+  return { ...withoutNulls(own), ...withoutNulls(spec.experimental?.[name]) };
+}
+
 /** The Summary card: the spec in words, who submitted it, and when it ran. */
 export function summaryFacts(job) {
   const s = job?.spec || {};
-  const ind = s.method?.induction;
   const resume = job?.results?.resume;
   return [
     { term: "Model", text: s.model || DASH, cls: "mono wrap" },
     { term: "Sparsity target", text: fmtSparsity(s.sparsity) },
     { term: "Method", text: fmtMethod(s.method) },
-    ind?.enabled ? { term: "Induction", text: inductionText(withoutNulls(ind)) } : null,
-    { term: "Calibration", text: calibrationText(withoutNulls(s.calibration)) },
-    { term: "Evaluation", text: evaluationText(withoutNulls(s.evaluation)) },
+    inductionOn(s.method)
+      ? { term: "Induction", text: inductionText(settings(s, "induction", s.method.induction)) }
+      : null,
+    { term: "Calibration", text: calibrationText(settings(s, "calibration", s.calibration)) },
+    { term: "Evaluation", text: evaluationText(settings(s, "evaluation", s.evaluation)) },
     { term: "Submitted by", text: job?.submitted_by || DASH },
     { term: "Team", text: job?.team?.name ?? job?.team ?? DASH },
     job?.cancel_requested && !isTerminal(job)
