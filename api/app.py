@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import datasets, errors, health, idempotency, jobs, metrics, usage
+from api import datasets, errors, health, idempotency, jobs, metrics, sweeps, usage
 from api.deps import ServiceContext
 from api.limits import BodyLimit
 from api.middleware import HEADER as REQUEST_ID
@@ -40,12 +40,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ctx.database_url, lambda: ctx.celery, ctx.settings.resolved_broker_url
     )
     app.state.metrics_registry = registry
-    errors.install(app, body_models={"/v1/jobs": JobCreate})
+    errors.install(app, body_models={"/v1/jobs": JobCreate, "/v1/sweeps": sweeps.SweepCreate})
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(jobs.router)
     app.include_router(jobs.downloads)
     app.include_router(datasets.router)
+    app.include_router(sweeps.router)
     app.include_router(usage.router)
     _include_dashboard(app)
     _add_middleware(app, app.state.ctx.settings)

@@ -76,6 +76,7 @@ def job_out(job: Job, team_name: str) -> JobOut:
             "resumes": job.resumes,
             "heartbeat_at": job.heartbeat_at,
             "cancel_requested": job.cancel_requested,
+            "sweep_id": job.sweep_id,
         }
     )
 
@@ -87,7 +88,7 @@ def team_job(session: Session, job_id: str, team_id: str) -> Job:
     return job
 
 
-def _validate(body: JobCreate, session: Session, ctx: CtxDep, caller: CallerDep) -> dict[str, Any]:
+def validate_job(body: JobCreate, session: Session, ctx: CtxDep, caller: CallerDep) -> dict[str, Any]:
     submitted = body.model_dump(exclude_unset=True, mode="json")
     try:
         spec = CompressionSpec.from_dict(submitted)
@@ -136,7 +137,7 @@ def create_job(
     another body is a 409. A job that was recorded but could not be enqueued (broker down) is
     not replayed: the retry creates and enqueues a fresh job under the key.
     """
-    submitted = _validate(body, session, ctx, caller)
+    submitted = validate_job(body, session, ctx, caller)
     request_hash = idempotency.request_hash(submitted) if idempotency_key else None
     for _ in range(3):  # each pass either answers or saw a concurrent change to the key's job
         if idempotency_key:

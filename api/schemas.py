@@ -177,6 +177,7 @@ class JobOut(BaseModel):
     resumes: int = Field(description="times the job continued from a checkpoint after its worker was lost")
     heartbeat_at: datetime | None = Field(description="last sign of life from the worker running it")
     cancel_requested: bool
+    sweep_id: str | None = Field(default=None, description="the sweep that made this job (POST /v1/sweeps)")
 
 
 class EventOut(BaseModel):

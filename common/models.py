@@ -1,4 +1,4 @@
-"""Database rows: teams, API keys, jobs, job events, artifacts, uploaded datasets.
+"""Database rows: teams, API keys, jobs, job events, artifacts, uploaded datasets, sweeps.
 
 The job row is the source of truth for a job's state and progress; status changes go through
 ``common.jobs`` only (see ``common.states`` for the allowed transitions).
@@ -147,6 +147,10 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     request_hash: Mapped[str | None] = mapped_column(String(64), default=None)  # sha256 of the body
     device: Mapped[str | None] = mapped_column(String(32), default=None)
+    # The sweep that made this job (POST /v1/sweeps), None for a job submitted alone.
+    sweep_id: Mapped[str | None] = mapped_column(
+        ForeignKey("sweeps.id", ondelete="SET NULL"), default=None, index=True
+    )
 
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
@@ -213,4 +217,33 @@ class Dataset(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     records: Mapped[int] = mapped_column(Integer)  # lines of a .jsonl, paragraphs of a .txt
     storage_key: Mapped[str] = mapped_column(String(1000))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Sweep(Base):
+    """One job body run at several targets (POST /v1/sweeps); its jobs carry its id.
+
+    Only what the children cannot tell is stored: the grid (``children``), the calibration they
+    share and the cancel request; status, progress and the table are derived from the children
+    (``common.sweeps``).
+    """
+
+    __tablename__ = "sweeps"
+    __table_args__ = (
+        Index("ix_sweeps_team_created", "team_id", "created_at", "id"),
+        UniqueConstraint("team_id", "idempotency_key"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("sw"))
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    submitted_by: Mapped[str] = mapped_column(String(100))
+    body: Mapped[dict[str, Any]] = mapped_column()  # the sweep's body as submitted
+    # One entry per child job, in the grid's order: {"job", "target", "pruner", "preset"}.
+    children: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    calibration: Mapped[dict[str, Any]] = mapped_column()  # every child's calibration section
+    text: Mapped[str | None] = mapped_column(String(300), default=None)  # the first evaluation text
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
