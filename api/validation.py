@@ -11,7 +11,14 @@ import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from common.refs import BUILTIN_SOURCES, DATASET_ID, EVALUATION_ONLY, MODEL_ALIASES, check_model_ref
+from common.refs import (
+    BUILTIN_SOURCES,
+    DATASET_ID,
+    EVALUATION_ONLY,
+    HUB_DATASET,
+    MODEL_ALIASES,
+    check_model_ref,
+)
 from common.settings import Settings
 from core.errors import SpecError
 from core.spec import CompressionSpec
@@ -38,8 +45,8 @@ def check_limits(spec: CompressionSpec, settings: Settings) -> None:
     checks = (
         (spec.calibration.samples, settings.max_samples, "calibration.samples"),
         (spec.calibration.seq_len, settings.max_seq_len, "calibration.seq_len"),
-        (spec.evaluation.seq_len, settings.max_seq_len, "evaluation.seq_len"),
-        (spec.evaluation.max_windows, settings.max_eval_windows, "evaluation.max_windows"),
+        (spec.evaluation.seq_len, settings.max_seq_len, "experimental.evaluation.seq_len"),
+        (spec.evaluation.max_windows, settings.max_eval_windows, "experimental.evaluation.max_windows"),
     )
     for value, limit, param in checks:
         if value > limit:
@@ -60,6 +67,8 @@ def check_sources(spec: CompressionSpec, owns_dataset: Callable[[str], bool]) ->
             raise SpecError(f"{source!r} is an evaluation text only: calibrate on pydoc or a dataset", param=param)
         if source in BUILTIN_SOURCES or (param.startswith("evaluation") and source == "none"):
             continue
+        if HUB_DATASET.match(source) and ".." not in source:
+            continue
         if DATASET_ID.match(source):
             if not owns_dataset(source):
                 raise SpecError(
@@ -67,7 +76,8 @@ def check_sources(spec: CompressionSpec, owns_dataset: Callable[[str], bool]) ->
                 )
             continue
         raise SpecError(
-            f"{source!r} is not a text source: use {', '.join(BUILTIN_SOURCES)} or an uploaded dataset id 'ds_...'",
+            f"{source!r} is not a text source: use {', '.join(BUILTIN_SOURCES)}, a hub dataset "
+            "'owner/name[?split=...]', or an uploaded dataset id 'ds_...'",
             param=param,
         )
 

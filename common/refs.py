@@ -16,6 +16,11 @@ BUILTIN_SOURCES: tuple[str, ...] = ("pydoc", "wikitext2", "c4", "fortunes")
 EVALUATION_ONLY: tuple[str, ...] = ("fortunes",)  # out of the calibration domain (core.fortunes)
 MODEL_ALIASES: tuple[str, ...] = ("smollm2-135m", "gemma3-270m")  # core.builtins.BUILTINS (torch-side, not importable here)
 DATASET_ID = re.compile(r"^ds_[0-9a-f]{24}$")
+# A hub dataset (core.hfdata): owner/name, optionally ?config=&split=&field= (the worker reads the
+# hub; local folders are not for the service: upload the text instead).
+_DS_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
+_DS_OPT = r"(?:config|split|field)=[A-Za-z0-9._-]{1,100}"
+HUB_DATASET = re.compile(rf"^{_DS_PART}/{_DS_PART}(?:\?{_DS_OPT}(?:&{_DS_OPT}){{0,2}})?$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,95})(?:/[A-Za-z0-9](?:[A-Za-z0-9._-]{0,95}))?$")
 _S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](?:/\S*)?$")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")

@@ -14,6 +14,10 @@ Sources:
   validation). When the Hugging Face hub cannot be reached, the failure is a quick
   ``DatasetUnavailable``; a machine with a local datasets cache runs with
   ``HF_DATASETS_OFFLINE=1`` and is served from that cache.
+- any ``datasets`` source (core.hfdata): a hub ``owner/name``, a ``save_to_disk`` folder or
+  ``.parquet`` / ``.arrow`` / ``.json`` files, with ``?config=&split=&field=``; chat ``messages``
+  are rendered through the model's chat template. The whole split is sampled (calibration) or
+  evaluated.
 - ``fortunes``: Text C of BENCHMARK.md (core.fortunes), for evaluation only: the whole text, its
   first windows, never calibrated on.
 """
@@ -25,8 +29,6 @@ import json
 import logging
 import random
 import threading
-import urllib.error
-import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +39,9 @@ import torch
 
 from core.errors import DatasetUnavailable, SpecError, UserError
 from core.fortunes import FORTUNES, fortunes_text
+from core.hfdata import DatasetRef, documents, is_dataset_source
+from core.hfdata import hub_endpoint as _hub_endpoint
+from core.hfdata import reachable as _reachable
 from core.models import resolve_cache_dir
 from core.spec import TextSpec
 
@@ -45,11 +50,11 @@ log = logging.getLogger(__name__)
 Role = Literal["calibration", "evaluation"]
 
 PYDOC = "pydoc"
+HF = "hf"  # any datasets source (core.hfdata)
 DATASETS: tuple[str, ...] = ("wikitext2", "c4")
 FILE_SUFFIXES: tuple[str, ...] = (".txt", ".jsonl")
 CALIBRATION_SHARE = 0.6  # BENCHMARK.md: first 60% of the tokens calibrate, the last 40% evaluate
 C4_EVAL_DOCUMENTS = 1100  # SparseGPT / Wanda evaluate C4 on the first 1100 validation documents
-HUB_PROBE_TIMEOUT_S = 3.0
 
 _PARAM: dict[str, str] = {"calibration": "calibration.source", "evaluation": "evaluation.sources"}
 _TOKEN_SPLIT: dict[str, str] = {"calibration": "tokens[0:60%]", "evaluation": "tokens[60%:100%]"}
@@ -112,9 +117,12 @@ def calibration_ids(tokenizer: Any, spec: TextSpec) -> tuple[torch.Tensor, dict[
     kind = _kind(spec.source, "calibration")
     if kind == "dataset" and spec.source == "c4":
         return _c4_calibration(tokenizer, spec)
-    text, info = load_text(spec.source, role="calibration", field=spec.field)
+    text, info, extra = _text_of(spec.source, kind, "calibration", spec.field, tokenizer)
     ids = tokenize_cached(tokenizer, text, info.sha256)  # [T]
-    if kind == "dataset":
+    if kind == HF:
+        span = ids  # the whole split: nothing of it is held out for evaluation
+        windows = benchmark_windows(span, samples, seq_len, seed)
+    elif kind == "dataset":
         span = ids  # the whole train split; SparseGPT / Wanda draw offsets with Python's random
         windows = _paper_windows(span, samples, seq_len, seed)
     else:
@@ -128,6 +136,7 @@ def calibration_ids(tokenizer: Any, spec: TextSpec) -> tuple[torch.Tensor, dict[
         "seq_len": seq_len,
         "seed": seed,
         "tokenizer": _tokenizer_name(tokenizer),
+        **extra,
     }
     if kind == "file" and Path(spec.source).suffix.lower() == ".jsonl":
         report["field"] = spec.field
@@ -143,9 +152,9 @@ def evaluation_ids(
     wikitext2 the test split, for c4 the first 1100 validation documents, for fortunes all of it.
     """
     kind = _kind(source, "evaluation")
-    text, info = load_text(source, role="evaluation", field=field)
+    text, info, extra = _text_of(source, kind, "evaluation", field, tokenizer)
     ids = tokenize_cached(tokenizer, text, info.sha256)  # [T]
-    whole = kind in ("dataset", FORTUNES)  # nothing of these was calibrated on
+    whole = kind in ("dataset", FORTUNES, HF)  # nothing of these is cut for calibration
     span = ids if whole else ids[_calibration_cut(len(ids)) :]
     if len(span) < 2:
         raise UserError(
@@ -157,10 +166,26 @@ def evaluation_ids(
         "tokens": len(span),
         "total_tokens": len(ids),
         "tokenizer": _tokenizer_name(tokenizer),
+        **extra,
     }
     if kind == "file" and Path(source).suffix.lower() == ".jsonl":
         report["field"] = field
     return span.clone(), report  # a copy: the cached stream must not be changed by the caller
+
+
+def _text_of(
+    source: str, kind: str, role: Role, field: str, tokenizer: Any
+) -> tuple[str, TextInfo, dict[str, Any]]:
+    """The text of ``source``, its description, and what a datasets source adds to the report."""
+    if kind != HF:
+        text, info = load_text(source, role=role, field=field)
+        return text, info, {}
+    ref = DatasetRef.parse(source, param=_PARAM[role])
+    docs, extra = documents(ref, tokenizer, param=_PARAM[role])
+    text = "\n\n".join(docs)
+    if not text.strip():
+        raise UserError(f"dataset {source!r} holds no text", param=_PARAM[role])
+    return text, _info(source, HF, text, ref.split), {"documents": len(docs), **extra}
 
 
 def batched(ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
@@ -285,9 +310,12 @@ def _kind(source: str, role: Role) -> str:
         return "dataset"
     if Path(source).suffix.lower() in FILE_SUFFIXES:
         return "file"
+    if is_dataset_source(source):
+        return HF
     known = ", ".join((PYDOC, *DATASETS, FORTUNES) if role == "evaluation" else (PYDOC, *DATASETS))
     raise SpecError(
-        f"unknown text source {source!r}: use one of {known}, or the path of a .txt or .jsonl file",
+        f"unknown text source {source!r}: use one of {known}, the path of a .txt or .jsonl file, or a "
+        "datasets source (a hub owner/name, a save_to_disk folder, .parquet/.arrow/.json files)",
         param=_PARAM[role],
     )
 
@@ -404,23 +432,6 @@ def _unavailable(source: str, why: str) -> str:
         f"dataset {source!r} could not be reached ({why}); use the offline 'pydoc' text or upload "
         f"a .txt / .jsonl file instead"
     )
-
-
-def _hub_endpoint() -> str:
-    from huggingface_hub import constants
-
-    return str(constants.ENDPOINT)
-
-
-def _reachable(url: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
-    """True when an HTTP server answers at ``url`` within ``timeout`` (any status counts)."""
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
-            return True
-    except urllib.error.HTTPError:
-        return True  # the server answered, even if not with 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
 
 
 def _c4_calibration(tokenizer: Any, spec: TextSpec) -> tuple[torch.Tensor, dict[str, Any]]:
