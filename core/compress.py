@@ -394,7 +394,7 @@ def _forward_bytes(loaded: LoadedModel, calib: torch.Tensor) -> int:
     """A generous estimate of the activations of one decoder layer's forward over every calibration
     token at once, float32: a few hidden-size and MLP-size tensors per token, and the attention
     weights of an eager attention (two [heads, seq, seq] tensors per sequence)."""
-    cfg = loaded.model.config
+    cfg = loaded.model.config.get_text_config()  # a multimodal wrapper (gemma3) keeps it in text_config
     hidden = int(getattr(cfg, "hidden_size", 0) or 0)
     inter = int(getattr(cfg, "intermediate_size", 0) or getattr(cfg, "ffn_dim", 0) or 4 * hidden)
     heads = int(getattr(cfg, "num_attention_heads", 0) or 1)

@@ -895,6 +895,7 @@ def _info(
         "scales": {g: _summary(v) for g, v in s.items()},
         "shifts": [g for g, used in shifts.items() if used],
         "qk_pair": T.qk_log_a is not None,
+        "switched_off": plan.switched_off(),  # by the family's layout (docs/architectures.md)
         "down_scale": T.down_log_s is not None,
         "per_linear": T.linear_log_c is not None,
         "params": sum(t.numel() for t in T.tensors()),

@@ -77,6 +77,22 @@ class LayerPlan:
         """Free q/k pair scales per kv head: rotary ties dims i and i + rotary_dim/2."""
         return self.head_dim - self.rotary_dim // 2
 
+    def switched_off(self) -> dict[str, str]:
+        """The transforms this layer's family cannot use, and why (in induction's per-layer info)."""
+        off: dict[str, str] = {}
+        if not self.qk_pair:
+            off["qk_pair"] = (
+                "q/k norms after the projections undo q/k row scales; folded into the norms' weights "
+                "the pair changes no prunable weight"
+            )
+        if not self.down_scale:
+            off["down_scale"] = "the MLP's activation is neither gated nor a ReLU"
+        if not (self.attn_shift or self.o_shift or self.mlp_shift):
+            off["shifts"] = "no norm and linear biases to absorb them"
+        if self.arch.post_norms:
+            off["o/down output scales"] = "norms on o's and down's outputs undo them"
+        return off
+
     def in_features(self, path: str) -> int:
         return {
             "attn": self.hidden,

@@ -107,6 +107,23 @@ def test_plans_name_the_foldable_transforms() -> None:
     assert p_opt.groups == 1 and p_opt.qk_width == p_opt.head_dim
 
 
+@pytest.mark.parametrize(
+    ("arch_name", "offset", "qk_pair", "rotary_dim"),
+    [("gemma2", 1.0, True, 16), ("gemma3_text", 1.0, False, 16), ("gemma3", 1.0, False, 16),
+     ("qwen3", 0.0, False, 16), ("phi3", 0.0, True, 12), ("llama3", 0.0, True, 16)],
+)  # fmt: skip
+def test_plans_of_the_other_families(arch_name: str, offset: float, qk_pair: bool, rotary_dim: int) -> None:
+    """Gemma's norms fold as (1 + w); q/k norms after the projections switch the q/k pair off;
+    Phi-4-mini's partial rotary (3/4 of head_dim 16) ties only the rotating dims."""
+    model = tiny_model(arch_name)
+    arch = arch_for(model)
+    plan = plan_layer(decoder_layers(model, arch)[0], arch)
+    assert (arch.norm_offset, plan.qk_pair, plan.rotary_dim) == (offset, qk_pair, rotary_dim)
+    assert plan.qk_width == plan.head_dim - rotary_dim // 2 and plan.down_scale and plan.groups == 2
+    T = Transform.identity(plan, device="cpu", shifts=True, qk=True)
+    assert (T.qk_log_a is not None) == qk_pair and (T.attn_d, T.o_d, T.mlp_d) == (None, None, None)
+
+
 def test_opt_with_gelu_gets_no_down_scale() -> None:
     """GELU is not positively homogeneous: fc2's input scale cannot fold into fc1's rows."""
     config = tiny_config("opt")

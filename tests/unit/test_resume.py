@@ -103,6 +103,20 @@ CASES = [
         [1],
         id="llama-wanda-induction-layer-targets",
     ),
+    # every other family: fused linears split in place, (1 + w) norms, q/k norms, sliding layers
+    pytest.param(
+        "phi3",
+        {"pruner": "magnitude", "induction": {"enabled": True, "epochs": 2, "batch_size": 2}},
+        [0, 1],
+        id="phi3-magnitude-induction-twice",
+    ),
+    pytest.param("gemma3", {"pruner": "sparsegpt", "allocation": "owl"}, [0], id="gemma3-sparsegpt-owl"),
+    pytest.param(
+        "gemma2", {"pruner": "wanda", "induction": {"enabled": True, "epochs": 1}}, [1], id="gemma2-wanda-induction"
+    ),
+    pytest.param("gemma3_text", {"pruner": "sparsegpt", "fit_to": "model"}, [1], id="gemma3_text-sparsegpt-fit"),
+    pytest.param("qwen3", {"pruner": "magnitude"}, [1], id="qwen3-magnitude"),
+    pytest.param("llama3", {"pruner": "wanda"}, [0], id="llama3-wanda"),
 ]
 
 

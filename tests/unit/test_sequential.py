@@ -36,12 +36,18 @@ def _run(
     return compress(spec, out_dir=out).to_dict(), load_file(out / "hf" / "model.safetensors")
 
 
+NEW_FAMILIES = (("llama3", 0.7), ("qwen3", 0.7), ("gemma2", "2:4"), ("gemma3_text", 0.7), ("gemma3", "2:4"),
+                ("phi3", "2:4"))  # fmt: skip
 CASES = [
     # (method.sequential, pruner, sparsity); auto takes "linear" where SparseGPT fits the dense model
     *[
         pytest.param("auto", "sparsegpt", sp, arch, id=f"{arch}-sparsegpt-{sp}")
         for arch in ("llama", "qwen2", "opt")
         for sp in ("2:4", 0.7)
+    ],
+    *[
+        pytest.param("auto", "sparsegpt", sp, arch, id=f"{arch}-sparsegpt-{sp}")
+        for arch, sp in NEW_FAMILIES
     ],
     pytest.param("linear", "sparsegpt", 0.4, "llama", id="llama-sparsegpt-0.4-fits-the-layer"),
     pytest.param("linear", "wanda", 0.5, "qwen2", id="qwen2-wanda-0.5"),
@@ -71,7 +77,7 @@ def test_linear_walk_prunes_in_turn_and_reports_it(
     # Layer 0's first group reads the same inputs either way; o, the MLP and down then read what
     # the already pruned q/k/v (and o, gate/up) produce, so they differ.
     keys = {k for k in linear if ".layers.0." in k and k.endswith(".weight")}
-    q = next(k for k in keys if "self_attn.q_proj" in k)
+    q = next(k for k in keys if "self_attn.q_proj" in k or "self_attn.qkv_proj" in k)  # Phi-3: fused
     down = next(k for k in keys if ("fc2" if arch == "opt" else "mlp.down_proj") in k)
     torch.testing.assert_close(linear[q], layer[q], atol=1e-6, rtol=1e-5)
     assert not torch.allclose(linear[down], layer[down], atol=1e-4)
@@ -116,7 +122,9 @@ def _wanda(tmp_path: Path, arch: str, sparsity: Any, swap_rounds: int) -> dict:
     return compress(spec).to_dict()
 
 
-@pytest.mark.parametrize(("arch", "sparsity"), [("llama", 0.5), ("qwen2", "2:4"), ("opt", 0.7)])
+@pytest.mark.parametrize(
+    ("arch", "sparsity"), [("llama", 0.5), ("qwen2", "2:4"), ("opt", 0.7), ("gemma2", "2:4"), ("phi3", 0.5)]
+)
 def test_wanda_swaps_walk_in_turn_and_report_what_they_gained(
     tmp_path: Path, arch: str, sparsity: Any
 ) -> None:

@@ -91,6 +91,31 @@ def test_per_layer_kwargs_follow_sliding_window_layers():
     torch.testing.assert_close(got, want_logits, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["gemma2", "gemma3_text", "gemma3"])
+def test_gemma_sliding_and_global_layers_each_get_their_own_mask_and_rotary(name):
+    # Layer 0 slides (window 8 < SEQ), layer 1 is global; Gemma 3 also rotates them differently.
+    model = tiny_model(name)
+    arch = arch_for(model)
+    batches = capture_inputs(model, arch, _ids(2).split(list(SIZES)), device="cpu")
+    sliding, full = batches[0].layer_kwargs
+    assert batches[0].kwargs is sliding
+    assert not torch.equal(_dense_mask(sliding["attention_mask"]), _dense_mask(full["attention_mask"]))
+    cos_s, cos_f = sliding["position_embeddings"][0], full["position_embeddings"][0]
+    assert torch.equal(cos_s, cos_f) == (name == "gemma2")
+    # replaying layer 0's arguments for layer 1 would change layer 1's output
+    layer = decoder_layers(model, arch)[1]
+    right = run_layer(layer, [batches[0].advance(batches[0].hidden, 1)], device="cpu")[0]
+    wrong = run_layer(layer, [LayerBatch(hidden=batches[0].hidden, kwargs=sliding)], device="cpu")[0]
+    assert not torch.allclose(right, wrong, atol=1e-4)
+
+
+def _dense_mask(mask) -> torch.Tensor:
+    """A captured attention mask as a [.., q, k] tensor whatever its form (None: plain causal)."""
+    if mask is None:
+        return torch.ones(SEQ, SEQ).tril().bool()
+    return (mask == 0) if mask.dtype != torch.bool else mask
+
+
 def test_capture_records_the_first_layer_inputs_and_restores_the_layers():
     model = tiny_model("llama")
     arch = arch_for(model)
