@@ -113,6 +113,8 @@ def _lost_worker(url: str, job_id: str, settings: Settings) -> bool:
     because its worker died, and this worker takes it over (or fails it, out of attempts)."""
     with session_scope(url) as session:
         job = get_job(session, job_id)
+        if job is not None and is_terminal(job.status):
+            log.info("job %s is already %s; its message is a turn for the next queued job", job_id, job.status)
         return (
             job is not None
             and job.status == JobStatus.RUNNING
