@@ -1,17 +1,27 @@
-"""Perplexity, the BENCHMARK.md protocol, computed through the layer walker.
+r"""Perplexity, the BENCHMARK.md protocol, computed through the layer walker.
 
 Consecutive non-overlapping windows of ``seq_len`` tokens from the start of the text, at most
 ``max_windows``; the mean next-token negative log-likelihood over every predicted token (the
 Hugging Face ``labels=input_ids`` convention: ``seq_len - 1`` predictions per window); ppl = exp(mean).
 Going through the walker keeps one decoder layer on the device at a time, as in pruning; the
 logits are computed in chunks of positions because the vocabulary can be large (49152 for SmolLM2).
+
+Beside token perplexity, lm-evaluation-harness' per-text figures (its ``loglikelihood_rolling``
+metrics), from the same summed NLL: ``word_perplexity = exp(NLL / words)``, ``byte_perplexity =
+exp(NLL / bytes)``, ``bits_per_byte = NLL / bytes / ln 2``, with words and UTF-8 bytes counted as
+lm-eval counts a document (``len(re.split(r"\s+", text))``, ``len(text.encode("utf-8"))``) on the
+text the windows cover (their tokens decoded). Unlike tokens, words and bytes do not depend on the
+tokenizer, so these compare across models and with published lm-eval figures (which predict every
+token of a document, where a window here leaves its first token as context: 1 in ``seq_len``).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +38,52 @@ class Perplexity:
     nll: float  # mean next-token negative log-likelihood, nats
     tokens: int  # predicted tokens: windows x (seq_len - 1)
     windows: int
+    total_nll: float = 0.0  # summed over the predicted tokens, nats
+    words: int | None = None  # in the text the windows cover (None: no tokenizer was given)
+    bytes: int | None = None  # UTF-8 bytes of that text
+
+    @property
+    def word_perplexity(self) -> float | None:
+        return math.exp(self.total_nll / self.words) if self.words else None
+
+    @property
+    def byte_perplexity(self) -> float | None:
+        return math.exp(self.total_nll / self.bytes) if self.bytes else None
+
+    @property
+    def bits_per_byte(self) -> float | None:
+        return self.total_nll / self.bytes / math.log(2) if self.bytes else None
+
+    def metrics(self) -> dict[str, Any]:
+        """The report's per-text figures (``report["evaluation_metrics"][model][text]``)."""
+        return {
+            "token_perplexity": self.ppl,
+            "word_perplexity": self.word_perplexity,
+            "byte_perplexity": self.byte_perplexity,
+            "bits_per_byte": self.bits_per_byte,
+            "nll": self.total_nll,
+            "tokens": self.tokens,
+            "words": self.words,
+            "bytes": self.bytes,
+            "windows": self.windows,
+        }
+
+
+def count_words(text: str) -> int:
+    """Words as lm-evaluation-harness counts them for word perplexity (``Task.count_words``)."""
+    return len(re.split(r"\s+", text))
+
+
+def count_bytes(text: str) -> int:
+    """UTF-8 bytes, as lm-evaluation-harness counts them for byte perplexity and bits per byte."""
+    return len(text.encode("utf-8"))
+
+
+def covered_text(tokenizer: Any, token_ids: Tensor) -> str:
+    """The text of ``token_ids`` as the tokenizer decodes it, special tokens and spacing kept."""
+    return str(
+        tokenizer.decode(token_ids.tolist(), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    )
 
 
 def perplexity(
@@ -41,10 +97,13 @@ def perplexity(
     device: Device = "cpu",
     on_layer: Callable[[int, int], None] | None = None,
     chunk_tokens: int = 512,
+    tokenizer: Any = None,
 ) -> Perplexity:
     """Perplexity of ``model`` on the 1-D ``token_ids`` (see the module docstring for the protocol).
 
-    Raises ``SpecError`` when the text is shorter than one window.
+    With ``tokenizer``, the words and bytes of the windows' text are counted too, so the result
+    also has word and byte perplexity and bits per byte. Raises ``SpecError`` when the text is
+    shorter than one window.
     """
     if token_ids.dim() != 1:
         raise ValueError(f"token_ids must be 1-D, got shape {tuple(token_ids.shape)}")
@@ -79,7 +138,16 @@ def perplexity(
                 move_module(m, home)
     tokens = n * (seq_len - 1)
     nll = total / tokens
-    return Perplexity(ppl=math.exp(nll), nll=nll, tokens=tokens, windows=n)
+    text = covered_text(tokenizer, windows.reshape(-1)) if tokenizer is not None else None
+    return Perplexity(
+        ppl=math.exp(nll),
+        nll=nll,
+        tokens=tokens,
+        windows=n,
+        total_nll=total,
+        words=count_words(text) if text is not None else None,
+        bytes=count_bytes(text) if text is not None else None,
+    )
 
 
 def output_head(model: nn.Module, arch: ArchSpec) -> list[nn.Module]:

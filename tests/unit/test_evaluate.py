@@ -1,4 +1,5 @@
-"""Perplexity through the walker equals the plain Hugging Face loss, window by window."""
+"""Perplexity through the walker equals the plain Hugging Face loss, window by window; word and
+byte perplexity and bits per byte follow lm-evaluation-harness' definitions on the windows' text."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import torch
 
 from core.arch import arch_for
 from core.errors import SpecError
-from core.evaluate import perplexity
-from tests.tiny import ARCHES, VOCAB, tiny_model
+from core.evaluate import Perplexity, count_bytes, count_words, perplexity
+from tests.tiny import ARCHES, VOCAB, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.unit
 
@@ -83,3 +84,56 @@ def test_the_model_is_unchanged_and_gradients_stay_off():
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in model.parameters())
+
+
+def _text_ids(tokenizer) -> tuple[str, torch.Tensor]:
+    # non-ASCII on purpose: bytes and characters differ
+    text = " ".join(f"Ünïcode wörd {i}, naïve café — line {i % 7}.\n" for i in range(400))
+    return text, torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def test_word_and_byte_metrics_follow_lm_eval_on_the_windows_text():
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    text, ids = _text_ids(tok)
+    got = perplexity(model, arch_for(model), ids, seq_len=32, max_windows=5, batch_size=2, tokenizer=tok)
+
+    # a byte-level BPE decodes to exactly the text it encoded: the windows cover a prefix of it
+    covered = tok.decode(ids[: 5 * 32].tolist())
+    assert text.startswith(covered) and len(covered) < len(text)
+    assert got.words == len(covered.split()) + (1 if covered[-1].isspace() else 0)
+    assert got.bytes == len(covered.encode("utf-8")) > len(covered)
+    assert got.total_nll == pytest.approx(got.nll * got.tokens, rel=1e-9)
+    assert got.word_perplexity == pytest.approx(math.exp(got.total_nll / got.words), rel=1e-12)
+    assert got.byte_perplexity == pytest.approx(math.exp(got.total_nll / got.bytes), rel=1e-12)
+    assert got.bits_per_byte == pytest.approx(got.total_nll / got.bytes / math.log(2), rel=1e-12)
+    assert got.byte_perplexity == pytest.approx(2**got.bits_per_byte, rel=1e-12)
+    # several bytes per token and several tokens per word: the three figures are ordered
+    assert got.byte_perplexity < got.ppl < got.word_perplexity
+
+
+def test_the_metrics_need_no_second_forward_pass():
+    model, tok = tiny_model("qwen2"), tiny_tokenizer()
+    _, ids = _text_ids(tok)
+    calls = []
+    hook = model.model.layers[0].register_forward_hook(lambda *a: calls.append(1))
+    plain = perplexity(model, arch_for(model), ids, seq_len=32, max_windows=4, batch_size=4)
+    n_plain = len(calls)
+    counted = perplexity(model, arch_for(model), ids, seq_len=32, max_windows=4, batch_size=4, tokenizer=tok)
+    hook.remove()
+    assert len(calls) == 2 * n_plain == 2  # one batch of 4 windows, one forward each time
+    assert counted.ppl == plain.ppl and counted.total_nll == plain.total_nll
+    assert plain.words is None and plain.metrics()["bits_per_byte"] is None
+
+
+def test_counts_are_lm_eval_s():
+    assert count_words("a b\n\nc") == 3
+    assert count_words("a b ") == 3  # lm-eval's re.split keeps the empty string after a trailing space
+    assert count_bytes("naïve") == 6
+
+
+def test_metrics_are_the_report_s_row():
+    row = Perplexity(ppl=math.e, nll=1.0, tokens=10, windows=1, total_nll=10.0, words=5, bytes=20).metrics()
+    assert row["token_perplexity"] == math.e
+    assert row["word_perplexity"] == pytest.approx(math.exp(2.0))
+    assert row["bits_per_byte"] == pytest.approx(0.5 / math.log(2))
+    assert (row["tokens"], row["words"], row["bytes"], row["windows"]) == (10, 5, 20, 1)
