@@ -377,6 +377,7 @@ async def poll(
 
     async def poller(client: httpx.AsyncClient, rng: random.Random) -> None:
         nonlocal last_end
+        await asyncio.sleep(rng.random() * args.interval)  # pollers out of step, as real ones are
         while (began := time.perf_counter()) < stop_at:
             if rng.random() < args.list_share:
                 kind, path = "GET /v1/jobs", "/v1/jobs?limit=20"
@@ -392,6 +393,7 @@ async def poll(
                 results[kind].latencies.append(ended - began)
                 results[kind].statuses[status] += 1
                 last_end = max(last_end, ended)
+            await asyncio.sleep(max(0.0, began + args.interval - time.perf_counter()))
 
     async def killer(worker: Worker) -> None:
         nonlocal kills
@@ -442,7 +444,11 @@ def run_scenario(
 
 def report(scenarios: list[dict[str, Any]], args: argparse.Namespace) -> None:
     where = args.url or f"local {args.backend} stack, {args.api_workers} API process(es), compose's worker"
-    print(f"{args.pollers} pollers, {args.list_share:.0%} list requests, {args.duration:.0f} s per scenario; {where}")
+    pace = f"every {args.interval:g} s" if args.interval else "back to back"
+    print(
+        f"{args.pollers} pollers polling {pace}, {args.list_share:.0%} list requests, "
+        f"{args.duration:.0f} s per scenario; {where}"
+    )
     summary = []
     for sc in scenarios:
         total = dict(sc["rows"][-1])
@@ -467,6 +473,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--job", action="append", default=[], help="poll this job id (repeatable)")
     p.add_argument("--jobs", type=int, default=10, help="jobs to poll (default 10)")
     p.add_argument("--pollers", type=int, default=100, help="concurrent pollers (default 100)")
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        help="seconds from one request of a poller to its next, as `spruce status` polls (default 1; 0: back to back)",
+    )
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds per scenario (default 20)")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring (default 3)")
     p.add_argument("--timeout", type=float, default=60.0, help="client timeout per request (default 60)")

@@ -101,19 +101,29 @@ class TextFormatter(logging.Formatter):
         return super().format(record)
 
 
+def _console(handler: logging.Handler) -> bool:
+    """A plain handler writing to the process's stderr or stdout (``logging.basicConfig``'s)."""
+    stream = getattr(handler, "stream", None)
+    return type(handler) is logging.StreamHandler and stream in (sys.stderr, sys.stdout)
+
+
 def configure_logging(fmt: LogFormat = "text", level: int = logging.INFO) -> logging.Handler:
     """Send every logger's records through one redacting stderr handler in ``fmt``; idempotent.
 
-    Handlers that others put on the root logger (a test runner's capture) are kept; the
-    handler this function installed before is replaced.
+    Console handlers already on the root logger (``logging.basicConfig``'s, the one this
+    function installed before) are replaced; any other (a log file, a test runner's capture)
+    is kept and redacts too.
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RedactFilter())
     setattr(handler, _HANDLER_MARK, True)
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
-        root.removeHandler(old)
+    for old in root.handlers[:]:
+        if getattr(old, _HANDLER_MARK, False) or _console(old):
+            root.removeHandler(old)  # replaced: a second console line would be unredacted
+        elif not any(isinstance(f, RedactFilter) for f in old.filters):
+            old.addFilter(RedactFilter())  # a file or a test runner's capture: redacted too
     root.addHandler(handler)
     root.setLevel(level)
     for name in _ROUTED_TO_ROOT:  # their own handlers would print unredacted lines

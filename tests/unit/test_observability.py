@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -172,3 +173,26 @@ def test_metrics_token_when_set(tmp_path: Path) -> None:
     assert svc.client.get("/metrics").status_code == 401
     assert svc.client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert "spruce_jobs" in _metrics(svc, Authorization="Bearer scrape-secret")
+
+
+def test_configuring_twice_leaves_one_console_handler_and_redacts_the_others() -> None:
+    root = logging.getLogger()
+    before = list(root.handlers)
+    console = logging.StreamHandler(sys.stderr)  # what `spruce serve`'s logging.basicConfig adds
+    extra = logging.StreamHandler(io.StringIO())
+    root.addHandler(console)
+    root.addHandler(extra)
+    try:
+        configure_logging("text")
+        configure_logging("json")
+        consoles = [h for h in root.handlers if type(h) is logging.StreamHandler and h is not extra]
+        assert console not in root.handlers  # it would print every line again, unredacted
+        assert len(consoles) == 1  # ours
+        logging.getLogger("t").warning("key %s", KEY)
+        assert KEY not in extra.stream.getvalue() and "spk_[redacted]" in extra.stream.getvalue()
+    finally:
+        root.removeHandler(extra)
+        for h in before:
+            if h not in root.handlers:
+                root.addHandler(h)
+        configure_logging("text")
