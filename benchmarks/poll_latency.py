@@ -276,6 +276,11 @@ def _drop_queue_keys(redis_url: str, queue: str) -> None:
     r = redis.Redis.from_url(redis_url)
     for name in r.scan_iter(f"*{queue}*"):
         r.delete(name)
+    # A killed worker's message waits in kombu's unacked hash (one per Redis db), not in the queue.
+    for tag, payload in r.hgetall("unacked").items():
+        if queue.encode() in payload:
+            r.hdel("unacked", tag)
+            r.zrem("unacked_index", tag)
 
 
 # -- what is polled -------------------------------------------------------------------------------
