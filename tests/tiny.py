@@ -102,13 +102,13 @@ def tiny_config(arch: str = "llama", *, layers: int = 2, hidden: int = 64):
     if arch == "qwen3":
         return Qwen3Config(**common, **attention, head_dim=hidden // 4, tie_word_embeddings=False)
     if arch == "gemma2":
-        return Gemma2Config(**common, **_gemma(hidden))
+        return Gemma2Config(**common, **_gemma(hidden, layers))
     if arch == "gemma3_text":
-        return Gemma3TextConfig(**common, **_gemma(hidden))
+        return Gemma3TextConfig(**common, **_gemma(hidden, layers))
     if arch == "gemma3":
         vision = SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                     num_attention_heads=2, image_size=16, patch_size=4)  # fmt: skip
-        text = Gemma3TextConfig(**common, **_gemma(hidden))
+        text = Gemma3TextConfig(**common, **_gemma(hidden, layers))
         return Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4)
     if arch == "phi3":
         # Phi-4-mini's partial rotary: 3/4 of each head's dims rotate, the rest pass through
@@ -129,7 +129,7 @@ def tiny_config(arch: str = "llama", *, layers: int = 2, hidden: int = 64):
     raise ValueError(f"unknown tiny arch {arch!r}")
 
 
-def _gemma(hidden: int) -> dict:
+def _gemma(hidden: int, layers: int) -> dict:
     return dict(
         intermediate_size=hidden * 2,
         num_attention_heads=4,
@@ -137,7 +137,7 @@ def _gemma(hidden: int) -> dict:
         head_dim=hidden // 4,
         query_pre_attn_scalar=hidden // 4,
         sliding_window=8,
-        layer_types=["sliding_attention", "full_attention"],
+        layer_types=[("sliding_attention", "full_attention")[i % 2] for i in range(layers)],
         tie_word_embeddings=True,
     )
 
