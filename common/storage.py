@@ -91,7 +91,9 @@ class LocalStorage:
 
     Errors say whether the folder answered: a key with no file under a healthy root is
     ``StorageNotFound``; anything else (the root missing or replaced by a file, a folder on the
-    way that is a file, permissions, a full or read-only disk) is ``StorageUnavailable``.
+    way that is a file, permissions, a full or read-only disk) is ``StorageUnavailable``. Only
+    ``exists`` and ``list`` take a missing root for an empty store (nothing stored yet): a
+    request for a recorded object under a missing root is a store that is away.
     """
 
     def __init__(self, root: Path) -> None:
@@ -162,6 +164,8 @@ class LocalStorage:
             raise self._missing(key, exc) from exc
 
     def exists(self, key: str) -> bool:
+        if not self.root.exists():  # nothing was ever stored (a fresh data folder)
+            return False
         try:
             self.locate(key)
         except StorageNotFound:

@@ -29,6 +29,9 @@ def _break(folder: Path) -> None:
 def test_local_storage_tells_missing_from_unavailable(tmp_path: Path) -> None:
     root = tmp_path / "artifacts"
     store = LocalStorage(root)
+    assert not store.exists("jobs/j/head.json") and store.list("jobs/") == []  # nothing stored yet
+    with pytest.raises(StorageUnavailable):  # a recorded object, and no folder at all: away
+        store.open_stream("jobs/j/report.json")
     store.put_stream("jobs/j/report.json", io.BytesIO(b"{}"))
     store.check()
     assert not store.exists("jobs/j/nope")
