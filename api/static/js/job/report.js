@@ -3,7 +3,7 @@
 //
 // A fact is {term, text, strong?, title?, cls?}; dom.js factList renders a list of them.
 
-import { DASH, fmtBytes, fmtDuration, fmtPct, fmtSparsity, humanStage } from "../format.js";
+import { DASH, fmtBytes, fmtDuration, fmtNum, fmtPct, fmtSparsity, humanStage } from "../format.js";
 
 /** A finite number, or null for anything else (missing, NaN, a string that is not a number). */
 export function num(v) {
@@ -94,4 +94,64 @@ export function stageTimings(results) {
     total: total || null,
     totalText: total ? fmtDuration(total) : DASH,
   };
+}
+
+/**
+ * Word perplexity and bits per byte per evaluation text (lm-evaluation-harness' definitions,
+ * docs/evaluation.md), from results.evaluation_metrics {dense: {text: {...}}, sparse: {...}}:
+ * [{source, denseWord, sparseWord, denseBpb, sparseBpb}]; [] for a report without them.
+ */
+export function textMetricRows(results) {
+  const m = results?.evaluation_metrics || {};
+  const dense = m.dense || {};
+  const sparse = m.sparse || {};
+  const sources = new Set([...Object.keys(dense), ...Object.keys(sparse)]);
+  return [...sources].map((source) => ({
+    source,
+    denseWord: num(dense[source]?.word_perplexity),
+    sparseWord: num(sparse[source]?.word_perplexity),
+    denseBpb: num(dense[source]?.bits_per_byte),
+    sparseBpb: num(sparse[source]?.bits_per_byte),
+  }));
+}
+
+/**
+ * lm-evaluation-harness task figures from results.tasks {dense: {task: {metric: value}}, sparse}:
+ * one row per task and metric, [{task, metric, dense, sparse, denseErr, sparseErr}], a metric's
+ * "<name>_stderr" folded into its row (a filtered metric "name,filter" has "name_stderr,filter").
+ */
+export function taskRows(results) {
+  const t = results?.tasks || {};
+  const dense = t.dense || {};
+  const sparse = t.sparse || {};
+  const stderrKey = (metric) => {
+    const [name, ...filter] = metric.split(",");
+    return [`${name}_stderr`, ...filter].join(",");
+  };
+  const isStderr = (metric) => metric.split(",")[0].endsWith("_stderr");
+  const rows = [];
+  for (const task of new Set([...Object.keys(dense), ...Object.keys(sparse)])) {
+    const d = dense[task] || {};
+    const s = sparse[task] || {};
+    for (const metric of new Set([...Object.keys(d), ...Object.keys(s)])) {
+      if (isStderr(metric)) continue;
+      const err = stderrKey(metric);
+      rows.push({
+        task,
+        metric,
+        dense: num(d[metric]),
+        sparse: num(s[metric]),
+        denseErr: num(d[err]),
+        sparseErr: num(s[err]),
+      });
+    }
+  }
+  return rows;
+}
+
+/** "0.4120 ± 0.0160": a task figure and its standard error as lm-eval prints them; the figure alone without one. */
+export function fmtWithErr(value, stderr) {
+  const v = num(value);
+  const err = num(stderr);
+  return v === null || err === null ? fmtNum(v, 4) : `${fmtNum(v, 4)} ± ${fmtNum(err, 4)}`;
 }
