@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import datasets, errors, health, idempotency, jobs, metrics, sweeps, usage
+from api import datasets, errors, health, idempotency, jobs, metrics, spec, sweeps, usage
 from api.deps import ServiceContext
 from api.limits import BodyLimit
 from api.middleware import HEADER as REQUEST_ID
@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(jobs.downloads)
     app.include_router(datasets.router)
+    app.include_router(spec.router)
     app.include_router(sweeps.router)
     app.include_router(usage.router)
     _include_dashboard(app)

@@ -1,115 +1,118 @@
 """Request and response shapes of the /v1 API (they make the OpenAPI schema at /docs).
 
-The job body's sections are generated from the engine's own dataclasses (``core.spec``), so a field
-added there appears here with its default; the pydantic layer checks shape and types
-(``extra="forbid"``), and ``CompressionSpec.from_dict`` then checks meaning (ranges, combinations).
+The job body is generated from the engine's one declaration of the spec (``core.spec``: each
+option's type, default, bounds, choices and help): the public options in their sections, every
+other one under ``experimental`` (unset: the preset's value). The pydantic layer checks shape,
+types and bounds (``extra="forbid"``); ``CompressionSpec.from_dict`` then checks combinations.
+An option that moved under ``experimental`` is refused with a message that says where it went.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
-from core.spec import (
-    ALLOCATIONS,
-    COMPUTE_DTYPES,
-    DTYPES,
-    FIT_TARGETS,
-    PRUNERS,
-    ROW_WEIGHTS,
-    SEQUENTIALS,
-    SWEEP_ORDERS,
-    Allocation,
-    CompressionSpec,
-    EvalSpec,
-    InductionSpec,
-    Pruner,
-    TextSpec,
-)
+from core.spec import CompressionSpec
+from core.spec.schema import Leaf, induction_moved_message, leaves, moved, moved_message
 
 STRICT = ConfigDict(extra="forbid", strict=True)
+_SECTIONS = {
+    "method": "The pruner, the preset of its settings, the allocation, and Sparsity Induction on or off.",
+    "calibration": "Calibration text: 'pydoc', 'wikitext2', 'c4' or an uploaded dataset id 'ds_...'.",
+    "evaluation": "Evaluation texts: any of 'pydoc', 'wikitext2', 'c4' or uploaded dataset ids.",
+    "options": "The model's dtype.",
+}
+_EXPERIMENTAL_DOC = (
+    "Unstable settings for experiments and benchmarks (their names and meaning may change in any "
+    "release); each one left out takes its value from method.preset."
+)
 
 
-def _section_model(name: str, kind: type[Any], doc: str) -> type[BaseModel]:
-    """A pydantic model with the fields and defaults of the flat dataclass ``kind``."""
-    hints = typing.get_type_hints(kind)
-    defaults = kind()  # every field of these sections has a default
+def _annotation(leaf: Leaf) -> Any:
+    d = leaf.default
+    if leaf.meta.choices is not None:
+        return Literal[leaf.meta.choices]  # type: ignore[valid-type]
+    if isinstance(d, tuple):
+        return list[str] | str  # a bare string means one item
+    for kind in (bool, int, float):
+        if isinstance(d, kind):
+            return kind
+    return str
+
+
+def _field(leaf: Leaf, *, optional: bool) -> tuple[Any, Any]:
+    m = leaf.meta
+    bounds: dict[str, Any] = {}
+    if m.lo is not None:
+        bounds["gt" if m.lo_open else "ge"] = m.lo
+    if m.hi is not None:
+        bounds["le"] = m.hi
+    if isinstance(leaf.default, bool):
+        bounds = {}
+    annotation = _annotation(leaf)
+    default = None if optional else (list(leaf.default) if isinstance(leaf.default, tuple) else leaf.default)
+    return (annotation | None if optional else annotation), Field(default=default, description=m.help, **bounds)
+
+
+def _refuser(gone: dict[str, str]) -> Any:
+    def refuse_moved(cls: type, value: Any, info: Any) -> Any:
+        raise PydanticCustomError("moved", moved_message(gone[info.field_name]))
+
+    return refuse_moved
+
+
+def _induction_flag(cls: type, value: Any) -> Any:
+    if isinstance(value, dict):
+        raise PydanticCustomError("moved", induction_moved_message(value))
+    return value
+
+
+def _section(name: str) -> type[BaseModel]:
+    """A public section: its public options, and each option that moved from it (refused)."""
     fields: dict[str, Any] = {}
-    for f in dataclasses.fields(kind):
-        annotation = hints[f.name]
-        default = getattr(defaults, f.name)
-        if typing.get_origin(annotation) is tuple:  # a list in JSON; a bare string means one item
-            annotation = list[str] | str
-            default = list(default)
-        fields[f.name] = (annotation, Field(default=default))
-    return create_model(name, __config__=STRICT, __doc__=doc, **fields)
-
-
-Induction = _section_model("Induction", InductionSpec, "Sparsity Induction (arXiv 2602.21652).")
-Calibration = _section_model(
-    "Calibration",
-    TextSpec,
-    "Calibration text: 'pydoc', 'wikitext2', 'c4' or an uploaded dataset id 'ds_...'.",
-)
-Evaluation = _section_model(
-    "Evaluation", EvalSpec, "Evaluation texts: any of 'pydoc', 'wikitext2', 'c4' or uploaded dataset ids."
-)
-
-
-def _d(name: str) -> Any:
-    """The engine's default for a top-level spec field (one source of defaults)."""
-    return CompressionSpec.__dataclass_fields__[name].default
-
-
-class Method(BaseModel):
-    model_config = STRICT
-
-    pruner: Pruner = Field(default=_d("pruner"), description=f"one of {PRUNERS}")
-    allocation: Allocation = Field(default=_d("allocation"), description=f"one of {ALLOCATIONS}")
-    induction: Induction = Field(default_factory=Induction)  # type: ignore[valid-type]
-    owl_lambda: float = Field(default=_d("owl_lambda"))
-    owl_m: float = Field(default=_d("owl_m"))
-    blocksize: int = Field(default=_d("blocksize"))
-    dampening: float = Field(default=_d("dampening"))
-    fit_to: str = Field(
-        default=_d("fit_to"),
-        description=f"SparseGPT and Wanda: fit the pruned layer to the dense 'model' or to the dense 'layer'; one of {FIT_TARGETS}",
-    )
-    order: str = Field(
-        default=_d("order"),
-        description=f"SparseGPT: the column sweep order by input activity (auto: ascending unstructured, N:M groups descending); one of {SWEEP_ORDERS}",
-    )
-    row_weight: str = Field(
-        default=_d("row_weight"),
-        description=f"SparseGPT, unstructured: 'output' weighs the MLP input linears' rows by their effect on the MLP's output, 'none' counts every row alike; one of {ROW_WEIGHTS}",
-    )
-    sequential: str = Field(
-        default=_d("sequential"),
-        description=f"SparseGPT fitting the dense model, and Wanda with swaps: 'linear' prunes q/k/v, o, gate/up, down in turn inside one forward of every calibration token, 'layer' takes every linear's statistics from the dense layer, 'auto' is 'linear' for those two where that forward fits a 4 GiB activation budget; one of {SEQUENTIALS}",
-    )
-    swap_rounds: int = Field(
-        default=_d("swap_rounds"),
-        description="Wanda: rounds of mask swaps against each linear's full X^T X, lowering its output error with the kept weights unchanged (one swap per row per round); 0 is the paper's Wanda; -1 (default): 20 for Wanda, 0 for the others (a positive value with magnitude or sparsegpt is refused)",
-    )
-    fit_share: float = Field(
-        default=_d("fit_share"),
-        description="where the pruner fits the dense model (fit_to): how far the residual writers' (o, down) target moves from the dense layer's output on the pruned model's inputs (0) towards the dense model's output (1), in (0, 1]; -1 (default): 0.5 for SparseGPT, 0.25 for Wanda (a value where the pruner fits the dense layer is refused)",
+    for leaf in leaves(CompressionSpec):
+        if leaf.meta.public and leaf.param.startswith(name + "."):
+            fields[leaf.param.split(".", 1)[1]] = _field(leaf, optional=False)
+    gone = {old.split(".", 1)[1]: new for old, new in moved(CompressionSpec).items() if old.count(".") == 1
+            and old.startswith(name + ".")}  # fmt: skip
+    for key in gone:
+        fields[key] = (Annotated[Any, SkipJsonSchema()], Field(default=None, exclude=True))
+    validators: dict[str, Any] = {}
+    if gone:
+        validators["refuse_moved"] = field_validator(*gone, mode="before")(_refuser(gone))
+    if "induction" in fields:
+        validators["induction_flag"] = field_validator("induction", mode="before")(classmethod(_induction_flag))
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        name.capitalize(), __config__=STRICT, __doc__=_SECTIONS[name], __validators__=validators, **fields
     )
 
 
-class Options(BaseModel):
-    model_config = STRICT
-
-    dtype: str = Field(default=_d("dtype"), description=f"one of {DTYPES}")
-    compute_dtype: str = Field(
-        default=_d("compute_dtype"),
-        description=f"the dtype the calibration forwards compute in (statistics and propagation; pruning, evaluation and the exported weights keep `dtype`): 'auto' is bfloat16 on hardware that multiplies it natively when the model is float32, 'model' is `dtype`; one of {COMPUTE_DTYPES}",
+def _experimental() -> type[BaseModel]:
+    """The ``experimental`` object: every non-public option, nested as in the spec, all optional."""
+    groups: dict[str, dict[str, Any]] = {"": {}}
+    for leaf in leaves(CompressionSpec):
+        if not leaf.meta.public:
+            head, _, rest = leaf.path.rpartition(".")
+            groups.setdefault(head, {})[rest] = _field(leaf, optional=True)
+    top = groups.pop("")
+    for head, fields in groups.items():
+        sub = create_model(f"Experimental{head.capitalize()}", __config__=STRICT, **fields)  # type: ignore[call-overload]
+        top[head] = (sub, Field(default_factory=sub))
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        "Experimental", __config__=STRICT, __doc__=_EXPERIMENTAL_DOC, **top
     )
-    batch_size: int = Field(default=_d("batch_size"))
+
+
+Method = _section("method")
+Calibration = _section("calibration")
+Evaluation = _section("evaluation")
+Options = _section("options")
+Experimental = _experimental()
+_HELP = {leaf.path: leaf.meta.help for leaf in leaves(CompressionSpec)}
 
 
 class JobCreate(BaseModel):
@@ -122,21 +125,20 @@ class JobCreate(BaseModel):
             "example": {
                 "model": "smollm2-135m",
                 "sparsity": "2:4",
-                "method": {"pruner": "wanda", "allocation": "uniform", "induction": {"enabled": False}},
+                "method": {"pruner": "wanda", "preset": "default", "allocation": "uniform", "induction": False},
                 "calibration": {"source": "pydoc", "samples": 32, "seq_len": 512, "seed": 0},
                 "evaluation": {"sources": ["pydoc"]},
             }
         },
     )
 
-    model: str = Field(
-        description="'smollm2-135m', a hub id, an s3:// URI, or a local path under SPRUCE_MODEL_ROOTS"
-    )
-    sparsity: float | str = Field(description="a ratio in (0, 1) or an 'N:M' pattern such as '2:4'")
-    method: Method = Field(default_factory=lambda: Method())
+    model: str = Field(description=_HELP["model"])
+    sparsity: float | str = Field(description=_HELP["sparsity"])
+    method: Method = Field(default_factory=Method)  # type: ignore[valid-type]
     calibration: Calibration = Field(default_factory=Calibration)  # type: ignore[valid-type]
     evaluation: Evaluation = Field(default_factory=Evaluation)  # type: ignore[valid-type]
-    options: Options = Field(default_factory=lambda: Options())
+    options: Options = Field(default_factory=Options)  # type: ignore[valid-type]
+    experimental: Experimental = Field(default_factory=Experimental)  # type: ignore[valid-type]
 
 
 class ErrorBody(BaseModel):

@@ -10,6 +10,8 @@ held-out span and on fortunes (text C, never calibrated on), on SmolLM2-135M or 
     python benchmarks/quality.py --model gemma3-270m   # the second benchmark model
     python benchmarks/quality.py --reference llmc.json # llm-compressor's same rows, same run
     python benchmarks/quality.py --json results.json   # also save the raw rows
+    python benchmarks/quality.py --preset reference    # the papers' methods, as llm-compressor runs them
+    python benchmarks/quality.py --experimental '{"swap_rounds": 0, "induction": {"epochs": 2}}'
 
 Reference figures (llm-compressor 0.14, SmolLM2, pydoc) are in ../shared/anchors.md; the
 ``ref`` columns repeat them, or take every text and model from ``--reference``, the JSON that
@@ -59,24 +61,21 @@ def _body(
     samples: int,
     dense: bool,
     seed: int = 0,
-    method: dict[str, Any] | None = None,
+    experimental: dict[str, Any] | None = None,
     model: str = "smollm2-135m",
     texts: tuple[str, ...] = ("pydoc", "fortunes"),
+    preset: str = "default",
 ) -> dict[str, Any]:
-    extra = dict(method or {})
-    # --method's induction settings apply where the row runs induction (or where they switch it on)
-    settings = extra.pop("induction", {})
     return {
         "model": model,
         "sparsity": sparsity if ":" in sparsity else float(sparsity),
-        "method": {
-            "pruner": pruner,
-            "allocation": allocation,
-            "induction": {**settings, "enabled": induction or settings.get("enabled", False)},
-            **extra,
-        },
+        "method": {"pruner": pruner, "preset": preset, "allocation": allocation, "induction": induction},
         "calibration": {"source": "pydoc", "samples": samples, "seq_len": 512, "seed": seed},
-        "evaluation": {"sources": list(texts), "seq_len": 512, "max_windows": 40, "dense": dense},
+        "evaluation": {"sources": list(texts)},
+        "experimental": {
+            **(experimental or {}),
+            "evaluation": {"seq_len": 512, "max_windows": 40, "dense": dense},
+        },
     }
 
 
@@ -158,11 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0, help="calibration sampling seed (BENCHMARK.md: 0)")
+    ap.add_argument("--preset", choices=("default", "reference"), default="default")
     ap.add_argument(
-        "--method",
+        "--experimental",
         type=json.loads,
         default=None,
-        help="extra method settings as JSON, e.g. '{\"dampening\": 0.1}'",
+        help="experimental settings as JSON (the job body's object), e.g. '{\"dampening\": 0.1}'",
     )
     ap.add_argument("--model", default="smollm2-135m", help="smollm2-135m, gemma3-270m, or any model ref")
     ap.add_argument("--texts", default="pydoc,fortunes", help="evaluation texts, comma-separated")
@@ -194,12 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         for induction in modes:
             key = f"{pruner}:{sparsity}" if allocation == "uniform" else ""
             body = _body(
-                pruner, sparsity, allocation, induction, args.samples, dense_wanted, args.seed, args.method,
-                args.model, texts,
-            )
+                pruner, sparsity, allocation, induction, args.samples, dense_wanted, args.seed,
+                args.experimental, args.model, texts, args.preset,
+            )  # fmt: skip
             dense_wanted = False
-            induced = body["method"]["induction"].get("enabled", False)  # --method may switch it on
-            label = f"{pruner} {sparsity}{' owl' if allocation == 'owl' else ''}{' +SI' if induced else ''}"
+            preset = "" if args.preset == "default" else f" [{args.preset}]"
+            label = f"{pruner} {sparsity}{' owl' if allocation == 'owl' else ''}{' +SI' if induction else ''}{preset}"
             report = run_one(body, args.threads)
             if args.reports:
                 args.reports.mkdir(parents=True, exist_ok=True)

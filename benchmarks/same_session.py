@@ -9,6 +9,7 @@ peak memory of both.
 
     .venv/bin/python benchmarks/same_session.py --json /tmp/same.json
     .venv/bin/python benchmarks/same_session.py --only wanda:0.7 --only sparsegpt:4:8
+    .venv/bin/python benchmarks/same_session.py --preset reference   # the papers' methods on both sides
 
 Nothing else should run on the machine meanwhile: the ratio is only as good as the quiet.
 """
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", choices=CONFIGS, help="row to run (repeatable); default all")
     ap.add_argument("--llmc-python", type=Path, default=DEFAULT_LLMC_PYTHON)
     ap.add_argument("--seed", type=int, default=0, help="calibration sampling seed (BENCHMARK.md: 0)")
+    ap.add_argument(
+        "--preset", choices=("default", "reference"), default="default", help="Spruce's preset (method.preset)"
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if not args.llmc_python.exists():
@@ -95,9 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as d:
         for config in args.only or CONFIGS:
             seed = ["--seed", str(args.seed)]
-            ours = _row(
-                "spruce", Path(sys.executable), "quality.py", config, Path(d), ["--skip-dense", *seed]
-            )
+            extra = ["--skip-dense", "--preset", args.preset, *seed]
+            ours = _row("spruce", Path(sys.executable), "quality.py", config, Path(d), extra)
             ref = _row("llmc", args.llmc_python, "reference_llmcompressor.py", config, Path(d), seed)
             pairs.append((config, ours, ref))
             print(

@@ -4,145 +4,38 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from core.errors import SpecError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from core.spec import COMPUTE_DTYPES, DTYPES  # light: no torch; the choices come from the spec
+    from core.spec import CompressionSpec  # light: no torch; every option flag comes from the spec
+    from core.spec.schema import leaves
 
     p = sub.add_parser(
         "prune",
         help="prune a model locally (no service needed)",
-        description="Run Sparsity Induction (optional) and pruning on this machine and write the results to --out.",
+        description="Run Sparsity Induction (optional) and pruning on this machine and write the results "
+        "to --out. Experimental settings (unstable, docs/spec.md): --set path=value, --experimental JSON.",
     )
-    p.add_argument("--model", required=True, help="hub id, local folder, .gguf file, or 'smollm2-135m'")
-    p.add_argument("--sparsity", required=True, help="a ratio such as 0.5, or N:M such as 2:4 or 4:8")
-    p.add_argument("--method", default="wanda", choices=["magnitude", "wanda", "sparsegpt"], help="pruner")
-    p.add_argument("--allocation", default="uniform", choices=["uniform", "owl"])
+    for leaf in leaves(CompressionSpec):
+        if leaf.meta.public:
+            _add_public(p, leaf)
     p.add_argument(
-        "--calib", default="pydoc", help="'pydoc', a .txt/.jsonl path, or a dataset name (wikitext2, c4)"
-    )
-    p.add_argument("--field", default="text", help="jsonl field holding the text")
-    p.add_argument("--samples", type=int, default=32, help="calibration sequences")
-    p.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--eval",
+        "--set",
         action="append",
-        default=None,
-        metavar="SOURCE",
-        help="evaluation text (repeatable); 'none' skips evaluation; default: pydoc",
+        default=[],
+        metavar="PATH=VALUE",
+        help="an experimental setting (repeatable; VALUE is JSON or a word), e.g. swap_rounds=0, induction.epochs=2",
     )
-    p.add_argument("--eval-seq-len", type=int, default=512)
-    p.add_argument("--eval-windows", type=int, default=40, help="at most this many evaluation windows")
+    p.add_argument("--experimental", type=_json_object, default={}, metavar="JSON",
+                   help="experimental settings as one JSON object (--set applies after it)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="float32", choices=DTYPES)
-    p.add_argument(
-        "--compute-dtype",
-        default="auto",
-        choices=COMPUTE_DTYPES,
-        help="dtype of the calibration forwards (auto: bfloat16 where the hardware has it natively)",
-    )
-    p.add_argument("--batch-size", type=int, default=8, help="calibration sequences per forward pass")
-    p.add_argument("--blocksize", type=int, default=128, help="SparseGPT block size")
-    p.add_argument(
-        "--dampening", type=float, default=0.01, help="SparseGPT dampening (fraction of mean diag H)"
-    )
-    p.add_argument(
-        "--order",
-        choices=["auto", "ascending", "descending", "natural"],
-        default="auto",
-        help="SparseGPT: the column sweep order by input activity (auto: ascending unstructured, "
-        "N:M groups descending)",
-    )
-    p.add_argument(
-        "--row-weight",
-        choices=["output", "none"],
-        default="output",
-        help="SparseGPT, unstructured: weigh the rows of gate/up (fc1) by their effect on the MLP's "
-        "output (output), or every row alike (none)",
-    )
-    p.add_argument(
-        "--sequential",
-        choices=["auto", "linear", "layer"],
-        default="auto",
-        help="SparseGPT fitting the dense model, and Wanda with swaps: prune q/k/v, o, gate/up, down "
-        "in turn inside one forward of every calibration token (linear), or take every linear's "
-        "statistics from the dense layer (layer); auto: linear for those two when that forward "
-        "fits a 4 GiB activation budget",
-    )
-    p.add_argument(
-        "--swap-rounds",
-        type=int,
-        default=-1,
-        help="Wanda: rounds of mask swaps against each linear's full X^T X (one swap per row per "
-        "round, kept weights unchanged); 0 is the paper's Wanda; -1 (default): 20 for Wanda",
-    )
-    p.add_argument(
-        "--fit-to",
-        choices=["auto", "model", "layer"],
-        default="auto",
-        help="fit the layers that write into the residual stream to the dense model's outputs or "
-        "to the dense layer's. SparseGPT (auto: model at N:M and ratios >= 0.5); Wanda with swaps "
-        "(auto: layer; 'model' moves the swaps' target a quarter of the way to the dense model's)",
-    )
-    p.add_argument(
-        "--fit-share",
-        type=float,
-        default=-1.0,
-        help="where the pruner fits the dense model: how far the writers' target moves from the dense "
-        "layer's output (0) to the dense model's (1), in (0, 1]; -1 (default): 0.5 for SparseGPT, "
-        "0.25 for Wanda",
-    )
-    p.add_argument("--owl-lambda", type=float, default=0.08)
-    p.add_argument("--owl-m", type=float, default=5.0)
-    p.add_argument("--induction", action="store_true", help="run Sparsity Induction before pruning")
-    p.add_argument(
-        "--induction-epochs",
-        type=int,
-        default=None,
-        help="training passes per layer (default 1; 0 for Wanda with swaps, unstructured SparseGPT "
-        "and magnitude: docs/induction.md); 0 keeps the statistics initialisation alone",
-    )
-    p.add_argument("--induction-lr", type=float, default=None)
-    p.add_argument("--induction-reg", type=float, default=None)
-    p.add_argument("--induction-mask", choices=["ste", "soft"], default=None)
-    p.add_argument(
-        "--induction-targets",
-        choices=["auto", "model", "layer"],
-        default=None,
-        help="train against the dense model's outputs of each layer (model, the default where the "
-        "scales train) or the dense layer's on the pruned model's inputs (layer, the paper's)",
-    )
-    p.add_argument(
-        "--induction-recover-epochs",
-        type=int,
-        default=None,
-        help="after pruning, passes training one output and one input scale per linear with the mask "
-        "fixed, folded into the sparse weights (default 1, 0 for magnitude; 0 turns the recovery off)",
-    )
-    p.add_argument("--induction-recover-lr", type=float, default=None)
-    p.add_argument(
-        "--induction-recover-weights-lr",
-        type=float,
-        default=None,
-        help="recovery: Adam's step on each kept weight, relative to its linear's mean kept weight (0: scales only)",
-    )
-    p.add_argument(
-        "--induction-samples",
-        type=int,
-        default=None,
-        help="first calibration sequences induction trains and guards on (default: all, 1 for magnitude; 0: all)",
-    )
-    p.add_argument("--no-induction-shifts", action="store_true", help="scales only, no shifts")
-    p.add_argument(
-        "--no-induction-permute",
-        action="store_true",
-        help="N:M: keep the channel order of o and down (no permutation of their inputs)",
-    )
     p.add_argument("--out", type=Path, default=None, help="folder for hf/, compact/ and report.json")
     p.add_argument(
         "--cache-dir",
@@ -154,62 +47,78 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def flag_of(leaf: Any) -> str:
+    """The CLI flag of a public option: its declared one, or --name of the last part of its path."""
+    return str(leaf.meta.flag or "--" + leaf.path.rsplit(".", 1)[-1].replace("_", "-"))
+
+
+def _add_public(p: argparse.ArgumentParser, leaf: Any) -> None:
+    m, default = leaf.meta, leaf.default
+    shown = "" if default is dataclasses.MISSING else f" (default: {_shown(default)})"
+    kwargs: dict[str, Any] = {"dest": leaf.path.replace(".", "__"), "help": m.help + shown, "default": None}
+    names = [flag_of(leaf)] + (["--method"] if leaf.path == "pruner" else [])  # --method: the old name
+    if default is dataclasses.MISSING:
+        kwargs["required"] = True
+    elif isinstance(default, bool):
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif isinstance(default, tuple):
+        kwargs.update(action="append", metavar="SOURCE")
+    elif isinstance(default, (int, float)):
+        kwargs["type"] = type(default)
+    if m.choices is not None:
+        kwargs["choices"] = m.choices
+    elif "action" not in kwargs:
+        kwargs["metavar"] = leaf.path.rsplit(".", 1)[-1].upper()
+    p.add_argument(*names, **kwargs)
+
+
+def _shown(value: Any) -> str:
+    return ", ".join(value) if isinstance(value, tuple) else str(value)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
 def spec_body(args: argparse.Namespace) -> dict[str, Any]:
     """The job body (same shape as the HTTP API) that these flags describe."""
-    induction: dict[str, Any] = {"enabled": bool(args.induction)}
-    for flag, key in (
-        ("induction_epochs", "epochs"),
-        ("induction_lr", "lr"),
-        ("induction_reg", "reg"),
-        ("induction_mask", "mask"),
-        ("induction_targets", "targets"),
-        ("induction_recover_epochs", "recover_epochs"),
-        ("induction_recover_lr", "recover_lr"),
-        ("induction_recover_weights_lr", "recover_weights_lr"),
-        ("induction_samples", "samples"),
-    ):
-        if getattr(args, flag) is not None:
-            induction[key] = getattr(args, flag)
-    if args.no_induction_shifts:
-        induction["shifts"] = False
-    if args.no_induction_permute:
-        induction["permute"] = False
-    sparsity: Any = args.sparsity
-    with contextlib.suppress(ValueError):
-        sparsity = float(args.sparsity)
-    evals = args.eval or ["pydoc"]
-    return {
-        "model": args.model,
-        "sparsity": sparsity,
-        "method": {
-            "pruner": args.method,
-            "allocation": args.allocation,
-            "induction": induction,
-            "blocksize": args.blocksize,
-            "dampening": args.dampening,
-            "fit_to": args.fit_to,
-            "order": args.order,
-            "row_weight": args.row_weight,
-            "sequential": args.sequential,
-            "swap_rounds": args.swap_rounds,
-            "fit_share": args.fit_share,
-            "owl_lambda": args.owl_lambda,
-            "owl_m": args.owl_m,
-        },
-        "calibration": {
-            "source": args.calib,
-            "samples": args.samples,
-            "seq_len": args.seq_len,
-            "seed": args.seed,
-            "field": args.field,
-        },
-        "evaluation": {
-            "sources": [] if evals == ["none"] else evals,
-            "seq_len": args.eval_seq_len,
-            "max_windows": args.eval_windows,
-        },
-        "options": {"dtype": args.dtype, "compute_dtype": args.compute_dtype, "batch_size": args.batch_size},
-    }
+    from core.spec import CompressionSpec
+    from core.spec.schema import leaves
+
+    body: dict[str, Any] = {}
+    for leaf in leaves(CompressionSpec):
+        value = getattr(args, leaf.path.replace(".", "__"), None) if leaf.meta.public else None
+        if value is None:
+            continue
+        if leaf.path == "sparsity":
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if leaf.path == "evaluation.sources" and value == ["none"]:
+            value = []
+        _put(body, leaf.param, value)
+    experimental = json.loads(json.dumps(args.experimental))  # (a copy)
+    for item in args.set:
+        path, sep, raw = item.partition("=")
+        if not sep or not path.strip():
+            raise SpecError(f"--set {item!r}: expected PATH=VALUE", param=None)
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw  # a bare word such as layer or ste
+        _put(experimental, path.strip(), value)
+    if experimental:
+        body["experimental"] = experimental
+    return body
+
+
+def _put(target: dict[str, Any], path: str, value: Any) -> None:
+    *heads, last = path.split(".")
+    for head in heads:
+        target = target.setdefault(head, {})
+    target[last] = value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -239,22 +148,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _flag(param: str | None) -> str:
-    flags = {
-        "model": "--model",
-        "sparsity": "--sparsity",
-        "method.pruner": "--method",
-        "method.allocation": "--allocation",
-        "calibration.samples": "--samples",
-        "calibration.seq_len": "--seq-len",
-        "calibration.source": "--calib",
-        "evaluation.seq_len": "--eval-seq-len",
-        "evaluation.max_windows": "--eval-windows",
-    }
+    """The flag that sets ``param`` (a dotted place in the job body)."""
+    from core.spec import CompressionSpec
+    from core.spec.schema import leaves
+
     if param is None:
         return "invalid arguments"
-    if param.startswith("method.induction."):
-        return "--induction-" + param.rsplit(".", 1)[1]
-    return flags.get(param, param)
+    for leaf in leaves(CompressionSpec):
+        if leaf.meta.public and leaf.param == param:
+            return flag_of(leaf)
+    if param.startswith("experimental."):
+        return f"--set {param.removeprefix('experimental.')}"
+    return param
 
 
 def _run_with_bar(spec: Any, args: argparse.Namespace) -> Any:
@@ -279,6 +184,7 @@ def format_summary(r: dict[str, Any]) -> str:
     """A plain-text table of what matters in a report."""
     lines = [
         f"model {r['model'].get('ref')}  target {r['sparsity']['target']}  pruner {r['spec']['method']['pruner']}"
+        f"  preset {r['spec']['method'].get('preset', 'default')}"
     ]
     ppl = r["perplexity"]
     for src, s in ppl["sparse"].items():

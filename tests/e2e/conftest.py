@@ -116,9 +116,10 @@ class Service:
         spec: dict[str, Any] = {
             "model": self.model,
             "sparsity": 0.5,
-            "method": {"pruner": "wanda", "allocation": "uniform", "induction": {"enabled": False}},
+            "method": {"pruner": "wanda", "allocation": "uniform", "induction": False},
             "calibration": {"source": "pydoc", "samples": 4, "seq_len": 32, "seed": 0},
-            "evaluation": {"sources": ["pydoc"], "seq_len": 32, "max_windows": 2},
+            "evaluation": {"sources": ["pydoc"]},
+            "experimental": {"evaluation": {"seq_len": 32, "max_windows": 2}},
         }
         spec.update(overrides)
         return spec

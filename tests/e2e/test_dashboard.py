@@ -89,7 +89,7 @@ def test_sign_in_rejects_a_bad_key_then_keeps_a_good_one_for_the_tab(page: Any, 
     [
         ("Samples", "0", "calibration.samples"),
         ("Sparsity", "1.5", "sparsity"),
-        ("Max windows", "0", "evaluation.max_windows"),
+        ("Seed", "-1", "calibration.seed"),
         ("Model", "/etc", "model"),
     ],
 )
@@ -137,16 +137,16 @@ def test_submit_through_the_form_watch_it_run_and_read_the_results(page: Any, se
     page.get_by_label("Model", exact=True).fill(service.four_layer_model)
     page.get_by_label("Sparsity", exact=True).fill("0.5")
     page.get_by_label("Pruner").select_option("wanda")
+    assert page.get_by_label("Preset").input_value() == "default"  # the schema's default (GET /v1/spec)
     page.get_by_label("Sparsity Induction").check()
-    page.get_by_label("Epochs", exact=True).fill("3")
-    page.get_by_label("Train against").select_option("layer")
-    page.get_by_label("Recovery epochs").fill("2")
-    page.get_by_label("Recovery weight step").fill("0.01")
-    page.get_by_label("Induction sequences").fill("3")
     page.get_by_label("Samples", exact=True).fill("4")
     page.get_by_label("Sequence length").fill("32")
-    page.get_by_label("Window length").fill("32")
-    page.get_by_label("Max windows").fill("2")
+    page.get_by_text("Experimental settings", exact=True).click()
+    settings = {
+        "induction": {"epochs": 3, "targets": "layer", "recover_epochs": 2, "recover_weights_lr": 0.01, "samples": 3},
+        "evaluation": {"seq_len": 32, "max_windows": 2},
+    }
+    page.get_by_label("Experimental settings (JSON").fill(json.dumps(settings))
     page.get_by_role("button", name="Submit job").click()
     job_id = job_id_from_url(page)
 
@@ -243,8 +243,8 @@ def test_calibration_file_upload_is_used_by_the_job(page: Any, service: Service,
     assert source.startswith("ds_")
     page.get_by_label("Samples").fill("4")
     page.get_by_label("Sequence length").fill("32")
-    page.get_by_label("Window length").fill("32")
-    page.get_by_label("Max windows").fill("2")
+    page.get_by_text("Experimental settings", exact=True).click()
+    page.get_by_label("Experimental settings (JSON").fill('{"evaluation": {"seq_len": 32, "max_windows": 2}}')
     page.get_by_role("button", name="Submit job").click()
     job_id = job_id_from_url(page)
     job = service.wait(job_id)

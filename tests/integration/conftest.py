@@ -46,7 +46,8 @@ TINY_SPEC: dict[str, Any] = {
     "sparsity": 0.5,
     "method": {"pruner": "wanda"},
     "calibration": {"source": "pydoc", "samples": 4, "seq_len": 32, "seed": 0},
-    "evaluation": {"sources": ["pydoc"], "seq_len": 32, "max_windows": 2},
+    "evaluation": {"sources": ["pydoc"]},
+    "experimental": {"evaluation": {"seq_len": 32, "max_windows": 2}},
 }
 
 

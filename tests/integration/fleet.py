@@ -254,5 +254,6 @@ def slow_spec(model: Path) -> dict[str, Any]:
         "sparsity": 0.5,
         "method": {"pruner": "wanda"},
         "calibration": {"source": "pydoc", "samples": 32, "seq_len": 128, "seed": 0},
-        "evaluation": {"sources": ["pydoc"], "seq_len": 32, "max_windows": 2},
+        "evaluation": {"sources": ["pydoc"]},
+        "experimental": {"evaluation": {"seq_len": 32, "max_windows": 2}},
     }

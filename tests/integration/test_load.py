@@ -50,7 +50,7 @@ WORKER_CMD = [
 BODY: dict[str, Any] = {
     "model": "smollm2-135m",
     "sparsity": "2:4",
-    "method": {"pruner": "wanda", "allocation": "uniform", "induction": {"enabled": False}},
+    "method": {"pruner": "wanda", "allocation": "uniform", "induction": False},
     "calibration": {"source": "pydoc", "samples": 4, "seq_len": 32, "seed": 0},
     "evaluation": {"sources": ["pydoc"]},
 }

@@ -22,7 +22,8 @@ def test_wanda_half_sparsity_is_exact_and_perplexity_stays_bounded(tmp_path):
             "sparsity": 0.5,
             "method": {"pruner": "wanda"},
             "calibration": {"source": "pydoc", "samples": 16, "seq_len": 512, "seed": 0},
-            "evaluation": {"sources": ["pydoc"], "seq_len": 512, "max_windows": 8},
+            "evaluation": {"sources": ["pydoc"]},
+            "experimental": {"evaluation": {"seq_len": 512, "max_windows": 8}},
         }
     )
     report = compress(spec, device="cpu", out_dir=tmp_path).to_dict()

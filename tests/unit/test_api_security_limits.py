@@ -26,7 +26,8 @@ BODY: dict[str, Any] = {
     "sparsity": 0.5,
     "method": {"pruner": "magnitude"},
     "calibration": {"source": "pydoc", "samples": 8, "seq_len": 64, "seed": 0},
-    "evaluation": {"sources": ["pydoc"], "seq_len": 64, "max_windows": 2},
+    "evaluation": {"sources": ["pydoc"]},
+    "experimental": {"evaluation": {"seq_len": 64, "max_windows": 2}},
 }
 MIB = 1 << 20
 
@@ -144,8 +145,8 @@ def test_upload_type_and_content_are_checked(svc: Svc, filename: str, content: b
     [
         ("calibration.samples", 65, "64"),
         ("calibration.seq_len", 257, "256"),
-        ("evaluation.seq_len", 257, "256"),
-        ("evaluation.max_windows", 11, "10"),
+        ("experimental.evaluation.seq_len", 257, "256"),
+        ("experimental.evaluation.max_windows", 11, "10"),
     ],
 )
 def test_sizes_are_bounded_by_settings(tmp_path: Path, param: str, value: int, limit: str) -> None:

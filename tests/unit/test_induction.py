@@ -427,7 +427,7 @@ def test_magnitude_induction_shares_the_walks_dense_pass(tmp_path, monkeypatch) 
         method = {"pruner": pruner, "swap_rounds": 0, "induction": {"enabled": True, **induction}}
         calls.clear()
         # (bfloat16: the walk's forwards as on bfloat16-native hardware, on every machine)
-        job = tiny_job(model, 0.5, method, options={"compute_dtype": compute})
+        job = tiny_job(model, 0.5, method, compute_dtype=compute)
         report = compress(job, out_dir=tmp_path / f"{pruner}{compute}{len(induction)}").to_dict()
         passes = {row["induction"]["info"]["dense_pass"] for row in report["layers"]}
         return {
@@ -532,10 +532,11 @@ def test_group_stats_centre_from_sums() -> None:
      ("init", "bogus"), ("init_alpha", 9.0), ("targets", "sideways"), ("samples", 100_001), ("samples", -2)],
 )  # fmt: skip
 def test_spec_rejects_bad_induction_settings(field: str, value: object) -> None:
-    body = {"model": "m", "sparsity": 0.5, "method": {"induction": {"enabled": True, field: value}}}
+    body = {"model": "m", "sparsity": 0.5, "method": {"induction": True},
+            "experimental": {"induction": {field: value}}}  # fmt: skip
     with pytest.raises(SpecError) as info:
         CompressionSpec.from_dict(body)
-    assert info.value.param == f"method.induction.{field}"
+    assert info.value.param == f"experimental.induction.{field}"
 
 
 # (pruner, sparsity, swap_rounds, epochs, why the scales are skipped or None where they train)
@@ -610,7 +611,7 @@ def test_model_targets_differ_from_layer_targets_only_after_the_first_layer(tmp_
     def run(targets: str) -> dict:
         induction = {"enabled": True, "batch_size": 2, "targets": targets, "epochs": 1, "samples": 0}
         method = {"pruner": pruner, "swap_rounds": 0, "induction": induction}
-        spec = tiny_job(model, 0.5, method, options={"compute_dtype": "model"})
+        spec = tiny_job(model, 0.5, method, compute_dtype="model")
         return compress(spec, out_dir=tmp_path / targets).to_dict()
 
     model_rows, layer_rows = run("model"), run("layer")

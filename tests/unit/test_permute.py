@@ -161,13 +161,14 @@ def _run(tmp_path, folder, **induction) -> dict:
             "model": str(folder),
             "sparsity": "2:4",
             # swap_rounds 0: induce_layer permutes (with Wanda's swaps the walk does: below)
-            "method": {
-                "pruner": "wanda",
-                "swap_rounds": 0,
-                "induction": {"enabled": True, "epochs": 0, **induction},
-            },
+            "method": {"pruner": "wanda", "induction": True},
             "calibration": {"source": "pydoc", "samples": 4, "seq_len": 32},
-            "evaluation": {"sources": ["pydoc"], "seq_len": 32, "max_windows": 2},
+            "evaluation": {"sources": ["pydoc"]},
+            "experimental": {
+                "swap_rounds": 0,
+                "induction": {"epochs": 0, **induction},
+                "evaluation": {"seq_len": 32, "max_windows": 2},
+            },
         }
     )
     out = tmp_path / json.dumps(induction, sort_keys=True).replace('"', "")[:40]
@@ -209,13 +210,14 @@ def test_the_walk_permutes_after_its_statistics_where_the_scales_are_skipped(
             {
                 "model": str(tiny_dirs["llama"]),
                 "sparsity": "2:4",
-                "method": {
-                    "pruner": pruner,
-                    "sequential": sequential,
-                    "induction": {"enabled": True, "permute": permute},
-                },
+                "method": {"pruner": pruner, "induction": True},
                 "calibration": {"source": "pydoc", "samples": 4, "seq_len": 32},
-                "evaluation": {"sources": ["pydoc"], "seq_len": 32, "max_windows": 2},
+                "evaluation": {"sources": ["pydoc"]},
+                "experimental": {
+                    "sequential": sequential,
+                    "induction": {"permute": permute},
+                    "evaluation": {"seq_len": 32, "max_windows": 2},
+                },
             }
         )
         return compress(spec, out_dir=tmp_path / str(permute)).to_dict()
@@ -236,13 +238,13 @@ def test_the_walk_permutes_after_its_statistics_where_the_scales_are_skipped(
 
 
 def test_spec_checks_permute_settings() -> None:
-    base = {"model": "m", "sparsity": "2:4", "method": {"induction": {"enabled": True}}}
+    base = {"model": "m", "sparsity": "2:4", "method": {"induction": True}}
     with pytest.raises(SpecError) as err:
-        CompressionSpec.from_dict({**base, "method": {"induction": {"enabled": True, "permute": "yes"}}})
-    assert err.value.param == "method.induction.permute"
+        CompressionSpec.from_dict({**base, "experimental": {"induction": {"permute": "yes"}}})
+    assert err.value.param == "experimental.induction.permute"
     with pytest.raises(SpecError) as err:
-        CompressionSpec.from_dict({**base, "method": {"induction": {"enabled": True, "permute_rounds": -2}}})
-    assert err.value.param == "method.induction.permute_rounds"
+        CompressionSpec.from_dict({**base, "experimental": {"induction": {"permute_rounds": -2}}})
+    assert err.value.param == "experimental.induction.permute_rounds"
     ind = CompressionSpec.from_dict(base).induction
     assert ind.permute is True and ind.permute_rounds == -1
     assert (ind.rounds_for("sparsegpt"), ind.rounds_for("wanda"), ind.rounds_for("magnitude")) == (
@@ -260,21 +262,19 @@ def test_spec_checks_permute_settings() -> None:
     cases = [("wanda", 20, True), ("wanda", 0, True), ("magnitude", 0, False), ("sparsegpt", 0, True)]
     assert [ind.epochs_for(*c) for c in cases] == [0, 1, 0, 1]
     assert (ind.epochs_for("sparsegpt", 0, False), ind.epochs_for("wanda", 0, False)) == (0, 1)
-    two = CompressionSpec.from_dict({**base, "method": {"induction": {"enabled": True, "epochs": 2}}})
+    two = CompressionSpec.from_dict({**base, "experimental": {"induction": {"epochs": 2}}})
     assert two.induction.epochs_for("wanda", 20, True) == 2 and two.induction_epochs == 2
-    chosen = CompressionSpec.from_dict(
-        {**base, "method": {"induction": {"enabled": True, "permute_rounds": 0}}}
-    )
+    chosen = CompressionSpec.from_dict({**base, "experimental": {"induction": {"permute_rounds": 0}}})
     assert chosen.induction.rounds_for("sparsegpt") == 0
 
 
-def test_the_cli_flag_turns_the_permutation_off() -> None:
+def test_the_cli_setting_turns_the_permutation_off() -> None:
     from cli.main import build_parser
     from cli.prune import spec_body
 
     base = ["prune", "--model", "m", "--sparsity", "2:4", "--induction"]
     on = spec_body(build_parser().parse_args(base))
-    off = spec_body(build_parser().parse_args([*base, "--no-induction-permute"]))
-    assert "permute" not in on["method"]["induction"]  # the engine's default: on
-    assert off["method"]["induction"]["permute"] is False
+    off = spec_body(build_parser().parse_args([*base, "--set", "induction.permute=false"]))
+    assert "experimental" not in on and CompressionSpec.from_dict(on).induction.permute  # the default: on
+    assert off["experimental"]["induction"]["permute"] is False
     assert CompressionSpec.from_dict(off).induction.permute is False

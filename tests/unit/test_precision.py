@@ -142,8 +142,12 @@ def _run(
             "sparsity": sparsity,
             "method": {"pruner": pruner},
             "calibration": {"source": "pydoc", "samples": 6, "seq_len": 32, "seed": 1},
-            "evaluation": {"sources": ["pydoc"], "seq_len": 32, "max_windows": 4},
-            "options": {"batch_size": 4, "compute_dtype": compute_dtype},
+            "evaluation": {"sources": ["pydoc"]},
+            "experimental": {
+                "evaluation": {"seq_len": 32, "max_windows": 4},
+                "batch_size": 4,
+                "compute_dtype": compute_dtype,
+            },
         }
     )
     out = tmp_path / f"{pruner}-{sparsity}-{compute_dtype}".replace(":", "_")
@@ -156,7 +160,7 @@ def test_a_bfloat16_walk_prunes_exactly_and_close_to_the_float32_one(tmp_path, p
     full, full_w = _run(tmp_path, pruner, sparsity, "model")
 
     assert low["compute_dtype"] == "bfloat16" and full["compute_dtype"] == "float32"
-    assert low["spec"]["options"]["compute_dtype"] == "bfloat16"
+    assert low["spec"]["experimental"]["compute_dtype"] == "bfloat16" == low["plan"]["compute_dtype"]
     sp = low["sparsity"]
     assert sp["nm_ok"] is (True if ":" in str(sparsity) else None)
     assert abs(sp["overall"] - full["sparsity"]["overall"]) < 1e-9  # the same exact count

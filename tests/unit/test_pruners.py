@@ -441,18 +441,21 @@ def test_the_spec_checks_the_order() -> None:
     base = {"model": "m", "sparsity": 0.5, "method": {"pruner": "sparsegpt"}}
     assert CompressionSpec.from_dict(base).order == "auto"
     with pytest.raises(SpecError) as err:
-        CompressionSpec.from_dict({**base, "method": {"pruner": "sparsegpt", "order": "sideways"}})
-    assert err.value.param == "method.order"
+        CompressionSpec.from_dict({**base, "experimental": {"order": "sideways"}})
+    assert err.value.param == "experimental.order"
 
 
 def test_the_cli_passes_the_order() -> None:
     from cli.main import build_parser
     from cli.prune import spec_body
+    from core.spec import CompressionSpec
 
     args = build_parser().parse_args(["prune", "--model", "m", "--sparsity", "0.5", "--method", "sparsegpt"])
-    assert spec_body(args)["method"]["order"] == "auto"
-    args = build_parser().parse_args(["prune", "--model", "m", "--sparsity", "0.5", "--order", "natural"])
-    assert spec_body(args)["method"]["order"] == "natural"
+    assert CompressionSpec.from_dict(spec_body(args)).order == "auto"
+    args = build_parser().parse_args(["prune", "--model", "m", "--sparsity", "0.5", "--set", "order=natural"])
+    assert spec_body(args)["experimental"]["order"] == "natural"
+    args = build_parser().parse_args(["prune", "--model", "m", "--sparsity", "0.5", "--preset", "reference"])
+    assert CompressionSpec.from_dict(spec_body(args)).order == "natural"  # the reference preset's
 
 
 # -- row weights (method.row_weight) ----------------------------------------------------------
@@ -550,9 +553,9 @@ def test_the_spec_and_the_cli_carry_the_row_weight() -> None:
     assert spec.row_weight == "output"
     assert CompressionSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(SpecError) as err:
-        CompressionSpec.from_dict({**base, "method": {"pruner": "sparsegpt", "row_weight": "columns"}})
-    assert err.value.param == "method.row_weight"
-    args = build_parser().parse_args(["prune", "--model", "m", "--sparsity", "0.5", "--row-weight", "none"])
+        CompressionSpec.from_dict({**base, "experimental": {"row_weight": "columns"}})
+    assert err.value.param == "experimental.row_weight"
+    args = build_parser().parse_args(["prune", "--model", "m", "--sparsity", "0.5", "--set", "row_weight=none"])
     assert CompressionSpec.from_dict(spec_body(args)).row_weight == "none"
 
 
@@ -574,7 +577,7 @@ def test_compress_weighs_only_the_mlp_input_rows(tmp_path, sparsity: float) -> N
 
     report, weighted = pruned("output")
     _, plain = pruned("none")
-    assert report["spec"]["method"]["row_weight"] == "output"
+    assert "row_weight" not in report["spec"]["experimental"] and report["plan"]["row_weight"] == "output"
     for key, W in plain.items():
         if ".mlp.gate_proj." in key or ".mlp.up_proj." in key:
             assert not torch.equal(weighted[key], W), key

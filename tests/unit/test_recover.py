@@ -148,15 +148,17 @@ def test_gradient_reaches_row_and_column_scales_of_every_linear() -> None:
      ("recover_weights_lr", 2.0)],
 )  # fmt: skip
 def test_spec_rejects_bad_recovery_settings(field: str, value: object) -> None:
-    body = {"model": "m", "sparsity": 0.5, "method": {"induction": {"enabled": True, field: value}}}
+    body = {"model": "m", "sparsity": 0.5, "method": {"induction": True},
+            "experimental": {"induction": {field: value}}}  # fmt: skip
     with pytest.raises(SpecError) as info:
         CompressionSpec.from_dict(body)
-    assert info.value.param == f"method.induction.{field}"
+    assert info.value.param == f"experimental.induction.{field}"
 
 
 def test_recovery_defaults() -> None:
-    def spec(pruner: str = "wanda", sparsity: object = 0.5, **induction):
-        body = {"model": "m", "sparsity": sparsity, "method": {"pruner": pruner, "induction": induction}}
+    def spec(pruner: str = "wanda", sparsity: object = 0.5, enabled: bool = False, **induction):
+        body = {"model": "m", "sparsity": sparsity, "method": {"pruner": pruner, "induction": enabled},
+                "experimental": {"induction": induction}}  # fmt: skip
         return CompressionSpec.from_dict(body)
 
     assert spec(enabled=True).recovers and spec(enabled=True).induction.recover_epochs_for("wanda") == 1
@@ -261,12 +263,13 @@ def test_the_cli_flags_reach_the_spec() -> None:
     from cli.main import build_parser
     from cli.prune import spec_body
 
-    args = ["prune", "--model", "m", "--sparsity", "2:4", "--induction", "--induction-recover-epochs", "2",
-            "--induction-recover-lr", "0.02", "--induction-samples", "4", "--induction-recover-weights-lr", "0"]  # fmt: skip
+    args = ["prune", "--model", "m", "--sparsity", "2:4", "--induction", "--set", "induction.recover_epochs=2",
+            "--set", "induction.recover_lr=0.02", "--experimental", '{"induction": {"samples": 4}}',
+            "--set", "induction.recover_weights_lr=0"]  # fmt: skip
     spec = CompressionSpec.from_dict(spec_body(build_parser().parse_args(args)))
     ind = spec.induction
     assert (ind.recover_epochs, ind.recover_lr, ind.samples, ind.recover_weights_lr) == (2, 0.02, 4, 0.0)
-    bad = spec_body(build_parser().parse_args([*args[:6], "--induction-samples", "-2"]))
+    bad = spec_body(build_parser().parse_args([*args[:6], "--set", "induction.samples=-2"]))
     with pytest.raises(SpecError) as info:
         CompressionSpec.from_dict(bad)
-    assert info.value.param == "method.induction.samples"
+    assert info.value.param == "experimental.induction.samples"

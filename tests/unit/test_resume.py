@@ -41,13 +41,22 @@ class CrashingCheckpoint(StorageCheckpoint):
 
 
 def spec_for(model: Path, **method: Any) -> CompressionSpec:
+    """A job: ``method`` holds the pruner, and any experimental setting by name (``induction``: a
+    dict of its settings with ``enabled``)."""
+    induction = dict(method.pop("induction", {}))
+    pruner = method.pop("pruner", "wanda")
     body: dict[str, Any] = {
         "model": str(model),
         "sparsity": 0.5,
-        "method": {"pruner": "wanda", **method},
+        "method": {"pruner": pruner, "induction": induction.pop("enabled", False)},
         "calibration": {"source": "pydoc", "samples": 6, "seq_len": 32, "seed": 3},
-        "evaluation": {"sources": ["pydoc"], "seq_len": 32, "max_windows": 2},
-        "options": {"batch_size": 4},  # two calibration batches, the last one smaller
+        "evaluation": {"sources": ["pydoc"]},
+        "experimental": {
+            **method,
+            "induction": induction,
+            "evaluation": {"seq_len": 32, "max_windows": 2},
+            "batch_size": 4,  # two calibration batches, the last one smaller
+        },
     }
     return CompressionSpec.from_dict(body)
 

@@ -14,7 +14,7 @@ from core.compress import compress
 from core.spec import CompressionSpec
 from tests.tiny import tiny_job, tiny_model_dir
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.engine]  # every test runs a whole compress
 
 
 def _run(
@@ -25,10 +25,15 @@ def _run(
         {
             "model": str(model),
             "sparsity": sparsity,
-            "method": {"pruner": pruner, "sequential": sequential, **method},
+            "method": {"pruner": pruner},
             "calibration": {"source": "pydoc", "samples": 6, "seq_len": 32, "seed": 1},
-            "evaluation": {"sources": ["pydoc"], "seq_len": 32, "max_windows": 4},
-            "options": {"batch_size": 4},  # two batches when the walk streams
+            "evaluation": {"sources": ["pydoc"]},
+            "experimental": {
+                "sequential": sequential,
+                **method,
+                "evaluation": {"seq_len": 32, "max_windows": 4},
+                "batch_size": 4,  # two batches when the walk streams
+            },
         }
     )
     tag = "-".join(f"{k}{v}" for k, v in method.items())
@@ -90,9 +95,10 @@ def test_fit_share_moves_the_writers_only(tmp_path: Path, sequential: str) -> No
     the writers of layer 1 (whose inputs have drifted in either walk) move with the share. The
     default share is SparseGPT's (bit-identical to asking for it); the report keeps the asked value."""
     half, half_w = _run(tmp_path, "llama", "2:4", sequential, fit_share=0.5)
-    _, whole_w = _run(tmp_path, "llama", "2:4", sequential, fit_share=1.0)
+    whole, whole_w = _run(tmp_path, "llama", "2:4", sequential, fit_share=1.0)
     default, default_w = _run(tmp_path, "llama", "2:4", sequential)
-    assert half["spec"]["method"]["fit_share"] == 0.5 and default["spec"]["method"]["fit_share"] == -1
+    assert half["spec"]["experimental"]["fit_share"] == 0.5 and "fit_share" not in default["spec"]["experimental"]
+    assert half["plan"]["fit_weight"] == 0.5 and whole["plan"]["fit_weight"] == 1.0
     assert CompressionSpec.from_dict(default["spec"]).fit_weight == 0.5  # SparseGPT's default share
     assert half_w.keys() == default_w.keys() and all(torch.equal(half_w[k], default_w[k]) for k in half_w)
     for proj in ("q_proj", "k_proj", "v_proj"):
@@ -108,7 +114,8 @@ def test_auto_streams_when_one_forward_would_not_fit(tmp_path: Path, monkeypatch
     monkeypatch.setattr(core.compress, "IN_FORWARD_BYTES", 0)
     report, _ = _run(tmp_path, "llama", "2:4", "auto")
     assert report["sequential"] == "layer"
-    assert report["spec"]["method"]["sequential"] == "auto"
+    assert "sequential" not in report["spec"]["experimental"]  # the preset's: auto
+    assert report["plan"]["sequential"] == "linear_if_fits"
 
 
 def test_other_pruners_and_the_dense_layer_fit_stream(tmp_path: Path) -> None:
@@ -131,7 +138,7 @@ def test_wanda_swaps_walk_in_turn_and_report_what_they_gained(
     refined = _wanda(tmp_path, arch, sparsity, -1)  # the default: 20 rounds
     plain = _wanda(tmp_path, arch, sparsity, 0)  # the paper's Wanda
     assert refined["sequential"] == "linear" and plain["sequential"] == "layer"
-    assert refined["spec"]["method"]["swap_rounds"] == -1
+    assert "swap_rounds" not in refined["spec"]["experimental"] and refined["plan"]["swaps"] == 20
     for rep in (refined, plain):
         if isinstance(sparsity, str):
             assert rep["sparsity"]["nm_ok"] is True
@@ -152,7 +159,7 @@ def test_wanda_swaps_walk_in_turn_and_report_what_they_gained(
 def _wanda_fit(tmp_path: Path, arch: str, sparsity: Any, fit_to: str, sequential: str) -> tuple[dict, dict]:
     model = tiny_model_dir(tmp_path / "models", arch, layers=2, hidden=64)
     method = {"pruner": "wanda", "fit_to": fit_to, "sequential": sequential}
-    spec = tiny_job(model, sparsity, method, samples=6, options={"batch_size": 4})
+    spec = tiny_job(model, sparsity, method, samples=6, batch_size=4)
     out = tmp_path / f"{arch}-wanda-{sparsity}-{fit_to}-{sequential}".replace(":", "_")
     return compress(spec, out_dir=out).to_dict(), load_file(out / "hf" / "model.safetensors")
 
@@ -168,7 +175,7 @@ def test_wanda_fits_the_dense_model_on_either_walk(
     fit, fit_w = _wanda_fit(tmp_path, arch, sparsity, "model", sequential)
     ref, ref_w = _wanda_fit(tmp_path, arch, sparsity, "layer", sequential)
     assert fit["sequential"] == ("linear" if sequential == "auto" else "layer")
-    assert fit["spec"]["method"]["fit_to"] == "model"
+    assert fit["spec"]["experimental"]["fit_to"] == "model" and fit["plan"]["fits_dense_model"]
     if isinstance(sparsity, str):
         assert fit["sparsity"]["nm_ok"] is True
     else:

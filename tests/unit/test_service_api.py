@@ -25,7 +25,7 @@ pytestmark = pytest.mark.unit
 BODY: dict[str, Any] = {
     "model": "smollm2-135m",
     "sparsity": "2:4",
-    "method": {"pruner": "wanda", "allocation": "uniform", "induction": {"enabled": False}},
+    "method": {"pruner": "wanda", "allocation": "uniform", "induction": False},
     "calibration": {"source": "pydoc", "samples": 32, "seq_len": 512, "seed": 0},
     "evaluation": {"sources": ["pydoc"]},
 }
@@ -109,8 +109,9 @@ def test_other_team_gets_404_everywhere(svc: Svc) -> None:
     [
         (with_field(BODY, "method.pruner", "random"), "method.pruner"),
         (with_field(BODY, "method.bogus", 1), "method.bogus"),
-        (with_field(BODY, "method.induction.epochs", "two"), "method.induction.epochs"),
-        (with_field(BODY, "method.induction.epochs", -2), "method.induction.epochs"),  # engine range check
+        (with_field(BODY, "experimental.induction.epochs", "two"), "experimental.induction.epochs"),
+        (with_field(BODY, "experimental.induction.epochs", -2), "experimental.induction.epochs"),
+        (with_field(BODY, "method.swap_rounds", 0), "method.swap_rounds"),  # moved under experimental
         (with_field(BODY, "sparsity", "3:2"), "sparsity"),
         (with_field(BODY, "sparsity", 1.5), "sparsity"),
         (with_field(BODY, "sparsity", True), "sparsity"),
@@ -126,7 +127,8 @@ def test_other_team_gets_404_everywhere(svc: Svc) -> None:
         (with_field(BODY, "model", "../../etc/passwd"), "model"),
         (with_field(BODY, "model", "not a model!"), "model"),
         (with_field(BODY, "extra", 1), "extra"),
-        (with_field(BODY, "options.compute_dtype", "float8"), "options.compute_dtype"),  # engine check
+        (with_field(BODY, "experimental.compute_dtype", "float8"), "experimental.compute_dtype"),
+        (with_field(BODY, "calibration.seed", 2**70), "calibration.seed"),  # beyond numpy's 32-bit seeds
         ({k: v for k, v in BODY.items() if k != "model"}, "model"),
         (with_field(BODY, "method.allocation", "owl"), "method.allocation"),  # OWL with N:M: engine semantics
     ],

@@ -2,7 +2,10 @@
 // to the field they name (error.param is a dotted path such as "calibration.samples").
 //
 // The API is the one validator: the form does not check ranges itself (novalidate), so the
-// messages a user sees are the same ones a script using the API gets.
+// messages a user sees are the same ones a script using the API gets. The form's defaults and
+// choices come from the API too (GET /v1/spec, the engine's one declaration of the spec): the page
+// writes none of them. It shows the public options; everything else is the job's `experimental`
+// object (unstable), edited as JSON.
 
 import { ApiError, api, listOf } from "../api.js";
 import { h } from "../dom.js";
@@ -35,6 +38,40 @@ export function matchParam(param, known) {
     p = p.slice(0, cut);
   }
 }
+
+/** The public options' defaults of a GET /v1/spec document, by param ("calibration.samples": 32). */
+export function formDefaults(doc) {
+  const out = {};
+  for (const entry of doc?.public || []) if ("default" in entry) out[entry.param] = entry.default;
+  return out;
+}
+
+/** The choices of each public option that has them, by param. */
+export function formChoices(doc) {
+  const out = {};
+  for (const entry of doc?.public || []) if (Array.isArray(entry.choices)) out[entry.param] = entry.choices;
+  return out;
+}
+
+/** The `experimental` object of the form's JSON text: undefined when empty; throws when not an object. */
+export function experimentalValue(text) {
+  const raw = String(text ?? "").trim();
+  if (raw === "") return undefined;
+  const value = JSON.parse(raw);
+  if (value === null || typeof value !== "object" || Array.isArray(value)) throw new TypeError("not an object");
+  return Object.keys(value).length ? value : undefined;
+}
+
+// Display names of choices the API lists (a value without one shows as itself).
+const CHOICE_LABELS = {
+  magnitude: "Magnitude",
+  wanda: "Wanda",
+  sparsegpt: "SparseGPT",
+  default: "Default (the engine's measured choices)",
+  reference: "Reference (the papers' methods, as llm-compressor runs them)",
+  uniform: "Uniform (same sparsity in every layer)",
+  owl: "OWL (by outlier ratio)",
+};
 
 export function mount(root, ctx) {
   const fields = new Map(); // param -> {control, error, container}
@@ -79,18 +116,14 @@ export function mount(root, ctx) {
     return container;
   }
 
-  /** A number input holding the API's default (so the submitted spec is explicit), or empty with the
-   *  default as placeholder (induction: the engine's defaults apply when left empty). */
-  function numberInput(name, value, { step = "1", min = null, placeholder = value } = {}) {
-    return h("input", {
-      type: "number",
-      name,
-      inputmode: step === "1" ? "numeric" : "decimal",
-      step,
-      min,
-      value,
-      placeholder,
-    });
+  /** A number input; its value and bounds are set from the API's schema (applySchema). */
+  function numberInput(name) {
+    return h("input", { type: "number", name, inputmode: "numeric", step: "1" });
+  }
+
+  /** A select whose options are set from the API's schema (applySchema). */
+  function selectInput(name) {
+    return h("select", { name });
   }
 
   // --- model and target -------------------------------------------------------------------
@@ -136,56 +169,18 @@ export function mount(root, ctx) {
   );
 
   // --- method ------------------------------------------------------------------------------
-  const pruner = h(
-    "select",
-    { name: "pruner" },
-    h("option", { value: "magnitude" }, "Magnitude"),
-    h("option", { value: "wanda", selected: true }, "Wanda"),
-    h("option", { value: "sparsegpt" }, "SparseGPT"),
-  );
-  const allocation = h(
-    "select",
-    { name: "allocation" },
-    h("option", { value: "uniform", selected: true }, "Uniform (same sparsity in every layer)"),
-    h("option", { value: "owl" }, "OWL (by outlier ratio)"),
-  );
-  const induction = h("input", {
-    type: "checkbox",
-    name: "induction",
-    id: fieldId("method.induction.enabled"),
+  const pruner = selectInput("pruner");
+  const preset = selectInput("preset");
+  const allocation = selectInput("allocation");
+  const induction = h("input", { type: "checkbox", name: "induction", id: fieldId("method.induction") });
+  const dtype = selectInput("dtype");
+  // Everything that is not a public option: the job's `experimental` object, as JSON (unstable).
+  const experimental = h("textarea", {
+    name: "experimental",
+    rows: 3,
+    spellcheck: "false",
+    placeholder: '{"swap_rounds": 0, "induction": {"epochs": 2}}',
   });
-  // Placeholders are the engine's defaults (core/spec.py InductionSpec); an empty field sends
-  // nothing, so the API applies them.
-  const epochs = numberInput("epochs", "", { min: 0, placeholder: "auto" });
-  const lr = numberInput("lr", "", { step: "any", placeholder: "0.05" });
-  const reg = numberInput("reg", "", { step: "any", placeholder: "0.0001" });
-  const mask = h(
-    "select",
-    { name: "mask" },
-    h("option", { value: "ste", selected: true }, "Straight-through (ste)"),
-    h("option", { value: "soft" }, "Soft mask"),
-  );
-  const targets = h(
-    "select",
-    { name: "targets" },
-    h("option", { value: "auto", selected: true }, "Auto (the dense model's outputs where the scales train)"),
-    h("option", { value: "model" }, "The dense model's outputs of each layer"),
-    h("option", { value: "layer" }, "The dense layer on the pruned inputs (the paper's)"),
-  );
-  // After pruning: scales trained with the mask fixed and folded into the sparse weights
-  // (docs/induction.md, "Recovery"); 0 turns them off.
-  const recoverEpochs = numberInput("recover_epochs", "", { min: 0, placeholder: "auto (1; magnitude 0)" });
-  // The recovery's step on each kept weight, relative to its linear's mean weight; 0: scales only.
-  const recoverWeightsLr = numberInput("recover_weights_lr", "", { step: "any", min: 0, placeholder: "0.006" });
-  // The first calibration sequences induction reads; 0: all (magnitude's default is 1: its
-  // budget is 3x a pruning step that reads no data).
-  const inductionSamples = numberInput("induction_samples", "", { min: 0, placeholder: "auto (all; magnitude 1)" });
-  const inductionSettings = [epochs, lr, reg, mask, targets, recoverEpochs, recoverWeightsLr, inductionSamples];
-  function syncInduction() {
-    for (const c of inductionSettings) c.disabled = !induction.checked;
-    inductionBox.classList.toggle("muted", !induction.checked);
-  }
-  induction.addEventListener("change", syncInduction);
 
   // --- calibration -------------------------------------------------------------------------
   const calSource = h(
@@ -199,9 +194,9 @@ export function mount(root, ctx) {
     accept: ".txt,.jsonl,text/plain,application/jsonl",
   });
   const uploadStatus = h("p", { class: "help", role: "status", "aria-live": "polite" });
-  const samples = numberInput("samples", "32", { min: 1 });
-  const seqLen = numberInput("seq_len", "512", { min: 8 });
-  const seed = numberInput("seed", "0");
+  const samples = numberInput("samples");
+  const seqLen = numberInput("seq_len");
+  const seed = numberInput("seed");
 
   // --- evaluation --------------------------------------------------------------------------
   const evalBox = h("div", { class: "checks", id: fieldId("evaluation.sources"), tabindex: "-1" });
@@ -217,9 +212,7 @@ export function mount(root, ctx) {
       ),
     );
   }
-  for (const [value, text] of NAMED_SETS) addEvalSource(value, text, value === "pydoc");
-  const evalSeqLen = numberInput("eval-seq_len", "512", { min: 8 });
-  const maxWindows = numberInput("max_windows", "40", { min: 1 });
+  for (const [value, text] of NAMED_SETS) addEvalSource(value, text);
 
   function addDataset(ds) {
     const label = `${ds.name || ds.filename || ds.id} (uploaded)`;
@@ -248,19 +241,6 @@ export function mount(root, ctx) {
   });
 
   const submit = h("button", { type: "submit", class: "btn btn-primary" }, "Submit job");
-
-  const inductionBox = h(
-    "div",
-    { class: "subgrid" },
-    field("method.induction.epochs", "Epochs", epochs),
-    field("method.induction.lr", "Learning rate", lr),
-    field("method.induction.reg", "Regulariser weight", reg),
-    field("method.induction.mask", "Mask during training", mask),
-    field("method.induction.targets", "Train against", targets),
-    field("method.induction.recover_epochs", "Recovery epochs", recoverEpochs),
-    field("method.induction.recover_weights_lr", "Recovery weight step", recoverWeightsLr),
-    field("method.induction.samples", "Induction sequences", inductionSamples),
-  );
 
   const form = h(
     "form",
@@ -291,7 +271,9 @@ export function mount(root, ctx) {
         "div",
         { class: "grid" },
         field("method.pruner", "Pruner", pruner),
+        field("method.preset", "Preset", preset),
         field("method.allocation", "Layer allocation", allocation),
+        field("options.dtype", "Model dtype", dtype),
       ),
       h(
         "div",
@@ -300,7 +282,14 @@ export function mount(root, ctx) {
         h("label", { for: induction.id }, "Sparsity Induction (learn scales and shifts before pruning)"),
         h("p", { class: "field-error", id: `${fieldId("method.induction")}-error` }),
       ),
-      inductionBox,
+      h(
+        "details",
+        { class: "experimental" },
+        h("summary", {}, "Experimental settings"),
+        field("experimental", "Experimental settings (JSON; unstable, see docs/spec.md)", experimental, {
+          help: "Any setting that is not above, e.g. {\"swap_rounds\": 0}; unset ones take the preset's value.",
+        }),
+      ),
     ),
     h(
       "fieldset",
@@ -331,12 +320,6 @@ export function mount(root, ctx) {
       { class: "card" },
       h("legend", {}, "Evaluation"),
       group("evaluation.sources", "Texts to measure perplexity on", evalBox),
-      h(
-        "div",
-        { class: "grid grid-3" },
-        field("evaluation.seq_len", "Window length", evalSeqLen),
-        field("evaluation.max_windows", "Max windows", maxWindows),
-      ),
     ),
     h("div", { class: "actions" }, submit, h("a", { class: "btn btn-ghost", href: "#/jobs" }, "Cancel")),
   );
@@ -346,7 +329,6 @@ export function mount(root, ctx) {
     error: form.querySelector(`#${fieldId("method.induction")}-error`),
     container: induction.parentElement,
   });
-  fields.set("method.induction.enabled", fields.get("method.induction"));
   // Errors about the whole section land next to the pruner (the section's first field).
   fields.set("method", fields.get("method.pruner"));
   fields.set("calibration", fields.get("calibration.source"));
@@ -361,7 +343,34 @@ export function mount(root, ctx) {
     ),
   );
   document.title = "New job · Spruce";
-  syncInduction();
+
+  // --- defaults and choices: the API's schema -------------------------------------------------
+  const numbers = { "calibration.samples": samples, "calibration.seq_len": seqLen, "calibration.seed": seed };
+  const selects = { "method.pruner": pruner, "method.preset": preset, "method.allocation": allocation, "options.dtype": dtype };
+  function applySchema(doc) {
+    const defaults = formDefaults(doc);
+    const choices = formChoices(doc);
+    for (const [param, select] of Object.entries(selects)) {
+      select.replaceChildren(
+        ...(choices[param] || []).map((value) => h("option", { value }, CHOICE_LABELS[value] || value)),
+      );
+      if (param in defaults) select.value = defaults[param];
+    }
+    for (const entry of doc?.public || []) {
+      const input = numbers[entry.param];
+      if (!input) continue;
+      if ("min" in entry) input.min = entry.min;
+      if ("max" in entry) input.max = entry.max;
+      if ("default" in entry) input.value = input.placeholder = entry.default;
+    }
+    induction.checked = Boolean(defaults["method.induction"]);
+    const sources = defaults["evaluation.sources"] || [];
+    for (const box of evalBox.querySelectorAll("input")) box.checked = sources.includes(box.value);
+    if ("calibration.source" in defaults) calSource.value = defaults["calibration.source"];
+  }
+  const schemaReady = api("/v1/spec").then(applySchema, (e) =>
+    ctx.notify(`Could not load the job schema: ${e.message}`, "error"),
+  );
 
   // --- errors ------------------------------------------------------------------------------
   function setError(param, message) {
@@ -418,35 +427,26 @@ export function mount(root, ctx) {
   }
 
   function buildBody() {
-    const inductionBody = induction.checked
-      ? prune({
-          enabled: true,
-          epochs: numberValue(epochs, "method.induction.epochs"),
-          lr: numberValue(lr, "method.induction.lr"),
-          reg: numberValue(reg, "method.induction.reg"),
-          mask: mask.value,
-          targets: targets.value,
-          recover_epochs: numberValue(recoverEpochs, "method.induction.recover_epochs"),
-          recover_weights_lr: numberValue(recoverWeightsLr, "method.induction.recover_weights_lr"),
-          samples: numberValue(inductionSamples, "method.induction.samples"),
-        })
-      : { enabled: false };
-    return {
+    let extra;
+    try {
+      extra = experimentalValue(experimental.value);
+    } catch {
+      throw new ApiError(0, "Enter a JSON object, e.g. {\"swap_rounds\": 0}.", { param: "experimental", code: "client" });
+    }
+    return prune({
       model: model.value.trim(),
       sparsity: sparsityValue(),
-      method: { pruner: pruner.value, allocation: allocation.value, induction: inductionBody },
+      method: { pruner: pruner.value, preset: preset.value, allocation: allocation.value, induction: induction.checked },
       calibration: prune({
         source: calSource.value,
         samples: numberValue(samples, "calibration.samples"),
         seq_len: numberValue(seqLen, "calibration.seq_len"),
         seed: numberValue(seed, "calibration.seed"),
       }),
-      evaluation: prune({
-        sources: [...evalBox.querySelectorAll("input:checked")].map((c) => c.value),
-        seq_len: numberValue(evalSeqLen, "evaluation.seq_len"),
-        max_windows: numberValue(maxWindows, "evaluation.max_windows"),
-      }),
-    };
+      evaluation: { sources: [...evalBox.querySelectorAll("input:checked")].map((c) => c.value) },
+      options: { dtype: dtype.value },
+      experimental: extra,
+    });
   }
 
   async function onSubmit(event) {
@@ -478,17 +478,10 @@ export function mount(root, ctx) {
     sparsity.value = spec.sparsity ?? "";
     const m = spec.method || {};
     if (m.pruner) pruner.value = m.pruner;
+    if (m.preset) preset.value = m.preset;
     if (m.allocation) allocation.value = m.allocation;
-    const ind = m.induction || {};
-    induction.checked = Boolean(ind.enabled);
-    epochs.value = ind.epochs ?? "";
-    lr.value = ind.lr ?? "";
-    reg.value = ind.reg ?? "";
-    if (ind.mask) mask.value = ind.mask;
-    if (ind.targets) targets.value = ind.targets;
-    recoverEpochs.value = ind.recover_epochs >= 0 ? ind.recover_epochs : "";
-    recoverWeightsLr.value = ind.recover_weights_lr ?? "";
-    inductionSamples.value = ind.samples >= 0 ? ind.samples : "";
+    induction.checked = m.induction === true;
+    if (spec.options?.dtype) dtype.value = spec.options.dtype;
     const c = spec.calibration || {};
     if (c.source) {
       if (!calSource.querySelector(`option[value="${CSS.escape(c.source)}"]`)) {
@@ -503,9 +496,9 @@ export function mount(root, ctx) {
     const sources = Array.isArray(ev.sources) ? ev.sources : ev.sources ? [ev.sources] : [];
     for (const s of sources) addEvalSource(s, s);
     for (const box of evalBox.querySelectorAll("input")) box.checked = sources.includes(box.value);
-    evalSeqLen.value = ev.seq_len ?? evalSeqLen.placeholder;
-    maxWindows.value = ev.max_windows ?? maxWindows.placeholder;
-    syncInduction();
+    const exp = spec.experimental && Object.keys(spec.experimental).length ? spec.experimental : null;
+    experimental.value = exp ? JSON.stringify(exp) : "";
+    experimental.closest("details").open = Boolean(exp);
   }
 
   // Suggestions: models the service lists (if it has such a route) and models used before.
@@ -521,7 +514,7 @@ export function mount(root, ctx) {
   }
 
   const from = ctx.query.get("from");
-  const ready = loadSuggestions();
+  const ready = Promise.all([loadSuggestions(), schemaReady]);
   if (from) {
     ready
       .then(() => api(`/v1/jobs/${encodeURIComponent(from)}`))

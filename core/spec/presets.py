@@ -1,0 +1,45 @@
+"""Presets: named tables of the experimental options, each defined once here.
+
+``default`` is every option at its declared default (core.spec.settings and compression): the
+engine's measured choices (docs/pruners.md, docs/induction.md). ``reference`` runs the papers'
+algorithms as llm-compressor runs them, for comparison (benchmarks/quality.py --preset reference):
+
+- magnitude: |W| per row (nothing to change);
+- Wanda: |W| ||X_j|| per row, no swap rounds;
+- SparseGPT: fitted to the dense layer on the pruned model's inputs, columns in stored order,
+  no row weights, blocks of 128, dampening 0.01;
+- every layer's statistics taken from the dense layer, then the next layer's inputs from the
+  pruned one (llm-compressor's sequential pipeline), forwards in the model's dtype;
+- Sparsity Induction as the paper describes it: scales (and shifts) from 1, one epoch against
+  the dense layer's outputs, no per-linear importance, no N:M permutation, no recovery.
+
+An option a job sets under ``experimental`` overrides its preset's value.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+Preset = Literal["default", "reference"]
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "reference": {
+        "swap_rounds": 0,
+        "fit_to": "layer",
+        "order": "natural",
+        "row_weight": "none",
+        "blocksize": 128,
+        "dampening": 0.01,
+        "sequential": "layer",
+        "compute_dtype": "model",
+        "induction.epochs": 1,
+        "induction.init": "one",
+        "induction.targets": "layer",
+        "induction.per_linear": False,
+        "induction.permute": False,
+        "induction.recover_epochs": 0,
+        "induction.samples": 0,
+    },
+}
+PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
