@@ -17,7 +17,7 @@ import torch
 
 from core.errors import FactorizationError, SpecError, SystemFault
 from core.sparsity import LayerTarget, mask_for, pruned_per_row
-from core.spec import SweepOrder
+from core.spec import PRUNER_TRAITS, SweepOrder
 from core.stats import InputStats, OutputSensitivity
 from core.swaps import SwapResult, swap_refine
 
@@ -424,7 +424,7 @@ def prune_weight(
         scores = scores * col_weight.to(device=W.device, dtype=torch.float32)  # [out, in] * [in]
     keep = mask_for(scores, target)
     swaps = None
-    if swap_rounds > 0 and pruner == "wanda":
+    if swap_rounds > 0 and PRUNER_TRAITS[pruner].swaps:
         st = _need(stats, pruner)
         if st.H is None:
             raise SystemFault(
