@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from common.queue import BrokerUnavailable
 from common.storage import StorageUnavailable
 from core.errors import SpecError
 
@@ -184,6 +185,14 @@ def install(app: FastAPI, body_models: dict[str, type[BaseModel]]) -> None:
             unavailable(
                 "storage_unavailable", "object storage is unreachable; nothing was recorded, retry later"
             )
+        )
+
+    @app.exception_handler(BrokerUnavailable)
+    async def _broker(request: Request, exc: BrokerUnavailable) -> JSONResponse:
+        # POST /v1/jobs answers this itself (it marks the row); any other route that sends lands here.
+        log.warning("broker unavailable on %s %s: %s", request.method, request.url.path, _first_line(exc))
+        return _as_response(
+            unavailable("broker_unavailable", "the job queue is unreachable; nothing was sent, retry later")
         )
 
     @app.exception_handler(Exception)

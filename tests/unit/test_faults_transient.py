@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -149,3 +150,31 @@ def _running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+def test_transient_faults_on_any_route_are_503_with_retry_after(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+    from sqlalchemy.exc import OperationalError
+
+    from api.app import create_app
+
+    app = create_app(Settings(data_dir=tmp_path))
+    faults = {
+        "broker": BrokerUnavailable("the broker did not take the message (OperationalError)"),
+        "storage": StorageUnavailable("the artifact folder cannot store 'x': Not a directory"),
+        "database": OperationalError("SELECT 1", {}, Exception(f"unable to open {tmp_path}/spruce.db")),
+    }
+
+    def failing(exc: Exception) -> Any:
+        def route() -> None:
+            raise exc
+
+        return route
+
+    for name, exc in faults.items():
+        app.add_api_route(f"/test/{name}", failing(exc))
+    client = TestClient(app, raise_server_exceptions=False)
+    for name in faults:
+        r = client.get(f"/test/{name}")
+        assert r.status_code == 503 and r.headers["retry-after"], r.text
+        assert r.json()["error"]["code"] == f"{name}_unavailable" and str(tmp_path) not in r.text
