@@ -1,5 +1,6 @@
 // The dashboard shell: sign-in state, the top bar, and a fragment router (#/jobs, #/jobs/<id>,
-// #/new, #/compare). Each view exports mount(root, ctx) and returns a function that stops it.
+// #/new, #/compare, #/sweeps, #/sweeps/<id>). Each view exports mount(root, ctx) and returns a
+// function that stops it.
 
 import { api, session } from "./api.js";
 import { clear } from "./dom.js";
@@ -8,6 +9,7 @@ import * as jobView from "./views/job.js";
 import * as jobsView from "./views/jobs.js";
 import * as signinView from "./views/signin.js";
 import * as submitView from "./views/submit.js";
+import * as sweepsView from "./views/sweeps.js";
 
 const main = document.getElementById("main");
 const banner = document.getElementById("banner");
@@ -59,6 +61,7 @@ function pickView(parts) {
   if (first === "jobs" && second) return [jobView, { id: second }];
   if (first === "new") return [submitView, {}];
   if (first === "compare") return [compareView, {}];
+  if (first === "sweeps") return [sweepsView, { id: second }];
   return [jobsView, {}];
 }
 
