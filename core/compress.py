@@ -927,6 +927,7 @@ def _prune_linears(
             row_weight=(row_weights or {}).get(name),
             swap_rounds=spec.swaps,
             fit_share=spec.fit_weight,
+            magnitude_scope=spec.magnitude_scope,
         )
         entry: dict[str, Any] = {"sparsity": round(sparsity_of(result.W), 6), "params": W.numel()}
         if result.swaps is not None:

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 
 from core.errors import FactorizationError, SpecError, SystemFault
-from core.sparsity import LayerTarget, mask_for, pruned_per_row
+from core.sparsity import LayerTarget, layer_mask, mask_for, pruned_per_row
 from core.spec import PRUNER_TRAITS, SweepOrder
 from core.stats import InputStats, OutputSensitivity
 from core.swaps import SwapResult, swap_refine
@@ -386,6 +386,7 @@ def prune_weight(
     row_weight: torch.Tensor | None = None,
     swap_rounds: int = 0,
     fit_share: float = 1.0,
+    magnitude_scope: str = "row",
 ) -> PruneResult:
     """Prune W [out, in] with ``pruner`` ("magnitude", "wanda" or "sparsegpt") to ``target``.
 
@@ -399,7 +400,10 @@ def prune_weight(
     Wanda compares weights within a row, where a row's factor cancels, and magnitude is data-free.
     ``swap_rounds`` > 0 refines Wanda's mask by that many rounds of ``core.swaps.swap_refine``
     against the full X^T X (``stats`` must carry it).
+    ``magnitude_scope`` "layer" (unstructured targets) drops the lowest plain |w| of the whole
+    matrix, ties at the threshold included, as llm-compressor does, instead of each row's.
     """
+    layer_wide = pruner == "magnitude" and magnitude_scope == "layer" and target.m is None
     if pruner == "sparsegpt":
         H = _need(stats, pruner).hessian()
         cross = fit_cross(_need(stats, pruner), fit_share)
@@ -414,7 +418,9 @@ def prune_weight(
             order=order,
             row_weight=row_weight,
         )
-    if pruner == "magnitude":
+    if layer_wide:
+        scores = W.detach().abs().to(torch.float32)
+    elif pruner == "magnitude":
         scores = magnitude_scores(W)
     elif pruner == "wanda":
         scores = wanda_scores(W, _need(stats, pruner).col_norm)
@@ -422,7 +428,7 @@ def prune_weight(
         raise SpecError(f"unknown pruner {pruner!r}", param="method.pruner")
     if col_weight is not None:
         scores = scores * col_weight.to(device=W.device, dtype=torch.float32)  # [out, in] * [in]
-    keep = mask_for(scores, target)
+    keep = layer_mask(scores, target.ratio) if layer_wide else mask_for(scores, target)
     swaps = None
     if swap_rounds > 0 and PRUNER_TRAITS[pruner].swaps:
         st = _need(stats, pruner)

@@ -67,6 +67,16 @@ def unstructured_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     return keep
 
 
+def layer_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
+    """[out, in] keep mask with one threshold for the whole matrix (llm-compressor's unstructured
+    magnitude): the ``int(ratio * numel)`` lowest scores, and any tied with the highest of them, drop."""
+    k = int(ratio * scores.numel())
+    if k == 0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    threshold = torch.topk(scores.reshape(-1), k, largest=False, sorted=False).values.max()
+    return scores > threshold
+
+
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """[out, in] keep mask with the ``n`` highest scores of every ``m`` consecutive inputs."""
     out_features, in_features = scores.shape

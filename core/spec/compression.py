@@ -62,6 +62,8 @@ class CompressionSpec:
                            lo=-1, hi=10_000)  # fmt: skip
     fit_share: float = opt(-1.0, "share of the dense model's drift the writers fit, in (0, 1]; -1: per pruner",
                            lo=-1.0, hi=1.0)  # fmt: skip
+    magnitude_scope: str = opt("row", "magnitude, unstructured: drop each row's lowest |w|, or the whole layer's "
+                               "(llm-compressor's)", choices=("row", "layer"))  # fmt: skip
     induction: InductionSpec = field(default_factory=InductionSpec)
     calibration: TextSpec = field(default_factory=TextSpec)
     evaluation: EvalSpec = field(default_factory=EvalSpec)

@@ -56,6 +56,7 @@ class Plan:
     sequential: str  # "layer", "linear", or "linear_if_fits" (one forward's activations <= 4 GiB)
     order: str | None  # SparseGPT's column sweep; None for the others
     row_weight: str | None  # SparseGPT at unstructured targets: "output" / "none"; None elsewhere
+    magnitude_scope: str | None  # magnitude at unstructured targets: "row" / "layer"; None elsewhere
     blocksize: int
     dampening: float
     dtype: str
@@ -99,6 +100,7 @@ def resolve(spec: CompressionSpec) -> Plan:
         sequential=_sequential(spec.sequential, in_turn, fits or (t.swaps and swaps > 0)),
         order=_order(spec.order, nm) if t.needs_hessian else None,
         row_weight=None if t.keeps_weights or nm else spec.row_weight,
+        magnitude_scope=None if t.reads_data or nm else spec.magnitude_scope,
         blocksize=spec.blocksize,
         dampening=spec.dampening,
         dtype=spec.dtype,

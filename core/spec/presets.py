@@ -4,7 +4,7 @@
 engine's measured choices (docs/pruners.md, docs/induction.md). ``reference`` runs the papers'
 algorithms as llm-compressor runs them, for comparison (benchmarks/quality.py --preset reference):
 
-- magnitude: |W| per row (nothing to change);
+- magnitude: the lowest |W| of each whole layer (one threshold per matrix, ties at it dropped);
 - Wanda: |W| ||X_j|| per row, no swap rounds;
 - SparseGPT: fitted to the dense layer on the pruned model's inputs, columns in stored order,
   no row weights, blocks of 128, dampening 0.01;
@@ -29,6 +29,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "fit_to": "layer",
         "order": "natural",
         "row_weight": "none",
+        "magnitude_scope": "layer",
         "blocksize": 128,
         "dampening": 0.01,
         "sequential": "layer",
