@@ -886,7 +886,7 @@ def _fit(
     from the statistics."""
     result = prune_weight(
         W, spec.pruner, target, st, blocksize=spec.blocksize, dampening=spec.dampening, col_weight=col_weight,
-        order=spec.order, swap_rounds=spec.swaps, fit_share=spec.fit_weight,
+        order=spec.order, swap_rounds=spec.swaps, fit_share=spec.fit_weight, selection=spec.selection,
     )  # fmt: skip
     H, cross = st.hessian(), fit_cross(st, spec.fit_weight)
     goal = W if cross is None else dense_target(W, H, cross)
@@ -928,6 +928,7 @@ def _prune_linears(
             swap_rounds=spec.swaps,
             fit_share=spec.fit_weight,
             magnitude_scope=spec.magnitude_scope,
+            selection=spec.selection,
         )
         entry: dict[str, Any] = {"sparsity": round(sparsity_of(result.W), 6), "params": W.numel()}
         if result.swaps is not None:

@@ -387,6 +387,7 @@ def prune_weight(
     swap_rounds: int = 0,
     fit_share: float = 1.0,
     magnitude_scope: str = "row",
+    selection: Selection = "layer",
 ) -> PruneResult:
     """Prune W [out, in] with ``pruner`` ("magnitude", "wanda" or "sparsegpt") to ``target``.
 
@@ -402,6 +403,7 @@ def prune_weight(
     against the full X^T X (``stats`` must carry it).
     ``magnitude_scope`` "layer" (unstructured targets) drops the lowest plain |w| of the whole
     matrix, ties at the threshold included, as llm-compressor does, instead of each row's.
+    ``selection`` is SparseGPT's unstructured selection (``sparsegpt``).
     """
     layer_wide = pruner == "magnitude" and magnitude_scope == "layer" and target.m is None
     if pruner == "sparsegpt":
@@ -417,6 +419,7 @@ def prune_weight(
             cross=cross,
             order=order,
             row_weight=row_weight,
+            selection=selection,
         )
     if layer_wide:
         scores = W.detach().abs().to(torch.float32)

@@ -64,6 +64,9 @@ class CompressionSpec:
                            lo=-1.0, hi=1.0)  # fmt: skip
     magnitude_scope: str = opt("row", "magnitude, unstructured: drop each row's lowest |w|, or the whole layer's "
                                "(llm-compressor's)", choices=("row", "layer"))  # fmt: skip
+    selection: str = opt("layer", "SparseGPT, unstructured: each block drops per row what a layer-wide ('layer') or "
+                         "per-row ('row') selection gives, or its own lowest scores ('block', the paper's)",
+                         choices=("layer", "row", "block"))  # fmt: skip
     induction: InductionSpec = field(default_factory=InductionSpec)
     calibration: TextSpec = field(default_factory=TextSpec)
     evaluation: EvalSpec = field(default_factory=EvalSpec)

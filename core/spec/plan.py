@@ -57,6 +57,7 @@ class Plan:
     order: str | None  # SparseGPT's column sweep; None for the others
     row_weight: str | None  # SparseGPT at unstructured targets: "output" / "none"; None elsewhere
     magnitude_scope: str | None  # magnitude at unstructured targets: "row" / "layer"; None elsewhere
+    selection: str | None  # SparseGPT at unstructured targets: "layer" / "row" / "block"; None elsewhere
     blocksize: int
     dampening: float
     dtype: str
@@ -101,6 +102,7 @@ def resolve(spec: CompressionSpec) -> Plan:
         order=_order(spec.order, nm) if t.needs_hessian else None,
         row_weight=None if t.keeps_weights or nm else spec.row_weight,
         magnitude_scope=None if t.reads_data or nm else spec.magnitude_scope,
+        selection=None if t.keeps_weights or nm else spec.selection,
         blocksize=spec.blocksize,
         dampening=spec.dampening,
         dtype=spec.dtype,

@@ -7,7 +7,7 @@ algorithms as llm-compressor runs them, for comparison (benchmarks/quality.py --
 - magnitude: the lowest |W| of each whole layer (one threshold per matrix, ties at it dropped);
 - Wanda: |W| ||X_j|| per row, no swap rounds;
 - SparseGPT: fitted to the dense layer on the pruned model's inputs, columns in stored order,
-  no row weights, blocks of 128, dampening 0.01;
+  each block's lowest scores pruned, no row weights, blocks of 128, dampening 0.01;
 - every layer's statistics taken from the dense layer, then the next layer's inputs from the
   pruned one (llm-compressor's sequential pipeline), forwards in the model's dtype;
 - Sparsity Induction as the paper describes it: scales (and shifts) from 1, one epoch against
@@ -30,6 +30,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "order": "natural",
         "row_weight": "none",
         "magnitude_scope": "layer",
+        "selection": "block",
         "blocksize": 128,
         "dampening": 0.01,
         "sequential": "layer",

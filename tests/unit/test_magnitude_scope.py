@@ -52,3 +52,31 @@ def test_the_plan_records_the_scope_where_it_applies() -> None:
     assert plan("magnitude", 0.5).magnitude_scope == "layer"
     assert plan("magnitude", 0.5, "default").magnitude_scope == "row"
     assert plan("magnitude", "2:4").magnitude_scope is None and plan("wanda", 0.5).magnitude_scope is None
+
+
+def test_sparsegpt_selection_reaches_the_pruner() -> None:
+    """``selection: block`` (the reference preset's) is SparseGPT's paper selection: each block's
+    lowest scores; prune_weight hands it to ``sparsegpt``, and it differs from the default."""
+    from core.pruners import sparsegpt
+
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(256, 64, generator=g) * torch.linspace(0.2, 3.0, 64)
+    W = torch.randn(16, 64, generator=g)
+    H = X.T @ X
+
+    class Stats:  # what prune_weight reads of SparseGPT's statistics
+        def hessian(self) -> torch.Tensor:
+            return H
+
+        def cross(self) -> None:
+            return None
+
+    half = LayerTarget.from_sparsity(CompressionSpec.from_dict({"model": "m", "sparsity": 0.5}).sparsity, 0.5)
+    block = prune_weight(W, "sparsegpt", half, Stats(), blocksize=16, selection="block")  # type: ignore[arg-type]
+    layer = prune_weight(W, "sparsegpt", half, Stats(), blocksize=16)  # type: ignore[arg-type]
+    assert torch.equal(block.keep, sparsegpt(W, H, half, blocksize=16, selection="block").keep)
+    assert (~block.keep).sum().item() == (~layer.keep).sum().item() == 16 * 32
+    assert not torch.equal(block.keep, layer.keep)
+    body = {"model": "m", "sparsity": 0.5, "method": {"pruner": "sparsegpt", "preset": "reference"}}
+    spec = CompressionSpec.from_dict(body)
+    assert spec.selection == "block" and spec.resolve().selection == "block"
