@@ -76,20 +76,10 @@ _sweeper: list[Any] = []  # the process's Sweeper, once the worker is ready
 def _start_sweeper(**_: Any) -> None:
     # Every worker process sweeps for jobs whose worker died (worker/liveness.py says why here and
     # not in celery beat): it needs nothing else deployed, in either run mode.
-    from common.queue import enqueue, make_celery
-    from common.storage import build_storage
-    from worker.checkpoint import discard
-    from worker.liveness import Sweeper
+    from worker.liveness import start_sweeper
 
     settings = get_settings()
-    producer = make_celery(settings, name="spruce-sweeper")  # its own connections, off the consumer's
-    storage = build_storage(settings)
-    sweeper = Sweeper(
-        settings,
-        send=lambda job_id: enqueue(producer, settings, job_id),
-        on_failed=lambda job_id: discard(storage, job_id),
-    )
-    _sweeper.append(sweeper.start())
+    _sweeper.append(start_sweeper(settings, name="spruce-sweeper"))
     from common.retention import HousekeepingLoop  # deletions and retention, on the same terms
 
     _sweeper.append(HousekeepingLoop(settings).start())
