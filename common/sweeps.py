@@ -58,13 +58,11 @@ def expand(
     for (i, target), (j, pruner), (k, preset) in itertools.product(enumerate(targets), pruner_axis, preset_axis):
         body = copy.deepcopy(dict(spec))
         body["sparsity"] = target
-        method = dict(body.get("method") or {})
-        if pruner is not None:
-            method["pruner"] = pruner
-        if preset is not None:
-            method["preset"] = preset
-        if method or "method" in body:
-            body["method"] = method
+        if pruner is not None or preset is not None:
+            method = body.get("method", {})
+            if isinstance(method, dict):  # anything else is left for validation to name
+                axes = {"pruner": pruner, "preset": preset}
+                body["method"] = {**method, **{k: v for k, v in axes.items() if v is not None}}
         out.append(Child(target=target, pruner=pruner, preset=preset, index=(i, j, k), body=body))
     return out
 

@@ -108,6 +108,8 @@ def test_pruners_multiply_the_grid(svc: Service) -> None:
         ({**BODY, "spec": {**SPEC, "model": "s3://bucket/m"}}, "spec.model"),
         ({**BODY, "targets": [i / 100 for i in range(1, 33)], "pruners": ["wanda", "magnitude"]}, "targets"),
         ({**BODY, "extra": 1}, "extra"),
+        ({**BODY, "spec": [1]}, "spec"),
+        ({**BODY, "spec": {**SPEC, "method": "wanda"}, "pruners": ["wanda"]}, "spec.method"),
     ],
 )
 def test_invalid_sweeps_name_the_field_and_create_nothing(svc: Service, body: dict[str, Any], param: str) -> None:
