@@ -91,7 +91,9 @@ def _read(conn: Connection) -> Snapshot:
     jobs = {s.value: 0 for s in JobStatus}
     for status, n in conn.execute(select(Job.status, func.count()).group_by(Job.status)):
         jobs[status] = int(n)
-    per_team: dict[str, dict[str, int]] = {"queued": {}, "running": {}}
+    # Every team, so a queue that empties reads 0 rather than a series that stops.
+    teams = {name: 0 for (name,) in conn.execute(select(Team.name))}
+    per_team: dict[str, dict[str, int]] = {"queued": dict(teams), "running": dict(teams)}
     active = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
     rows = conn.execute(
         select(Team.name, Job.status, func.count())

@@ -158,6 +158,7 @@ def test_metrics_read_jobs_queues_and_durations_from_the_database(svc: Service) 
     assert _value(families["spruce_jobs"], status="succeeded") == 1
     assert _value(families["spruce_queue_depth"], team=team) == 1
     assert _value(families["spruce_running_jobs"], team=team) == 1
+    assert _value(families["spruce_queue_depth"], team="rival") == 0  # a team with nothing queued reads 0
     assert _value(families["spruce_workers_busy"]) == 1 and _value(families["spruce_workers"]) == 1
     jobs = families["spruce_job_duration_seconds"]
     assert _value(jobs, "_count", status="succeeded") == 1 and _value(jobs, "_sum", status="succeeded") == 95
