@@ -64,7 +64,9 @@ class RequestContext:
             route = route_template(scope)
             self.metrics.observe(scope["method"], route, status, seconds)
             self._log(scope, route, status, seconds)
-            request_id.reset(token)
+        # Reset only after a normal return: an exception goes on to the app's 500 handler, whose
+        # traceback line must carry the id too (each request runs in a task of its own).
+        request_id.reset(token)
 
     @staticmethod
     def _log(scope: Scope, route: str, status: int, seconds: float) -> None:

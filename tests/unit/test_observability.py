@@ -197,3 +197,18 @@ def test_configuring_twice_leaves_one_console_handler_and_redacts_the_others() -
             if h not in root.handlers:
                 root.addHandler(h)
         configure_logging("text")
+
+
+def test_a_500_traceback_carries_the_request_id(svc: Service, lines: io.StringIO) -> None:
+    @svc.client.app.get("/boom")  # type: ignore[attr-defined]
+    def boom() -> None:
+        raise RuntimeError("kaput")
+
+    from fastapi.testclient import TestClient
+
+    r = TestClient(svc.client.app, raise_server_exceptions=False).get("/boom", headers={"X-Request-ID": "r-500"})
+    assert r.status_code == 500
+    records = _records(lines)
+    crash = next(x for x in records if "unhandled error" in x["message"])
+    assert crash["request_id"] == "r-500" and "kaput" in crash["exception"]
+    assert any(x["logger"] == "api.access" and x["status"] == 500 for x in records)
