@@ -1,11 +1,13 @@
-# The two set-up commands of the README: `make serve` and `make test`.
+# The two set-up commands of the README: `make serve` and `make test` (every test).
+# `make test-fast`: the unit tier without whole compress jobs (engine), services, browser or the
+# real model: the inner loop while editing.
 # Both create .venv on first use (torch first: the pinned CPU wheel, see README).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint install
+.PHONY: serve test test-fast lint install
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -23,6 +25,10 @@ serve: $(STAMP)
 test: $(STAMP)
 	bash .ci/deps.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# No services needed: the unit tier without the engine, integration, e2e and model tests.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -q -m "not engine and not integration and not e2e and not model" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -34,10 +34,11 @@ from core.arch import ArchSpec, decoder_layers, layer_linears
 from core.data import batched, calibration_ids
 from core.induction import induce_layer
 from core.models import load_model
+from core.passes import collect_stats
 from core.pruners import prune_weight
 from core.sparsity import LayerTarget
 from core.spec import InductionSpec, TextSpec
-from core.walker import LayerBatch, capture_inputs, collect_stats, run_layer, walk
+from core.walker import LayerBatch, capture_inputs, run_layer, walk
 
 TARGETS = {"50%": LayerTarget(0.5), "2:4": LayerTarget(0.5, 2, 4)}
 PRUNERS = ("magnitude", "wanda", "sparsegpt")
@@ -72,12 +73,13 @@ class _Done(Exception):
 
 def input_means(layer: nn.Module, arch: ArchSpec, batches: list[LayerBatch]) -> dict[str, torch.Tensor]:
     """Per linear, the mean of its input over the calibration tokens (dense layer)."""
-    from core.induction.train import _minibatches, dense_pass
+    from core.induction.batches import split_minibatches
+    from core.induction.train import dense_pass
     from core.induction.transform import plan_layer
 
     plan = plan_layer(layer, arch)
     params = {n: p.detach() for n, p in layer.named_parameters()}
-    mbs = list(_minibatches(batches, 8))
+    mbs = list(split_minibatches(batches, 8))
     _, stats = dense_pass(layer, plan, params, mbs, device=torch.device("cpu"), want_H=False)
     return {path: stats[plan.group_of(path)].sum / stats[plan.group_of(path)].n for path in arch.linears}
 

@@ -22,10 +22,11 @@ from benchmarks.induction_ablation import layer_inputs
 from core.arch import ArchSpec, decoder_layers, layer_linears
 from core.data import calibration_ids, evaluation_ids
 from core.models import load_model
+from core.passes import collect_stats
 from core.pruners import mlp_row_weights, prune_weight
 from core.sparsity import LayerTarget
 from core.spec import TextSpec
-from core.walker import LayerBatch, collect_stats, run_layer
+from core.walker import LayerBatch, run_layer
 
 
 def relative_error(layer: nn.Module, held: list[LayerBatch], Y: list[torch.Tensor]) -> float:

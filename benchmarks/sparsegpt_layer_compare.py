@@ -32,10 +32,10 @@ def ours(layer_index: int, out: Path) -> None:
     from core.arch import decoder_layers, layer_linears
     from core.data import calibration_ids
     from core.models import load_model
+    from core.passes import collect_stats
     from core.pruners import sparsegpt
     from core.sparsity import LayerTarget
     from core.spec import TextSpec
-    from core.walker import collect_stats
 
     loaded = load_model("smollm2-135m")
     model, arch = loaded.model, loaded.arch

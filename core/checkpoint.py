@@ -17,6 +17,8 @@ saved: they come from the embedding side, which pruning never touches, and are c
 from __future__ import annotations
 
 import json
+import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,7 +26,13 @@ from core.errors import SystemFault
 
 if TYPE_CHECKING:  # torch is imported by whoever builds tensors; the service side imports this freely
     import torch
-    from torch import Tensor
+    from torch import Tensor, nn
+
+    from core.arch import ArchSpec
+    from core.progress import Run
+    from core.walker import LayerBatch
+
+log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the meaning of the saved data changes: an old checkpoint is then ignored
 
@@ -121,3 +129,122 @@ def check_fits(state: ResumeState, layers: int, layer_keys: list[dict[str, torch
         shapes = {k: v.shape for k, v in weights.items()}
         if shapes != layer_keys[i]:
             raise CheckpointMismatch(f"layer {i}: the checkpoint's weights do not fit this model")
+
+
+# -- the engine's side: resuming a run and saving each finished layer ------------------------------
+
+
+def load_resume(
+    checkpoint: Checkpoint | None,
+    model: nn.Module,
+    arch: ArchSpec,
+    generator: torch.Generator,
+    run: Run,
+    token_shapes: list[tuple[int, ...]],
+) -> ResumeState | None:
+    """Load the checkpoint's finished layers into ``model`` and its generator state; None: start fresh.
+
+    ``token_shapes`` are this run's calibration batches [b, seq]: the saved hidden states must match.
+    """
+    import torch
+
+    from core.arch import decoder_layers
+
+    if checkpoint is None:
+        return None
+    state = checkpoint.load()
+    if state is None:
+        return None
+    layers = decoder_layers(model, arch)
+    try:
+        check_fits(state, len(layers), [{k: v.shape for k, v in m.state_dict().items()} for m in layers])
+        if [tuple(h.shape[:2]) for h in state.last.hidden[: len(token_shapes)]] != token_shapes:
+            raise CheckpointMismatch("its hidden states were computed on other calibration batches")
+    except CheckpointMismatch as exc:
+        # Not a silent fallback: the run is correct from scratch, and the log says why it restarted.
+        log.warning("ignoring the checkpoint (%s); starting from the first layer", exc)
+        return None
+    with torch.no_grad():
+        for layer, weights in zip(layers, state.weights, strict=False):
+            layer.load_state_dict(weights)
+    generator.set_state(state.last.generator)
+    for stage, seconds in state.last.meta.get("timings", {}).items():
+        run.timings[stage] = run.timings.get(stage, 0.0) + seconds
+    log.info("resuming after layer %d of %d", state.next_layer, len(layers))
+    return state
+
+
+def resumes(state: ResumeState | None) -> list[dict[str, int]]:
+    """Every resume of this run so far: the layer each continued at (0-based)."""
+    if state is None:
+        return []
+    return [*state.last.meta.get("resumes", []), {"from_layer": state.next_layer}]
+
+
+def resume_report(state: ResumeState | None) -> dict[str, Any] | None:
+    """The report's ``resume``: where this run continued, and every resume before."""
+    if state is None:
+        return None
+    history = resumes(state)
+    return {"from_layer": state.next_layer, "count": len(history), "history": history}
+
+
+def resumed_batches(
+    batches: list[LayerBatch], state: ResumeState, start: int, paired: bool
+) -> tuple[list[LayerBatch], list[Tensor]]:
+    """The inputs of layer ``start``: the saved hidden states with this run's captured kwargs, and
+    (``paired``) the dense model's inputs of that layer, saved after the pruned model's."""
+    hidden = state.last.hidden
+    shapes = [b.hidden.shape for b in batches] * (2 if paired else 1)
+    if [h.shape for h in hidden] != shapes:  # resume() checked [b, seq] already
+        raise CheckpointMismatch("the checkpoint's hidden states do not fit this run's calibration batches")
+    resumed = [b.advance(h.to(b.hidden.device), start) for b, h in zip(batches, hidden, strict=False)]
+    dense = [h.to(b.hidden.device) for b, h in zip(batches, hidden[len(batches) :], strict=False)]
+    return resumed, dense
+
+
+class Saver:
+    """Builds the ``LayerCheckpoint`` of a finished layer and hands it to the checkpoint."""
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        model: nn.Module,
+        arch: ArchSpec,
+        generator: torch.Generator,
+        run: Run,
+        fixed: dict[str, Any],
+        started: float,
+        elapsed_before: float,
+    ) -> None:
+        """``fixed``: the meta measured before the walk (dense perplexity, allocation, resumes);
+        ``started``: the run's ``time.time()`` at its start; ``elapsed_before``: earlier runs' seconds."""
+        self.checkpoint, self.model, self.arch, self.generator = checkpoint, model, arch, generator
+        self.run, self.fixed, self.started, self.elapsed_before = run, fixed, started, elapsed_before
+        self.prune_started = time.perf_counter()
+
+    def __call__(
+        self, i: int, outputs: list[Tensor], rows: list[dict[str, Any]], fact: list[dict[str, Any]]
+    ) -> None:
+        from core.arch import decoder_layers
+
+        layers = decoder_layers(self.model, self.arch)
+        timings = dict(self.run.timings)
+        timings["prune"] = timings.get("prune", 0.0) + time.perf_counter() - self.prune_started
+        meta = {
+            **self.fixed,
+            "rows": rows,
+            "fact": fact,
+            "timings": timings,
+            "elapsed": self.elapsed_before + time.time() - self.started,
+        }
+        self.checkpoint.save(
+            LayerCheckpoint(
+                index=i,
+                layers=len(layers),
+                weights=dict(layers[i].state_dict()),
+                hidden=outputs,
+                generator=self.generator.get_state(),
+                meta=meta,
+            )
+        )

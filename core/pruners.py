@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 Selection = Literal["layer", "row", "block"]
 
-# Ridge of the dense-model fit (``dense_target``), as a fraction of mean(diag(H)). Measured on
-# SmolLM2 layers 1-4 at 2:4 against the dense model on held-out text: 0.1 beat 0.01 and 3.
+# Ridge of the dense-model fit (``dense_target``), as a fraction of mean(diag(H)): the measured
+# best on held-out text (docs/pruners.md, "Fitting the dense model, not the dense layer").
 FIT_DAMPENING = 0.1
 
 # Dampening fraction of the first retry when the caller asked for none (10x of zero is zero).
@@ -36,14 +36,8 @@ _FIRST_RETRY_DAMPENING = 0.01
 def magnitude_scores(W: torch.Tensor) -> torch.Tensor:
     """[out, in] |W| in float64, exact ties broken towards the input column with the smaller norm.
 
-    Magnitude is indifferent between equal |w|, and equal |w| are common in weights dequantized
-    from a few levels: in the benchmark's SmolLM2 (from a Q4_1 GGUF), 15% of the 2:4 groups tie
-    at the keep/prune boundary, and how they are broken moved magnitude 2:4 between 1844 and
-    3152 perplexity. Among tied weights the one whose input column has the smaller L2 norm is
-    kept: a data-free stand-in for Wanda's ||x_j|| (a channel's weights and its activations
-    scale inversely). Measured on the benchmark, 2:4: topk's arbitrary order 2070.51, larger
-    column kept 3152.15, smaller column kept 1847.08 (docs/pruners.md, "Magnitude").
-
+    Weights dequantized from a few levels tie often, and how ties break matters; the smaller
+    column is a data-free stand-in for Wanda's ||x_j|| (docs/pruners.md, "Magnitude").
     Score |w| (1 + 2^-26 r_j), r_j in [0, 1) the column's rank by descending norm over ``in``:
     distinct float32 magnitudes are at least 2^-24 apart relatively, so their order is kept.
     """
@@ -439,11 +433,9 @@ def prune_weight(
             raise SystemFault(
                 "Wanda's swap rounds need the layer's X^T X: collect statistics with want_hessian"
             )
-        # Fitting the dense model, the swaps start from Wanda's own mask: ranking single weights by
-        # their change of the fitted objective (w^2 H_jj + 2 w c_j) ignored how the pruned weights'
-        # errors add up once the drift term dominates, and its masks were far worse (fitting the
-        # whole drift, the 50% row's perplexity went from 18 to 1e13); from Wanda's mask the swaps
-        # can only lower the fitted error. Both terms on ``hessian()``'s scale, which ``cross()`` shares.
+        # Fitting the dense model, the swaps start from Wanda's own mask, from which they can only
+        # lower the fitted error (docs/pruners.md, "Fitting the dense model through the swaps").
+        # Both terms on ``hessian()``'s scale, which ``cross()`` shares.
         cross = fit_cross(st, fit_share)
         H = st.H if cross is None else st.hessian()
         swaps = swap_refine(W, keep, H, target, swap_rounds, cross=cross)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import platform
 import resource
 import sys
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +16,66 @@ if TYPE_CHECKING:
     from core.spec import CompressionSpec
 
 SCHEMA_VERSION = 1
+
+
+@dataclass
+class LayerTimings:
+    """Seconds of one layer's walk spent apart from the pruning step itself (None: none spent;
+    the report then has no key for it)."""
+
+    measure: float | None = None  # forwards that only measure the layer's error
+    induction: float | None = None  # induction's scales, permutation and recovery
+
+    def add_measure(self, seconds: float) -> None:
+        self.measure = (self.measure or 0.0) + seconds
+
+    def add_induction(self, seconds: float) -> None:
+        self.induction = (self.induction or 0.0) + seconds
+
+
+@dataclass
+class LayerRecord:
+    """One decoder layer's row of the report (``report["layers"][i]``, ``to_dict``)."""
+
+    index: int
+    target: float  # the layer's sparsity ratio, rounded
+    induction: dict[str, Any] | None = None  # ``induction_row``: the scales' training
+    induction_skipped: str | None = None  # why induction's scales were not learned
+    linears: dict[str, dict[str, Any]] = field(default_factory=dict)  # per linear: sparsity, errors
+    recovery: dict[str, Any] | None = None  # ``recovery_row``
+    permutation: dict[str, Any] | None = None  # induction's N:M channel permutation, chosen by the walk
+    error_vs: str | None = None  # "dense model" where ``rel_error`` is not against the dense layer
+    rel_error: float | None = None  # ||Y_dense - Y_sparse|| / ||Y_dense|| of the layer's outputs
+    sparsity: float | None = None
+    timings: LayerTimings = field(default_factory=LayerTimings)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": self.index, "target": self.target, "induction": self.induction}
+        optional = {
+            "induction_skipped": self.induction_skipped,
+            "measure_seconds": self.timings.measure,
+            "induction_seconds": self.timings.induction,
+        }
+        out.update({k: v for k, v in optional.items() if v is not None})
+        out["linears"] = self.linears
+        later = {"recovery": self.recovery, "permutation": self.permutation, "error_vs": self.error_vs}
+        out.update({k: v for k, v in later.items() if v is not None})
+        out.update(rel_error=self.rel_error, sparsity=self.sparsity)
+        return out
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> LayerRecord:
+        """The record of a ``to_dict`` row (a checkpoint's)."""
+        timings = LayerTimings(measure=row.get("measure_seconds"), induction=row.get("induction_seconds"))
+        keys = ("induction", "induction_skipped", "linears", "recovery", "permutation", "error_vs")
+        return cls(
+            index=row["index"],
+            target=row["target"],
+            rel_error=row.get("rel_error"),
+            sparsity=row.get("sparsity"),
+            timings=timings,
+            **{k: row[k] for k in keys if k in row},
+        )
 
 
 def versions() -> dict[str, str]:
@@ -79,7 +139,7 @@ def build(
     if spec.induction.enabled:
         rows = [r["induction"] for r in layers if r.get("induction")]
         induction = {
-            "settings": dataclasses.asdict(spec.induction),
+            "settings": spec.to_dict()["method"]["induction"],
             "epochs": spec.induction_epochs,  # the settings' -1 resolved for this pruner
             "scales_skipped": spec.induction_scales_skipped,
             "targets": _induction_targets(spec),
@@ -93,7 +153,6 @@ def build(
         "versions": versions(),
         "device": device,
         "spec": spec.to_dict(),
-        "plan": spec.resolve().to_dict(),  # every setting as it ran, auto and -1 resolved
         "model": loaded.meta,
         "calibration": calibration,
         "evaluation": evaluation,

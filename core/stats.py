@@ -1,17 +1,36 @@
-"""Input statistics of one linear layer, accumulated over calibration batches.
+"""Input statistics of a decoder layer's linears, accumulated over calibration batches: the one
+statistics layer of the pruners and of induction.
 
-The walker feeds every batch a linear sees into ``InputStats.update``; the pruners then read
-Wanda's per-channel norm ``col_norm`` and SparseGPT's ``hessian``. Sums (not means) are kept so
-that the result does not depend on how the calibration set was cut into batches.
+The walker's passes (core/passes.py) feed every batch a linear sees into ``InputStats.update``;
+the pruners then read Wanda's per-channel norm ``col_norm`` and SparseGPT's ``hessian``.
+Induction's ``StatsRecorder`` fills the same ``InputStats`` with channel moments as well (its
+scales start from them). Sums (not means) are kept so that the result does not depend on how the
+calibration set was cut into batches.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 
+from core.arch import ArchSpec
 from core.errors import SystemFault
+from core.precision import exact
+
+# Rows of |x| kept per group for per-channel medians (induction's ``init: median``; exact medians
+# would cost memory).
+MEDIAN_ROWS = 4096
+
+
+def wants_hessian(pruner: str, swap_rounds: int) -> bool:
+    """Whether the statistics need each input's Gram matrix X^T X: SparseGPT's scores and update
+    read it, and so do Wanda's swaps (``swap_rounds`` > 0)."""
+    return pruner == "sparsegpt" or (pruner == "wanda" and swap_rounds > 0)
 
 
 @dataclass
@@ -30,6 +49,14 @@ class InputStats:
     # measured loss, docs/pruners.md); ``h_rows`` counts the tokens it read.
     every: int = 1
     h_rows: int = 0
+    # Channel moments, for induction's start and shifts (``moments=True``): [in] sums of x_j and
+    # |x_j|, and up to MEDIAN_ROWS rows of |x| for medians.
+    sum: torch.Tensor | None = None
+    abs_sum: torch.Tensor | None = None
+    sample: torch.Tensor | None = None
+    # H accumulated by one fused multiply-add per batch (induction's recorder, which never needs
+    # a batch's X^T X itself) instead of ``gram``'s mirrored blocks.
+    fused: bool = False
 
     @classmethod
     def new(
@@ -40,9 +67,12 @@ class InputStats:
         want_hessian: bool,
         cross_out: int | None = None,
         hessian_every: int = 1,
+        moments: bool = False,
+        fused: bool = False,
     ) -> InputStats:
         """``cross_out``: the linear's output size, to accumulate ``G`` too; ``hessian_every``:
-        H from every n-th token (cross statistics need every token)."""
+        H from every n-th token (cross statistics need every token); ``moments``: the channel
+        moments too; ``fused``: H by ``addmm_`` (see the field)."""
         if hessian_every < 1 or (cross_out is not None and hessian_every != 1):
             raise SystemFault(f"hessian_every={hessian_every}: must be >= 1, and 1 with cross statistics")
         sq_sum = torch.zeros(in_features, dtype=torch.float32, device=device)
@@ -56,7 +86,11 @@ class InputStats:
             if cross_out is None
             else torch.zeros(cross_out, in_features, dtype=torch.float32, device=device)
         )
-        return cls(n=0, sq_sum=sq_sum, H=H, G=G, every=hessian_every)
+        stats = cls(n=0, sq_sum=sq_sum, H=H, G=G, every=hessian_every, fused=fused)
+        if moments:
+            stats.sum, stats.abs_sum = sq_sum.clone(), sq_sum.clone()
+            stats.sample = torch.zeros(0, in_features, dtype=torch.float32, device=device)
+        return stats
 
     def update(self, x: torch.Tensor, dy: torch.Tensor | None = None) -> None:
         """Add a batch ``x`` of shape [..., in] (any float dtype, any device); with cross statistics,
@@ -98,13 +132,27 @@ class InputStats:
         (None when no Hessian is kept)."""
         self.n += X.shape[0]
         self.sq_sum += X.square().sum(dim=0)  # [in]
+        if self.sum is not None:
+            self._add_moments(X)
         if self.H is None:
+            return None
+        if self.fused:
+            self.h_rows += X.shape[0]
+            self.H.addmm_(X.T, X)
             return None
         Xh = X[:: self.every] if self.every > 1 else X
         self.h_rows += Xh.shape[0]
         XtX = gram(Xh)  # [in, in]
         self.H += XtX
         return XtX
+
+    def _add_moments(self, X: torch.Tensor) -> None:
+        assert self.sum is not None and self.abs_sum is not None and self.sample is not None
+        self.sum += X.sum(0)
+        self.abs_sum += X.abs().sum(0)
+        room = MEDIAN_ROWS - self.sample.shape[0]
+        if room > 0:  # strided through the batch's tokens
+            self.sample = torch.cat([self.sample, X[:: max(1, X.shape[0] // room)][:room].abs()])
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         in_features = self.sq_sum.shape[0]
@@ -136,8 +184,43 @@ class InputStats:
         return self.G * (2.0 / self.n)
 
 
-# Column blocks of ``gram``: measured on 2 cores with 16k tokens, 256 took 0.65x the time of one
-# full product at 1536 inputs and 0.76x at 576.
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sum of x_j [in], sum of |x_j| [in], the |x| sample [rows, in]), kept with ``moments``."""
+        if self.sum is None or self.abs_sum is None or self.sample is None:
+            raise SystemFault("InputStats was created without moments: no channel sums were kept")
+        return self.sum, self.abs_sum, self.sample
+
+    def permuted(self, p: torch.Tensor) -> InputStats:
+        """A copy for the input with its channels reordered (new channel j is old p[j])."""
+        q = p.to(self.sq_sum.device)
+        return dataclasses.replace(
+            self,
+            sq_sum=self.sq_sum[q],
+            H=None if self.H is None else self.H[q][:, q],
+            G=None if self.G is None else self.G[:, q],
+            sum=None if self.sum is None else self.sum[q],
+            abs_sum=None if self.abs_sum is None else self.abs_sum[q],
+            sample=None if self.sample is None else self.sample[:, q],
+        )
+
+    def centred_sq(self, d: torch.Tensor | None) -> torch.Tensor:
+        """[in] sum over tokens of (x_j - d_j)^2, from the moments (differentiable in d)."""
+        if d is None:
+            return self.sq_sum
+        assert self.sum is not None, "centring needs the channel moments"
+        return (self.sq_sum - 2.0 * d * self.sum + self.n * d * d).clamp_min(0.0)
+
+    def centred_H(self, d: torch.Tensor | None) -> torch.Tensor:
+        """[in, in] sum of (x - d)(x - d)^T, from the moments."""
+        assert self.H is not None
+        if d is None:
+            return self.H
+        assert self.sum is not None, "centring needs the channel moments"
+        d = d.detach()
+        return self.H - torch.outer(d, self.sum) - torch.outer(self.sum, d) + self.n * torch.outer(d, d)
+
+
+# Column blocks of ``gram``: measured faster than one full product at the benchmark model's widths.
 GRAM_BLOCK = 256
 
 
@@ -186,3 +269,64 @@ class OutputSensitivity:
         if self.n == 0:
             raise SystemFault("OutputSensitivity has seen no inputs")
         return self.sq_sum / self.n
+
+
+class StatsRecorder:
+    """Forward pre-hooks that fill the ``InputStats`` (with moments) of a layer's four input groups
+    (``stats``: "attn", "o", "mlp", "down") from forwards run through the module (its own or
+    ``functional_call``'s), over the first ``sequences`` sequences they see (all where 0 or
+    less); induction's statistics. ``seconds``: the time spent in the hooks, so a caller whose
+    forward they ride on can charge them to induction. Hooks are removed on exit, even where the
+    forward raises. The sums do not depend on how the sequences are batched; the median sample
+    does once a forward holds more than ``MEDIAN_ROWS`` tokens (only ``init: median`` reads it)."""
+
+    def __init__(self, layer: nn.Module, arch: ArchSpec, *, want_H: bool, sequences: int = 0) -> None:
+        self.layer, self.arch, self.want_H, self.sequences = layer, arch, want_H, sequences
+        self.stats: dict[str, InputStats] = {}
+        self.seconds = 0.0
+        self._seen: dict[str, int] = {}
+        self._batch = 0  # sequences in the forward under way (set by the layer's own pre-hook)
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> StatsRecorder:
+        a = self.arch
+        leaders = {"attn": a.q, "o": a.o, "mlp": a.mlp_in[0], "down": a.mlp_out}
+        self._handles = [self.layer.register_forward_pre_hook(self._on_layer, with_kwargs=True)]
+        try:
+            for group, path in leaders.items():
+                hook = self._hook_for(group)
+                self._handles.append(self.layer.get_submodule(path).register_forward_pre_hook(hook))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _on_layer(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        self._batch = int(hidden.shape[0])
+
+    def _hook_for(self, group: str) -> Any:
+        @exact  # as the walker's own hooks: nothing in them computes under the forward's autocast
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            started = time.perf_counter()
+            seen = self._seen.get(group, 0)
+            take = self._batch if self.sequences <= 0 else min(self._batch, self.sequences - seen)
+            if take > 0:
+                self._seen[group] = seen + take
+                X = args[0].detach()
+                # [b, ..., in] or [b * seq, in]: the first ``take`` sequences, as [tokens, in]
+                X = X.reshape(self._batch, -1, X.shape[-1])[:take].reshape(-1, X.shape[-1]).to(torch.float32)
+                st = self.stats.get(group)
+                if st is None:
+                    st = self.stats[group] = InputStats.new(
+                        X.shape[1], device=X.device, want_hessian=self.want_H, moments=True, fused=True
+                    )
+                st._add(X)
+            self.seconds += time.perf_counter() - started
+
+        return hook

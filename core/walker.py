@@ -10,65 +10,21 @@ the store device, so peak device memory is one layer plus one batch of its activ
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import functools
 import inspect
-import time
-from collections.abc import Callable, Iterable, Iterator
-from contextvars import ContextVar
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from core.arch import ArchSpec, decoder_layers, input_groups, layer_linears, mlp_activation
-from core.errors import Cancelled, SystemFault
-from core.stats import InputStats, OutputSensitivity
+from core.arch import ArchSpec, decoder_layers
+from core.errors import Cancelled
+from core.nested import to_device
+from core.precision import Device, layer_precision
 
-Device = torch.device | str
 # A visit may return the layer's outputs when it computed them itself (``prune_in_forward``).
 Visit = Callable[[int, nn.Module, list["LayerBatch"]], "list[Tensor] | None"]
-
-
-@dataclass(frozen=True)
-class ForwardPrecision:
-    """How the walk's layer forwards compute (see ``forward_precision``)."""
-
-    dtype: torch.dtype  # the autocast dtype of the layer's matrix products
-    # Linears (paths inside a decoder layer) that compute in the model's own dtype regardless:
-    # the residual writers o and down where SparseGPT fits the dense model, whose cross
-    # statistics are y_dense - y of their outputs, a small difference of two large outputs; with
-    # them in bfloat16 SparseGPT 2:4 lost 0.8% perplexity, with them exact it matched float32
-    # (docs/pruners.md, "Forward precision").
-    exact: tuple[str, ...] = ()
-
-
-_PRECISION: ContextVar[ForwardPrecision | None] = ContextVar("spruce_forward_precision", default=None)
-
-
-@contextlib.contextmanager
-def forward_precision(precision: ForwardPrecision | None) -> Iterator[None]:
-    """Within this block, ``run_layer`` computes the layer's matrix products (linears, attention)
-    under autocast to ``precision.dtype`` (None: the model's dtype). Everything else stays
-    exact: the layer's inputs and outputs keep the model's dtype, the linears in
-    ``precision.exact`` run in it, and the walker's hooks (statistics, pruning) run with
-    autocast off, so every Gram product, factorisation and mask choice is float32 as before.
-    Only the activations the statistics are read from carry the rounding."""
-    token = _PRECISION.set(precision)
-    try:
-        yield
-    finally:
-        _PRECISION.reset(token)
-
-
-def layer_precision(layer: nn.Module, device: Device) -> contextlib.AbstractContextManager[None]:
-    """The walk's forward precision (``forward_precision``; a no-op without one) for one run of
-    ``layer``: ``run_layer``'s, and that of a forward outside it that may carry the same rounding,
-    induction's training steps (whose masks come from float32 statistics and whose chosen
-    transform is checked in float32)."""
-    return _reduced(layer, torch.device(device), _PRECISION.get())
 
 
 @dataclass
@@ -134,213 +90,11 @@ def run_layer(layer: nn.Module, batches: list[LayerBatch], *, device: Device) ->
     outputs: list[Tensor] = []
     with torch.no_grad(), layer_precision(layer, device):
         for batch in batches:
-            out = layer(batch.hidden.to(device), **_to_device(batch.kwargs, device))
+            out = layer(batch.hidden.to(device), **to_device(batch.kwargs, device))
             if isinstance(out, tuple):  # older transformers return (hidden, ...)
                 out = out[0]
             outputs.append(out.to(batch.hidden.device))  # [b, seq, hidden]
     return outputs
-
-
-def collect_stats(
-    layer: nn.Module,
-    arch: ArchSpec,
-    batches: list[LayerBatch],
-    *,
-    device: Device,
-    want_hessian: bool,
-    sensitivity: dict[str, OutputSensitivity] | None = None,
-    hessian_every: int = 1,
-) -> tuple[dict[str, InputStats], list[Tensor]]:
-    """Input statistics of every prunable linear of ``layer`` over ``batches``, and the layer's outputs.
-
-    Linears that read the same tensor (q/k/v, gate/up) share one ``InputStats`` object, filled once
-    by a hook on the group's first linear. Hooks are removed even when the forward raises.
-    A ``sensitivity`` dict (empty) is filled with each MLP input linear's ``OutputSensitivity``
-    from the same pass. ``hessian_every``: the Hessian from every n-th token (``InputStats``).
-    """
-    linears = layer_linears(layer, arch)
-    stats: dict[str, InputStats] = {}
-    handles = []
-    try:
-        if sensitivity is not None:
-            handles += _sensitivity_hooks(layer, arch, sensitivity, device, active=lambda: True)
-        for group in input_groups(arch):
-            first = linears[group[0]]
-            shared = InputStats.new(
-                first.in_features, device=device, want_hessian=want_hessian, hessian_every=hessian_every
-            )
-            for name in group:
-                stats[name] = shared
-            handles.append(first.register_forward_pre_hook(_accumulate_into(shared)))
-        outputs = run_layer(layer, batches, device=device)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return stats, outputs
-
-
-def collect_paired_stats(
-    layer: nn.Module,
-    arch: ArchSpec,
-    batches: list[LayerBatch],
-    dense: list[Tensor],
-    *,
-    device: Device,
-    sensitivity: dict[str, OutputSensitivity] | None = None,
-    hessian_every: int = 1,
-) -> tuple[dict[str, InputStats], list[Tensor], list[Tensor]]:
-    """``collect_stats`` with SparseGPT's Hessian and, for the two linears that write into the
-    residual stream (o and down / fc2), the cross statistics between the pruned model's inputs
-    (``batches``) and the dense model's inputs of the same tokens.
-
-    Only the residual writers: fitting the readers (q/k/v, gate/up) to the dense model's outputs
-    made SparseGPT's layers worse against the dense model on SmolLM2, even on the calibration
-    text (their outputs pass through softmax / the activation before anything adds up, and the
-    drift they see is carried by the residual stream anyway); fitting o and down lowered it.
-
-    ``dense`` holds the dense model's input of this layer for each batch. Per batch the layer runs
-    twice with the same (not yet pruned) weights: on the dense input, where the hooks only keep each
-    writer's output, then on the pruned input, where they accumulate the input and, for the
-    writers, y_dense - y into ``InputStats``. ``sensitivity`` (as in ``collect_stats``) is
-    measured on the pruned input, like the rest of the statistics. ``hessian_every``: as in
-    ``collect_stats``, for the readers only (the writers' cross statistics need every token).
-    Returns (stats, outputs on ``batches``, outputs on ``dense``: the dense model's next inputs).
-    """
-    linears = layer_linears(layer, arch)
-    stats: dict[str, InputStats] = {}
-    kept: dict[str, Tensor] = {}  # writer linear -> its output on the current batch's dense input
-    handles = []
-    try:
-        if sensitivity is not None:
-            handles += _sensitivity_hooks(
-                layer, arch, sensitivity, device, active=lambda: _DENSE_PASS not in kept
-            )
-        for group in input_groups(arch):
-            first = linears[group[0]]
-            cross = group[0] in (arch.o, arch.mlp_out)  # single-linear groups: G belongs to that linear
-            shared = InputStats.new(
-                first.in_features,
-                device=device,
-                want_hessian=True,
-                cross_out=first.out_features if cross else None,
-                hessian_every=1 if cross else hessian_every,
-            )
-            for name in group:
-                stats[name] = shared
-            handles.append(first.register_forward_hook(_pair_into(shared, group[0], kept, cross)))
-        outputs: list[Tensor] = []
-        dense_outputs: list[Tensor] = []
-        for batch, hidden in zip(batches, dense, strict=True):
-            kept.clear()
-            kept[_DENSE_PASS] = hidden  # a marker: the hooks only keep inputs during this pass
-            dense_outputs += run_layer(layer, [dataclasses.replace(batch, hidden=hidden)], device=device)
-            del kept[_DENSE_PASS]
-            outputs += run_layer(layer, [batch], device=device)
-        kept.clear()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return stats, outputs, dense_outputs
-
-
-# Prunes the group in place from its statistics; returns the permutation of the group's input
-# channels it folded into the layer (new channel j is old p[j]), or None.
-PruneGroup = Callable[[tuple[str, ...], InputStats], "Tensor | None"]
-
-
-def prune_in_forward(
-    layer: nn.Module,
-    arch: ArchSpec,
-    batch: LayerBatch,
-    reference: Tensor,
-    *,
-    device: Device,
-    prune: PruneGroup,
-    fit_reference: bool,
-    want_hessian: bool = True,
-    sensitivity: dict[str, OutputSensitivity] | None = None,
-    timings: dict[str, float] | None = None,
-    hessian_every: int = 1,
-) -> tuple[Tensor, Tensor]:
-    """Prune the layer group by group inside one forward of all calibration tokens (``batch``).
-
-    First the dense layer runs on ``reference`` (same tokens): the dense model's input of the
-    layer when SparseGPT fits the dense model (``fit_reference``: the residual writers o and
-    down / fc2 keep their outputs, to be fitted to), else ``batch.hidden`` itself; this pass
-    also fills ``sensitivity`` (as in ``collect_stats``). Then ``batch`` runs, and a pre-hook on
-    each input group's first linear (q/k/v, o, gate/up, down) accumulates the group's
-    ``InputStats`` from what the forward brings there (the Hessian if ``want_hessian``, and with
-    ``fit_reference`` the writers' cross statistics against the kept outputs) and calls
-    ``prune(group, stats)``, which prunes the group in place before the forward goes on. So each
-    group is fitted on the inputs the already pruned groups before it produce (sequential within
-    the layer), and the forward's output is the pruned layer's: two forwards per layer where
-    statistics, pruning and propagation take three with ``collect_paired_stats`` (two without).
-    Where ``prune`` folded a permutation p of the group's inputs into the layer (induction's N:M
-    channel permutation of o or down: the readers' rows already ran in this forward, in the old
-    order), the input arriving now is reordered by p as well, so the forward stays consistent.
-
-    Every token must be in the one batch: a group's statistics are complete only then. Hooks
-    are removed even when the forward or ``prune`` raises. ``timings["reference"]`` receives
-    the seconds of the dense pass (without ``fit_reference`` and ``sensitivity`` it only
-    measures: its output is the dense layer's, for the layer's error). ``hessian_every``: as in
-    ``collect_stats`` (not with ``fit_reference``, whose cross statistics need every token).
-    Returns (the pruned layer's output on ``batch``, the dense layer's output on ``reference``).
-    """
-    linears = layer_linears(layer, arch)
-    writers = (arch.o, arch.mlp_out) if fit_reference else ()
-    kept: dict[str, Tensor] = {}
-    reference_pass = [True]
-    handles = []
-
-    def keep(name: str) -> Callable[[nn.Module, tuple, Tensor], None]:
-        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-            if reference_pass[0]:
-                kept[name] = output.detach()
-
-        return hook
-
-    def fit(group: tuple[str, ...]) -> Callable[[nn.Module, tuple], tuple | None]:
-        @exact
-        def hook(module: nn.Module, args: tuple) -> tuple | None:
-            if reference_pass[0]:
-                return None
-            x = args[0].detach()
-            first = linears[group[0]]
-            cross = group[0] in writers
-            stats = InputStats.new(
-                first.in_features, device=device, want_hessian=want_hessian,
-                cross_out=first.out_features if cross else None,
-                hessian_every=1 if cross else hessian_every,
-            )  # fmt: skip
-            if cross:  # against the reference outputs, with the group's weights still dense
-                stats.update_against(x, kept.pop(group[0]), first.weight, first.bias)
-            else:
-                stats.update(x)
-            p = prune(group, stats)
-            if p is None:
-                return None
-            return (args[0].index_select(-1, p.to(args[0].device)), *args[1:])
-
-        return hook
-
-    try:
-        if sensitivity is not None:
-            handles += _sensitivity_hooks(layer, arch, sensitivity, device, active=lambda: reference_pass[0])
-        for name in writers:
-            handles.append(linears[name].register_forward_hook(keep(name)))
-        for group in input_groups(arch):
-            handles.append(linears[group[0]].register_forward_pre_hook(fit(group)))
-        started = time.perf_counter()
-        (ref_out,) = run_layer(layer, [dataclasses.replace(batch, hidden=reference)], device=device)
-        if timings is not None:
-            timings["reference"] = time.perf_counter() - started
-        reference_pass[0] = False
-        (out,) = run_layer(layer, [batch], device=device)
-    finally:
-        kept.clear()
-        for handle in handles:
-            handle.remove()
-    return out, ref_out
 
 
 def walk(
@@ -394,73 +148,6 @@ def walk(
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _sensitivity_hooks(
-    layer: nn.Module,
-    arch: ArchSpec,
-    into: dict[str, OutputSensitivity],
-    device: Device,
-    active: Callable[[], bool],
-) -> list[torch.utils.hooks.RemovableHandle]:
-    """Hooks that fill ``into`` with each MLP input linear's ``OutputSensitivity`` while ``active()``.
-
-    The input linears' outputs are kept until the MLP's output linear is reached; there the
-    activation's derivative comes from autograd on the activation module alone (the layer itself
-    runs without gradients), and the recomputed hidden activation must equal the one the output
-    linear receives (on the first tokens of each batch), so a model whose MLP is not
-    act(gate) * up or act(fc1) fails loudly instead of weighting rows by the wrong formula.
-    """
-    linears = layer_linears(layer, arch)
-    act = mlp_activation(layer, arch)
-    if act is None:
-        raise SystemFault(f"no MLP activation module found in a {arch.name} layer: cannot weigh its rows")
-    for name in arch.mlp_in:
-        into[name] = OutputSensitivity.new(linears[name].out_features, device=device)
-    outs: dict[str, Tensor] = {}
-
-    def keep(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-            if active():
-                outs[name] = output.detach()
-
-        return hook
-
-    @exact
-    def measure(module: nn.Module, args: tuple) -> None:
-        if len(outs) < len(arch.mlp_in):
-            return
-        n_in = outs[arch.mlp_in[0]].shape[-1]
-        # Every _SENSITIVITY_EVERY-th token: a per-channel mean over thousands of tokens, where
-        # every token cost 14 s of SparseGPT's 138 s step at 70% on the benchmark.
-        rows = {
-            name: out.reshape(-1, n_in)[::_SENSITIVITY_EVERY].to(torch.float32) for name, out in outs.items()
-        }
-        with torch.enable_grad():
-            z = rows[arch.mlp_in[0]].requires_grad_(True)  # a detached leaf
-            a = act(z)
-            (da,) = torch.autograd.grad(a.sum(), z)
-        a = a.detach()
-        up = rows[arch.mlp_in[-1]] if arch.gated else None
-        # The form check reads the first _FORM_CHECK_ROWS of those tokens: an MLP of another form
-        # shows on any token, and on every token the check cost a third of this hook's time.
-        h = args[0].detach().reshape(-1, n_in)[::_SENSITIVITY_EVERY][:_FORM_CHECK_ROWS].to(torch.float32)
-        rebuilt = a[:_FORM_CHECK_ROWS]
-        if up is not None:  # h = act(gate) * up
-            rebuilt = rebuilt * up[:_FORM_CHECK_ROWS]
-        if float((rebuilt - h).norm()) > 1e-2 * float(h.norm()) + 1e-6:
-            raise SystemFault(f"the {arch.name} MLP's hidden activation is not the expected act(...) form")
-        if up is not None:
-            derivs = {arch.mlp_in[0]: da * up, arch.mlp_in[-1]: a}
-        else:  # h = act(fc1)
-            derivs = {arch.mlp_in[0]: da}
-        for name, d in derivs.items():
-            into[name].update(d)
-        outs.clear()
-
-    handles = [linears[name].register_forward_hook(keep(name)) for name in arch.mlp_in]
-    handles.append(linears[arch.mlp_out].register_forward_pre_hook(measure))
-    return handles
-
-
 class _Recorder(nn.Module):
     """Stands in for a decoder layer during capture: records its call and passes hidden through."""
 
@@ -499,7 +186,7 @@ def _as_keywords(signature: inspect.Signature, args: tuple, kwargs: dict[str, An
 def _batch_from_calls(calls: list[tuple[Tensor, dict[str, Any]]], store_device: Device) -> LayerBatch:
     memo: dict[int, Any] = {}  # keeps tensors shared between layers' kwargs shared after the move
     hidden = calls[0][0].to(store_device).contiguous()  # [b, seq, hidden]
-    per_layer = [_to_device(kw, store_device, memo) for _, kw in calls]
+    per_layer = [to_device(kw, store_device, memo) for _, kw in calls]
     uniform = all(_same(kw, calls[0][1]) for _, kw in calls)
     return LayerBatch(hidden=hidden, kwargs=per_layer[0], layer_kwargs=() if uniform else tuple(per_layer))
 
@@ -515,105 +202,11 @@ def _same(a: Any, b: Any) -> bool:
     return a is b or bool(a == b)
 
 
-def _to_device(value: Any, device: Device, memo: dict[int, Any] | None = None) -> Any:
-    """``value`` with every tensor inside (dicts, tuples, lists) moved to ``device``."""
-    if memo is None:
-        memo = {}
-    if id(value) in memo:
-        return memo[id(value)]
-    if isinstance(value, Tensor):
-        moved: Any = value.to(device)
-    elif isinstance(value, dict):
-        moved = {k: _to_device(v, device, memo) for k, v in value.items()}
-    elif isinstance(value, (tuple, list)):
-        moved = type(value)(_to_device(v, device, memo) for v in value)
-    else:
-        return value
-    memo[id(value)] = moved
-    return moved
-
-
 def move_module(module: nn.Module, device: Device) -> None:
     """``module.to(device)``, outside inference mode even when called inside it: parameters copied
     in inference mode become inference tensors, which in-place pruning afterwards may not modify."""
     with torch.inference_mode(False):
         module.to(device)
-
-
-@contextlib.contextmanager
-def _reduced(layer: nn.Module, device: torch.device, precision: ForwardPrecision | None) -> Iterator[None]:
-    """Autocast for one run of ``layer``, its ``exact`` linears excepted (their ``forward`` is
-    wrapped for the duration and restored after, also on error)."""
-    if precision is None:
-        yield
-        return
-    wrapped: list[tuple[nn.Module, Any]] = []  # (module, the instance's own forward it had, if any)
-    try:
-        for path in precision.exact:
-            module = layer.get_submodule(path)
-            wrapped.append((module, vars(module).get("forward")))
-            module.forward = _exact_forward(module)  # an instance attribute shadows the method
-        with torch.autocast(device.type, dtype=precision.dtype):
-            yield
-    finally:
-        for module, own in wrapped:
-            del module.forward  # back to the class's forward ...
-            if own is not None:
-                module.forward = own  # ... or to the one the instance had
-
-
-def _exact_forward(module: nn.Module) -> Callable[..., Any]:
-    """``module.forward`` with autocast off, its input (lowered by the products before it) cast
-    to the module's weight dtype."""
-    forward, dtype = module.forward, next(module.parameters()).dtype
-
-    @exact
-    def run(x: Tensor, *args: Any, **kwargs: Any) -> Any:
-        return forward(x.to(dtype), *args, **kwargs)
-
-    return run
-
-
-def exact(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` (a hook or a forward) run with autocast off: the walker's statistics and pruning
-    compute as they would without ``forward_precision``."""
-
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
-            return fn(*args, **kwargs)
-
-    return run
-
-
-def _accumulate_into(stats: InputStats) -> Callable[[nn.Module, tuple], None]:
-    @exact
-    def hook(module: nn.Module, args: tuple) -> None:
-        stats.update(args[0])
-
-    return hook
-
-
-_DENSE_PASS = "<dense pass>"
-_FORM_CHECK_ROWS = 1024
-_SENSITIVITY_EVERY = 4
-
-
-def _pair_into(
-    stats: InputStats, key: str, kept: dict[str, Tensor], cross: bool
-) -> Callable[[nn.Module, tuple, Tensor], None]:
-    """Forward hook. During the dense pass: keep the linear's output (``cross``) or nothing; then
-    accumulate the pruned input, with y_dense - y from the kept output (``cross``)."""
-
-    @exact
-    def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-        if _DENSE_PASS in kept:
-            if cross:
-                kept[key] = output.detach()
-        else:
-            stats.update(args[0], kept.pop(key) - output.detach() if cross else None)
-
-    return hook
 
 
 def _device_of(module: nn.Module) -> torch.device | None:

@@ -22,24 +22,35 @@ will cause, the sum over rows and groups of the costs N:M drops (``pruned_cost``
 local search over swaps between groups (Pool & Yu, "Channel Permutations for N:M Sparsity",
 NeurIPS 2021, with the cost taken from the pruner's score rather than from |W|). The search only
 accepts swaps that lower the cost, and starts from the identity or a spread-out order, whichever
-costs less: so the cost never rises above the layer's own order.
+costs less: so the cost never rises above the layer's own order. Where the walk permutes after
+its statistics, ``guarded_permutation`` keeps a permutation only where the pruner's own fit
+error comes out lower with it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from core.induction.transform import LayerPlan
-from core.pruners import inverse_hessian_factor
+from core.pruners import (
+    PruneResult,
+    dense_target,
+    fit_cross,
+    inverse_hessian_factor,
+    prune_weight,
+    reconstruction_error,
+)
 from core.sparsity import LayerTarget
 from core.stats import InputStats
+
+if TYPE_CHECKING:
+    from core.spec import CompressionSpec
 
 # A swap round compares all M x M swaps of P group pairs over R rows: R * P * M^2 numbers at once.
 # Chunks over P keep that near this many floats (64 MiB) whatever the layer's size.
@@ -201,19 +212,10 @@ class LayerPermutation:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-class InputSums(Protocol):
-    """Sums over the calibration tokens of one input X [tokens, in]: ``core.stats.InputStats`` or
-    induction's ``GroupStats``."""
-
-    n: int
-    sq_sum: torch.Tensor  # [in] sum of x_j^2
-    H: torch.Tensor | None  # [in, in] sum of x x^T
-
-
 def weight_costs(
     W: torch.Tensor,
     pruner: str,
-    stats: InputSums | None,
+    stats: InputStats | None,
     *,
     col_weight: torch.Tensor | None = None,
     dampening: float = 0.01,
@@ -241,7 +243,7 @@ def choose_permutations(
     plan: LayerPlan,
     target: LayerTarget,
     pruner: str,
-    stats: Mapping[str, InputSums],
+    stats: Mapping[str, InputStats],
     col_weights: Mapping[str, torch.Tensor],
     *,
     dampening: float = 0.01,
@@ -271,7 +273,7 @@ def writer_permutation(
     target: LayerTarget,
     pruner: str,
     group: str,
-    stats: InputSums | None,
+    stats: InputStats | None,
     col_weight: torch.Tensor | None,
     *,
     dampening: float = 0.01,
@@ -327,17 +329,6 @@ def _permute(
             lin.bias.copy_(lin.bias[rows.to(W.device)])
 
 
-def permuted_stats(st: InputStats, p: torch.Tensor) -> InputStats:
-    """A copy of ``st`` for the input with its channels reordered (new channel j is old p[j])."""
-    q = p.to(st.sq_sum.device)
-    return dataclasses.replace(
-        st,
-        sq_sum=st.sq_sum[q],
-        H=None if st.H is None else st.H[q][:, q],
-        G=None if st.G is None else st.G[:, q],
-    )
-
-
 def permute_inputs_(
     plan: LayerPlan,
     perm: LayerPermutation,
@@ -352,6 +343,53 @@ def permute_inputs_(
             continue
         st = stats.get(path)
         if st is not None:
-            stats[path] = permuted_stats(st, p)
+            stats[path] = st.permuted(p)
         if path in col_weights:
             col_weights[path] = col_weights[path][p.to(col_weights[path].device)]
+
+
+def guarded_permutation(
+    W: torch.Tensor,
+    st: InputStats,
+    p: torch.Tensor,
+    target: LayerTarget,
+    spec: CompressionSpec,
+    col_weight: torch.Tensor | None,
+    info: dict[str, Any],
+) -> tuple[PruneResult, InputStats, bool, float]:
+    """The pruner (SparseGPT, or Wanda with its swaps) on W in its own order and with its inputs
+    permuted by ``p``; the permutation is kept only where the pruner's own fit error
+    (``fit_error``) comes out lower. Both errors and the choice go into ``info``. Returns (the
+    chosen pruning, the statistics in its order, whether ``p`` is kept, the seconds of the one
+    pruning the step would do anyway)."""
+    t0 = time.perf_counter()
+    plain, plain_err = fit_error(W, st, target, spec, col_weight)
+    t1 = time.perf_counter()
+    moved_stats = st.permuted(p)
+    cw = None if col_weight is None else col_weight[p.to(col_weight.device)]
+    moved, moved_err = fit_error(W[:, p.to(W.device)], moved_stats, target, spec, cw)
+    t2 = time.perf_counter()
+    keep = moved_err < plain_err
+    info.update(fit_error_before=round(plain_err, 8), fit_error_after=round(moved_err, 8), kept=keep)
+    if keep:
+        return moved, moved_stats, True, t2 - t1
+    return plain, st, False, t1 - t0
+
+
+def fit_error(
+    W: torch.Tensor,
+    st: InputStats,
+    target: LayerTarget,
+    spec: CompressionSpec,
+    col_weight: torch.Tensor | None,
+) -> tuple[PruneResult, float]:
+    """The pruning of W and its error against the dense model's output (SparseGPT fitting it)
+    or the dense layer's (without cross statistics: the objective of Wanda's swaps), relative,
+    from the statistics."""
+    result = prune_weight(
+        W, spec.pruner, target, st, blocksize=spec.blocksize, dampening=spec.dampening, col_weight=col_weight,
+        order=spec.order, swap_rounds=spec.swaps, fit_share=spec.fit_weight, selection=spec.selection,
+    )  # fmt: skip
+    H, cross = st.hessian(), fit_cross(st, spec.fit_weight)
+    goal = W if cross is None else dense_target(W, H, cross)
+    return result, reconstruction_error(goal, result.W, H)

@@ -34,17 +34,17 @@ import torch
 from torch import nn
 
 from core.arch import ArchSpec, layer_linears
-from core.induction.train import (
+from core.induction.batches import (
     Batch,
-    _forward,
-    _minibatches,
     check_subset,
     first_sequences,
+    forward_with,
     held_out_loss,
+    split_minibatches,
     target_pieces,
     targets_for,
 )
-from core.walker import layer_precision
+from core.precision import layer_precision
 
 _MARGIN = 0.002  # relative check-loss gain the trained scales need to replace identity
 
@@ -84,7 +84,7 @@ def recover_layer(
     a few dozen Adam steps."""
     start = time.perf_counter()
     linears = layer_linears(layer, arch)
-    minibatches = first_sequences(list(_minibatches(batches, batch_size)), samples)
+    minibatches = first_sequences(list(split_minibatches(batches, batch_size)), samples)
     pieces = targets_for(target_pieces(targets, batch_size), minibatches)
     held_out = check_subset(len(minibatches))
     train = [i for i in range(len(minibatches)) if i not in held_out] or held_out
@@ -115,7 +115,7 @@ def recover_layer(
             hidden, kwargs = minibatches[i].on(device)
             opt.zero_grad(set_to_none=True)
             with layer_precision(layer, device):
-                Y_hat = _forward(layer, _scaled(base, log_r, log_c, deltas), hidden, kwargs)
+                Y_hat = forward_with(layer, _scaled(base, log_r, log_c, deltas), hidden, kwargs)
                 mse = (Y_hat.float() - pieces[i].to(device).float()).square().sum() / max(scale, 1e-30)
             mse.backward()
             opt.step()

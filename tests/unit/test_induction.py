@@ -13,23 +13,19 @@ from transformers import AutoModelForCausalLM
 from core.arch import arch_for, decoder_layers, layer_linears
 from core.errors import SpecError
 from core.induction import fold_, induce_layer, plan_layer
+from core.induction.batches import first_sequences, split_minibatches, target_pieces, targets_for
+from core.induction.init import init_transform
 from core.induction.masks import hard_and_threshold, keep_mask
-from core.induction.train import (
-    GroupStats,
-    _cut,
-    _minibatches,
-    _Trainer,
-    dense_pass,
-    first_sequences,
-    init_transform,
-    target_pieces,
-    targets_for,
-)
+from core.induction.train import dense_pass
+from core.induction.trainer import Trainer
 from core.induction.transform import Transform
+from core.nested import cut_batch
+from core.passes import collect_stats
 from core.pruners import prune_weight
 from core.sparsity import LayerTarget, mask_for, nm_ok
 from core.spec import CompressionSpec, InductionSpec
-from core.walker import LayerBatch, capture_inputs, collect_stats, run_layer
+from core.stats import InputStats
+from core.walker import LayerBatch, capture_inputs, run_layer
 from tests.tiny import ARCHES, VOCAB, tiny_config, tiny_job, tiny_model
 
 pytestmark = pytest.mark.unit
@@ -146,9 +142,9 @@ def _trainer(model, pruner: str, target: LayerTarget, **spec_kw):
     batches = batches_for(model, arch)
     plan = plan_layer(layer, arch)
     params = {n: p.detach() for n, p in layer.named_parameters()}
-    mbs = list(_minibatches(batches, spec.batch_size))
+    mbs = list(split_minibatches(batches, spec.batch_size))
     targets, stats = dense_pass(layer, plan, params, mbs, device=CPU, want_H=pruner == "sparsegpt")
-    trainer = _Trainer(layer, plan, params, stats, target, pruner, spec, 0.01, 16, CPU)
+    trainer = Trainer(layer, plan, params, stats, target, pruner, spec, 0.01, 16, CPU)
     return trainer, init_transform(plan, stats, spec, pruner, device=CPU), mbs, targets
 
 
@@ -325,7 +321,7 @@ def test_samples_limit_what_induction_trains_and_guards_on() -> None:
     assert few.info["check_losses"]["init"] != every.info["check_losses"]["init"]
     # the cut minibatch trains against its own sequences' targets: the same run as on the first
     # 3 sequences alone (reference included)
-    first3 = [LayerBatch(batches[0].hidden[:3], _cut(batches[0].kwargs, 4, 0, 3))]
+    first3 = [LayerBatch(batches[0].hidden[:3], cut_batch(batches[0].kwargs, 4, 0, 3))]
     spec = InductionSpec(enabled=True, epochs=1, batch_size=2, samples=0)
     alone = induce_layer(copy.deepcopy(layer), arch, first3, device="cpu", target=TARGETS["50%"],
                          pruner="magnitude", spec=spec, reference=first3)  # fmt: skip
@@ -393,16 +389,17 @@ def test_a_shared_dense_pass_must_cover_what_induction_reads() -> None:
 
 
 def test_walk_outputs_are_cut_as_the_minibatches() -> None:
-    """The walk's per-batch outputs cut as ``_minibatches`` cuts its batches, then as
+    """The walk's per-batch outputs cut as ``split_minibatches`` cuts its batches, then as
     ``first_sequences`` cut those: each minibatch gets its own sequences' outputs."""
     outputs = [torch.arange(4.0).reshape(4, 1, 1), torch.arange(4.0, 8.0).reshape(4, 1, 1)]
     batches = [LayerBatch(Y.clone(), {}) for Y in outputs]
-    mbs = first_sequences(list(_minibatches(batches, 2)), 5)  # 2 + 2 + 1 (cut) sequences
+    mbs = first_sequences(list(split_minibatches(batches, 2)), 5)  # 2 + 2 + 1 (cut) sequences
     got = targets_for(target_pieces(outputs, 2), mbs)
     assert [g.flatten().tolist() for g in got] == [[0, 1], [2, 3], [4]]
     assert all(torch.equal(g, mb.hidden) for g, mb in zip(got, mbs, strict=True))
 
 
+@pytest.mark.engine
 def test_magnitude_induction_shares_the_walks_dense_pass(tmp_path, monkeypatch) -> None:
     """Magnitude's walk runs the dense layer anyway (to measure its error): with the layer's own
     targets induction reads that pass and runs none of its own; with the dense model's targets,
@@ -514,10 +511,10 @@ def test_magnitude_col_weights_hold_only_the_per_linear_part() -> None:
         assert set(r.col_weights) == expected
 
 
-def test_group_stats_centre_from_sums() -> None:
+def test_input_stats_centre_from_moments() -> None:
     X = torch.randn(100, 6, generator=torch.Generator().manual_seed(0)) + 3.0
     d = torch.randn(6)
-    st = GroupStats(100, X.sum(0), X.square().sum(0), X.abs().sum(0), X.T @ X, X.abs())
+    st = InputStats(n=100, sq_sum=X.square().sum(0), H=X.T @ X, sum=X.sum(0), abs_sum=X.abs().sum(0), sample=X.abs())
     torch.testing.assert_close(st.centred_sq(d), (X - d).square().sum(0), rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(st.centred_H(d), (X - d).T @ (X - d), rtol=1e-4, atol=1e-2)
 
@@ -551,6 +548,7 @@ SKIPS = [
 ]
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize(("pruner", "sparsity", "swap_rounds", "epochs", "why"), SKIPS)
 def test_induction_scales_are_skipped_only_where_they_cannot_help(
     tmp_path, pruner: str, sparsity: object, swap_rounds: int, epochs: int, why: str | None
@@ -597,6 +595,7 @@ def test_induction_scales_are_skipped_only_where_they_cannot_help(
             assert any(not torch.equal(induced[k], plain[k]) for k in plain)
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("pruner", ["magnitude", "wanda"])
 def test_model_targets_differ_from_layer_targets_only_after_the_first_layer(tmp_path, pruner: str) -> None:
     """The first layer's inputs are the same in the dense and the pruned model, so both targets

@@ -22,9 +22,10 @@ from core.induction.permute import (
     tied_head_permutation,
 )
 from core.induction.transform import plan_layer
+from core.passes import collect_stats
 from core.sparsity import LayerTarget
 from core.spec import CompressionSpec
-from core.walker import capture_inputs, collect_stats
+from core.walker import capture_inputs
 from tests.tiny import ARCHES, VOCAB, tiny_model
 
 pytestmark = pytest.mark.unit
@@ -175,6 +176,7 @@ def _run(tmp_path, folder, **induction) -> dict:
     return compress(spec, out_dir=out).to_dict()
 
 
+@pytest.mark.engine
 def test_a_run_with_permutation_keeps_two_four_and_reports_the_gain(tmp_path, tiny_dirs) -> None:
     folder = tiny_dirs["llama"]
     on = _run(tmp_path, folder)
@@ -198,6 +200,7 @@ def test_a_run_with_permutation_keeps_two_four_and_reports_the_gain(tmp_path, ti
 # the forward as it reaches them.
 # Wanda with swaps (its default) skips the scales: the walk permutes the same way, guarded by the
 # swaps' own objective, in both walks ("auto" is "linear" there too).
+@pytest.mark.engine
 @pytest.mark.parametrize("pruner", ["sparsegpt", "wanda"])
 @pytest.mark.parametrize("sequential", ["layer", "auto"])
 def test_the_walk_permutes_after_its_statistics_where_the_scales_are_skipped(

@@ -1,4 +1,4 @@
-"""``options.compute_dtype``: the walk's forwards in bfloat16 (``walker.forward_precision``), with
+"""``options.compute_dtype``: the walk's forwards in bfloat16 (``core.precision.forward_precision``), with
 the residual writers, every statistic and every pruning step still exact."""
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core import compress as compress_mod
+from core import precision
 from core.arch import arch_for, decoder_layers
-from core.compress import compress, resolve_precision
+from core.compress import compress
+from core.passes import collect_stats
+from core.precision import ForwardPrecision, forward_precision, resolve_precision
 from core.spec import CompressionSpec
-from core.walker import ForwardPrecision, capture_inputs, collect_stats, forward_precision, run_layer
+from core.walker import capture_inputs, run_layer
 from tests.tiny import ARCHES, VOCAB, tiny_model, tiny_model_dir
 
 pytestmark = pytest.mark.unit
@@ -121,7 +123,7 @@ def test_an_exact_linear_keeps_a_forward_of_its_own(monkeypatch):
 def test_compute_dtype_resolves_by_setting_model_and_hardware(
     monkeypatch, compute_dtype, model_dtype, native, fits, want
 ):
-    monkeypatch.setattr(compress_mod, "bf16_native", lambda device: native)
+    monkeypatch.setattr(precision, "bf16_native", lambda device: native)
     arch = arch_for(tiny_model("opt"))
     got = resolve_precision(
         compute_dtype, model_dtype=model_dtype, device=torch.device("cpu"), arch=arch, fits_dense_model=fits
@@ -154,6 +156,7 @@ def _run(
     return compress(spec, out_dir=out).to_dict(), load_file(out / "hf" / "model.safetensors")
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize(("pruner", "sparsity"), [("sparsegpt", "2:4"), ("wanda", 0.5), ("sparsegpt", 0.7)])
 def test_a_bfloat16_walk_prunes_exactly_and_close_to_the_float32_one(tmp_path, pruner, sparsity):
     low, low_w = _run(tmp_path, pruner, sparsity, "bfloat16")

@@ -559,6 +559,7 @@ def test_the_spec_and_the_cli_carry_the_row_weight() -> None:
     assert CompressionSpec.from_dict(spec_body(args)).row_weight == "none"
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("sparsity", [0.5, 0.7])
 def test_compress_weighs_only_the_mlp_input_rows(tmp_path, sparsity: float) -> None:
     """On a tiny model: with row weights only gate/up change (each linear is pruned from the same

@@ -12,7 +12,7 @@ import torch
 from core.arch import arch_for, decoder_layers, layer_linears
 from core.errors import SpecError
 from core.induction.recover import recover_layer
-from core.induction.train import _cut
+from core.nested import cut_batch
 from core.sparsity import nm_ok
 from core.spec import CompressionSpec
 from core.walker import LayerBatch, run_layer
@@ -65,7 +65,7 @@ def test_recovery_lowers_the_held_out_error_and_keeps_every_zero(target: str) ->
         if TARGETS[target].is_nm:
             assert nm_ok(lin.weight, 2, 4)
     # what was folded is what the guard measured: sequences 0 and 8 (the check subset)
-    held = [LayerBatch(b.hidden[:1], _cut(b.kwargs, b.hidden.shape[0], 0, 1)) for b in batches]
+    held = [LayerBatch(b.hidden[:1], cut_batch(b.kwargs, b.hidden.shape[0], 0, 1)) for b in batches]
     got = rel_mse([Y[:1] for Y in dense], run_layer(layer, held, device="cpu"))
     assert got == pytest.approx(result.final_loss, rel=1e-4)
     plain = rel_mse([Y[:1] for Y in dense], run_layer(before, held, device="cpu"))
@@ -212,6 +212,7 @@ JOBS = [
 ]
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize(("pruner", "sparsity", "extra", "induction", "against"), JOBS)
 def test_jobs_recover_every_layer_and_keep_the_sparsity(
     tmp_path, monkeypatch, pruner: str, sparsity, extra: dict, induction: dict, against: str

@@ -78,7 +78,7 @@ def assert_same_run(resumed: dict[str, Any], reference: dict[str, Any], out: Pat
     assert got.keys() == want.keys()
     differing = [k for k in want if not torch.equal(got[k], want[k])]
     assert differing == []  # identical, not merely close
-    for key in ("perplexity", "sparsity", "allocation", "factorization_retries", "induction"):
+    for key in ("perplexity", "evaluation_metrics", "sparsity", "allocation", "factorization_retries", "induction"):
         assert without_timings(resumed[key]) == without_timings(reference[key]), key
     assert without_timings(resumed["layers"]) == without_timings(reference["layers"])
 
@@ -129,6 +129,7 @@ CASES = [
 ]
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize(("arch", "method", "crashes"), CASES)
 def test_resumed_run_equals_uninterrupted_run(
     tmp_path: Path, arch: str, method: dict[str, Any], crashes: list[int]
@@ -168,6 +169,7 @@ def test_resumed_run_equals_uninterrupted_run(
     assert (tmp_path / "out" / "report.json").exists()
 
 
+@pytest.mark.engine
 def test_checkpoint_after_the_last_layer_resumes_with_evaluation(tmp_path: Path) -> None:
     model = tiny_model_dir(tmp_path / "models", "llama", layers=2, hidden=32)
     spec = spec_for(model)
@@ -196,6 +198,7 @@ class HeadFails(LocalStorage):
         super().put_stream(key, stream)
 
 
+@pytest.mark.engine
 def test_a_save_cut_off_midway_leaves_the_previous_layer(tmp_path: Path) -> None:
     model = tiny_model_dir(tmp_path / "models", "llama", layers=LAYERS, hidden=32)
     spec = spec_for(model)
@@ -207,6 +210,7 @@ def test_a_save_cut_off_midway_leaves_the_previous_layer(tmp_path: Path) -> None
     assert state is not None and state.next_layer == 1 and len(state.weights) == 1
 
 
+@pytest.mark.engine
 def test_a_checkpoint_that_does_not_fit_is_not_used(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     small = spec_for(tiny_model_dir(tmp_path / "models", "llama", layers=LAYERS, hidden=32))
     wide = spec_for(tiny_model_dir(tmp_path / "models", "llama", layers=LAYERS, hidden=64))

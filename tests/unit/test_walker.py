@@ -9,17 +9,9 @@ from torch import nn
 from core.arch import arch_for, decoder_layers, input_groups, layer_linears
 from core.errors import Cancelled
 from core.evaluate import output_head
+from core.passes import _SENSITIVITY_EVERY, collect_paired_stats, collect_stats, prune_in_forward
 from core.stats import InputStats
-from core.walker import (
-    _SENSITIVITY_EVERY,
-    LayerBatch,
-    capture_inputs,
-    collect_paired_stats,
-    collect_stats,
-    prune_in_forward,
-    run_layer,
-    walk,
-)
+from core.walker import LayerBatch, capture_inputs, run_layer, walk
 from tests.tiny import ARCHES, VOCAB, tiny_model
 
 pytestmark = pytest.mark.unit
