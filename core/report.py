@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import resource
@@ -139,7 +140,7 @@ def build(
     if spec.induction.enabled:
         rows = [r["induction"] for r in layers if r.get("induction")]
         induction = {
-            "settings": spec.to_dict()["method"]["induction"],
+            "settings": dataclasses.asdict(spec.induction),
             "epochs": spec.induction_epochs,  # the settings' -1 resolved for this pruner
             "scales_skipped": spec.induction_scales_skipped,
             "targets": _induction_targets(spec),
@@ -153,6 +154,7 @@ def build(
         "versions": versions(),
         "device": device,
         "spec": spec.to_dict(),
+        "plan": spec.resolve().to_dict(),  # every setting as it ran, auto and -1 resolved
         "model": loaded.meta,
         "calibration": calibration,
         "evaluation": evaluation,
