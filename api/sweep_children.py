@@ -17,6 +17,9 @@ from api.schemas import JobCreate
 from common import sweeps
 from core.spec import CompressionSpec
 
+# the words POST /v1/jobs answers for these pydantic errors (api/errors.py)
+_WORDS = {"extra_forbidden": "unknown field", "missing": "is required"}
+
 
 def _parse(child: sweeps.Child) -> JobCreate:
     """The child's body as POST /v1/jobs parses it (from JSON, strict), or a 422 naming the field."""
@@ -26,7 +29,7 @@ def _parse(child: sweeps.Child) -> JobCreate:
         err = exc.errors()[0]
         param = body_param(tuple(err.get("loc", ())), JobCreate)
         where = sweeps.item_param(child, param)
-        message = "unknown field" if err.get("type") == "extra_forbidden" else str(err.get("msg", "is invalid"))
+        message = _WORDS.get(str(err.get("type")), str(err.get("msg", "is invalid")))
         raise ApiError(422, "invalid_request", f"{where}: {message}", where) from exc
 
 

@@ -212,3 +212,14 @@ def test_list_pages_newest_first(svc: Service) -> None:
     assert [s["id"] for s in rest["data"]] == [ids[0]] and not rest["has_more"]
     bad = svc.client.get("/v1/sweeps?after=sw_nope", headers=svc.h())
     assert bad.status_code == 422 and bad.json()["error"]["param"] == "after"
+
+
+def test_messages_read_as_post_v1_jobs_answers_them(svc: Service) -> None:
+    missing = post(svc, {**BODY, "spec": {k: v for k, v in SPEC.items() if k != "model"}}).json()["error"]
+    assert missing["message"] == "spec.model: is required"
+    unknown = post(svc, {**BODY, "spec": {**SPEC, "colour": "red"}}).json()["error"]
+    assert unknown["message"] == "spec.colour: unknown field"
+    target = post(svc, {**BODY, "targets": [0.5, 1.5]}).json()["error"]
+    alone = svc.client.post("/v1/jobs", json={**SPEC, "sparsity": 1.5}, headers=svc.h()).json()["error"]
+    assert target["message"] == alone["message"].replace("sparsity", "targets[1]", 1)
+    assert target["code"] == alone["code"]
