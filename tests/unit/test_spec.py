@@ -416,3 +416,10 @@ def test_induction_is_valid_with_every_pruner_and_structure():
             body = _with("method.pruner", pruner) | {"sparsity": sparsity}
             body["method"]["induction"] = True
             assert CompressionSpec.from_dict(_exp(body, induction__epochs=1)).induction.enabled
+
+
+def test_every_number_that_reaches_torch_or_numpy_is_bounded():
+    for leaf in leaves(CompressionSpec):
+        if isinstance(leaf.default, (int, float)) and not isinstance(leaf.default, bool):
+            assert leaf.meta.lo is not None and leaf.meta.hi is not None, leaf.path
+            assert leaf.meta.hi <= SEED_MAX, leaf.path
