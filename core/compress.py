@@ -15,8 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from core import lmeval
 from core import report as rep
 from core.arch import ArchSpec, decoder_layers, layer_linears
+from core.card import write_card
 from core.checkpoint import (
     Checkpoint,
     ResumeState,
@@ -28,7 +30,7 @@ from core.checkpoint import (
 )
 from core.data import batched, calibration_ids, evaluation_ids
 from core.dense_stream import DenseStream
-from core.evaluate import perplexity
+from core.evaluate import ModelEvaluation, evaluate_model, evaluation_report
 from core.export import dense_bytes, save_compact, save_hf
 from core.layer_walk import LayerWalk
 from core.linear_walk import LinearWalk
@@ -60,7 +62,7 @@ class Report:
     @property
     def summary(self) -> dict[str, Any]:
         """The results the service stores on the job row."""
-        keys = ("perplexity", "sparsity", "sizes", "timings", "layers", "resume")
+        keys = ("perplexity", "evaluation_metrics", "tasks", "sparsity", "sizes", "timings", "layers", "resume")
         return {k: self.data.get(k) for k in keys}
 
 
@@ -93,6 +95,7 @@ def compress(
     generator = torch.Generator().manual_seed(spec.calibration.seed)
 
     with run.stage("load"):
+        tasks = lmeval.resolve(spec.evaluation.tasks) if spec.evaluation.tasks else None  # fails before pruning
         loaded = load_model(spec.model, dtype=_DTYPES[spec.dtype], cache_dir=cache_dir)
     model, arch = loaded.model, loaded.arch
     n_layers = len(decoder_layers(model, arch))
@@ -111,10 +114,11 @@ def compress(
 
     # Measured on the dense model: a resumed run's model is half pruned, so these come from the
     # checkpoint instead of being measured again.
-    dense_ppl: dict[str, float] = dict(prior.get("dense_ppl", {}))
+    dense = ModelEvaluation.from_dict(prior.get("dense") or {"perplexity": prior.get("dense_ppl", {})})
     if spec.evaluation.dense and resume is None:
         with run.stage("evaluate_dense"):
-            dense_ppl = _evaluate(loaded, evals, spec, device, run, "evaluate_dense")
+            dense = evaluate_model(loaded, evals, spec.evaluation, tasks=tasks, device=device, run=run,
+                                   stage="evaluate_dense")  # fmt: skip
 
     precision = resolve_precision(
         spec.compute_dtype,
@@ -132,7 +136,7 @@ def compress(
 
     saver = None
     if checkpoint is not None:
-        fixed = {"dense_ppl": dense_ppl, "ratios": ratios, "outliers": outliers, "resumes": resumes(resume)}
+        fixed = {"dense": dense.to_dict(), "ratios": ratios, "outliers": outliers, "resumes": resumes(resume)}
         saver = Saver(checkpoint, model, arch, generator, run, fixed, started, prior.get("elapsed", 0.0))
     with run.stage("prune"), forward_precision(precision):
         records, fact = _prune_layers(
@@ -142,21 +146,23 @@ def compress(
     peak_after_prune = rep.peak_rss_bytes()
 
     with run.stage("evaluate_sparse"):
-        sparse_ppl = _evaluate(loaded, evals, spec, device, run, "evaluate_sparse")
+        sparse = evaluate_model(loaded, evals, spec.evaluation, tasks=tasks, device=device, run=run,
+                                stage="evaluate_sparse")  # fmt: skip
 
     data = rep.build(
         spec=spec,
         loaded=loaded,
         calibration=calib_info,
         evaluation={src: meta for src, (_, meta) in evals.items()},
-        dense_ppl=dense_ppl,
-        sparse_ppl=sparse_ppl,
+        dense_ppl=dense.perplexity,
+        sparse_ppl=sparse.perplexity,
         layers=layer_rows,
         sparsity=_sparsity_summary(model, arch, spec),
         outliers=outliers,
         factorization=fact,
         device=str(device),
     )
+    data.update(evaluation_report(dense, sparse, tasks, spec.evaluation))
     data["sequential"] = "linear" if in_forward else "layer"
     data["compute_dtype"] = str(precision.dtype if precision else _DTYPES[spec.dtype]).removeprefix("torch.")
     data["resumed"] = resume is not None
@@ -177,6 +183,7 @@ def compress(
     report = Report(data)
     if out_dir is not None:
         rep.write(report.to_dict(), Path(out_dir) / "report.json")
+        write_card(report.to_dict(), Path(out_dir) / "hf")  # hf/ alone tells how it was made
     run.progress("export", 1.0)
     return report
 
@@ -276,36 +283,6 @@ def _forward_bytes(loaded: LoadedModel, calib: torch.Tensor) -> int:
     if hidden <= 0:  # a config we cannot size: take the walk that streams
         return IN_FORWARD_BYTES + 1
     return 4 * samples * seq * (6 * hidden + 4 * inter) + 4 * 2 * samples * heads * seq * seq
-
-
-def _evaluate(
-    loaded: LoadedModel,
-    evals: dict[str, tuple[torch.Tensor, dict[str, Any]]],
-    spec: CompressionSpec,
-    device: torch.device,
-    run: Run,
-    stage: str,
-) -> dict[str, float]:
-    out: dict[str, float] = {}
-    total = max(1, len(evals))
-    for k, (src, (ids, _)) in enumerate(evals.items()):
-        n = len(decoder_layers(loaded.model, loaded.arch))
-
-        def on_layer(i: int, layers: int, k: int = k) -> None:
-            run.progress(stage, (k + i / layers) / total, i, layers)
-
-        result = perplexity(
-            loaded.model,
-            loaded.arch,
-            ids,
-            seq_len=spec.evaluation.seq_len,
-            max_windows=spec.evaluation.max_windows,
-            batch_size=spec.evaluation.batch_size,
-            device=device,
-            on_layer=on_layer if n else None,
-        )
-        out[src] = result.ppl
-    return out
 
 
 def _outlier_ratios(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from core.card import REPORT_NAME, base_model, model_card, write_card
@@ -52,3 +53,19 @@ def test_the_card_and_the_report_land_in_the_folder(tmp_path):
     write_card(REPORT, tmp_path)
     assert json.loads((tmp_path / REPORT_NAME).read_text()) == REPORT
     assert (tmp_path / "README.md").read_text().startswith("---\n")
+
+
+@pytest.mark.engine
+def test_a_compress_run_leaves_its_card_in_hf(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from core.compress import compress
+    from tests.tiny import tiny_job, tiny_model_dir
+
+    spec = tiny_job(tiny_model_dir(tmp_path, "llama"), "2:4", {"pruner": "wanda"})
+    report = compress(spec, out_dir=tmp_path / "out").to_dict()
+    hf = tmp_path / "out" / "hf"
+    card = (hf / "README.md").read_text()
+    assert _header(card)["library_name"] == "transformers" and "sparsity-2-4" in _header(card)["tags"]
+    assert json.loads((hf / REPORT_NAME).read_text())["plan"] == json.loads(json.dumps(report["plan"]))
+    AutoModelForCausalLM.from_pretrained(hf)  # the card and report beside the weights change nothing
