@@ -93,7 +93,7 @@ def swap_refine(
     # nearly equal weights could trade places forever on rounding.
     tol = 1e-6 * Wd.sum(dim=1)  # [out]
     # Weights that cannot take a move are priced out by adding _OUT rather than masked: boolean
-    # masking (masked_fill, where) took 20-30x the time of an add on a CPU, most of a round.
+    # masking (masked_fill, where) cost most of a round on a CPU.
     # base_grow / base_drop: w_j^2 H_jj where the move is allowed, _OUT where it is not.
     base_grow = Wd + (1 - pruned).mul_(_OUT)  # kept weights cannot be revived
     base_drop = Wd + pruned * _OUT  # pruned weights cannot be pruned again

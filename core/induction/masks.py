@@ -74,8 +74,8 @@ def _row_select(L: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     if k <= 0 or k >= cols:
         keep = torch.full_like(L, k <= 0, dtype=torch.bool)
         return keep, torch.full_like(L, float("-inf") if k <= 0 else float("inf"))
-    # the pruner's own unsorted selection (core.sparsity.unstructured_mask): a sorted top-k of
-    # half a row costs 2.4x as much, and magnitude's guard runs it on every linear twice
+    # the pruner's own unsorted selection (core.sparsity.unstructured_mask): a sorted top-k costs
+    # far more, and magnitude's guard runs it on every linear twice
     low = torch.topk(L, k, dim=1, largest=False, sorted=False)  # [out, k]
     keep = torch.ones_like(L, dtype=torch.bool).scatter_(1, low.indices, False)
     first_kept = L.masked_fill(~keep, float("inf")).amin(dim=1)  # [out]

@@ -105,8 +105,8 @@ def recover_layer(
     opt = torch.optim.Adam(groups)
     # Each step's squared error is divided by the MEAN ||Y||^2 of a minibatch, not by its own:
     # a sequence's error then weighs what it weighs in the check loss (summed over sequences),
-    # and the few sequences whose error is 100x the others' (measured on SmolLM2: massive
-    # activations) are not scaled down to look like the rest.
+    # and the few sequences with a far larger error (massive activations) are not scaled down to
+    # look like the rest.
     scale = sum(float(Y.float().square().sum()) for Y in pieces) / len(pieces)
     losses: list[float] = []
     for _epoch in range(epochs):
