@@ -223,3 +223,12 @@ def test_messages_read_as_post_v1_jobs_answers_them(svc: Service) -> None:
     alone = svc.client.post("/v1/jobs", json={**SPEC, "sparsity": 1.5}, headers=svc.h()).json()["error"]
     assert target["message"] == alone["message"].replace("sparsity", "targets[1]", 1)
     assert target["code"] == alone["code"]
+
+
+def test_presets_multiply_the_grid_and_reach_each_job(svc: Service) -> None:
+    r = post(svc, {**BODY, "targets": [0.5], "pruners": ["wanda", "sparsegpt"], "presets": ["default", "reference"]})
+    assert r.status_code == 201, r.text
+    cells = [(row["pruner"], row["preset"]) for row in r.json()["table"]]
+    assert cells == [("wanda", "default"), ("wanda", "reference"), ("sparsegpt", "default"), ("sparsegpt", "reference")]
+    specs = {j["id"]: j["spec"] for j in svc.client.get("/v1/jobs", headers=svc.h()).json()["data"]}
+    assert [specs[j]["method"]["preset"] for j in r.json()["jobs"]] == ["default", "reference"] * 2
