@@ -13,6 +13,9 @@ lm-eval counts a document (``len(re.split(r"\s+", text))``, ``len(text.encode("u
 text the windows cover (their tokens decoded). Unlike tokens, words and bytes do not depend on the
 tokenizer, so these compare across models and with published lm-eval figures (which predict every
 token of a document, where a window here leaves its first token as context: 1 in ``seq_len``).
+
+``evaluate_model`` is one model's whole evaluation in a run: every text's figures, then the
+lm-evaluation-harness tasks the job names (core.lmeval).
 """
 
 from __future__ import annotations
@@ -20,16 +23,31 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.arch import ArchSpec, logit_softcap
+from core import lmeval
+from core.arch import ArchSpec, decoder_layers, logit_softcap
 from core.errors import SpecError
 from core.walker import Device, capture_inputs, move_module, walk
+
+if TYPE_CHECKING:
+    from core.models import LoadedModel
+    from core.spec import EvalSpec
+
+
+class RunLike(Protocol):
+    """What evaluation needs of the run (core.progress.Run): progress, cancellation."""
+
+    def progress(self, stage: str, within: float, layer: int | None = None, layers: int | None = None) -> None: ...
+
+    def check_stop(self, where: str) -> None: ...
+
+    def stop_fn(self) -> Callable[[], bool] | None: ...
 
 
 @dataclass
@@ -148,6 +166,86 @@ def perplexity(
         words=count_words(text) if text is not None else None,
         bytes=count_bytes(text) if text is not None else None,
     )
+
+
+@dataclass
+class ModelEvaluation:
+    """One model's figures in a run: token perplexity per text (``report["perplexity"][model]``),
+    every per-text figure (``report["evaluation_metrics"][model]``) and lm-eval task results."""
+
+    perplexity: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tasks: lmeval.TaskResults | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON, for a checkpoint: a resumed run reports the dense figures measured before it."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelEvaluation:
+        tasks = data.get("tasks")
+        return cls(
+            perplexity=dict(data.get("perplexity", {})),
+            metrics=dict(data.get("metrics", {})),
+            tasks=lmeval.TaskResults(**tasks) if tasks else None,
+        )
+
+
+def evaluate_model(
+    loaded: LoadedModel,
+    texts: dict[str, tuple[Tensor, dict[str, Any]]],
+    settings: EvalSpec,
+    *,
+    tasks: lmeval.Tasks | None,
+    device: torch.device,
+    run: RunLike,
+    stage: str,
+) -> ModelEvaluation:
+    """Every text's perplexity figures (progress per layer within ``stage``), then ``tasks``."""
+    out = ModelEvaluation()
+    total = max(1, len(texts))
+    layers = len(decoder_layers(loaded.model, loaded.arch))
+    for k, (src, (ids, _)) in enumerate(texts.items()):
+
+        def on_layer(i: int, n: int, k: int = k) -> None:
+            run.progress(stage, (k + i / n) / total, i, n)
+
+        result = perplexity(
+            loaded.model,
+            loaded.arch,
+            ids,
+            seq_len=settings.seq_len,
+            max_windows=settings.max_windows,
+            batch_size=settings.batch_size,
+            device=device,
+            on_layer=on_layer if layers else None,
+            tokenizer=loaded.tokenizer,
+        )
+        out.perplexity[src] = result.ppl
+        out.metrics[src] = result.metrics()
+    if tasks is not None:
+        run.check_stop(f"before the lm-eval tasks of {stage!r}")
+        out.tasks = lmeval.run(
+            loaded.model,
+            loaded.tokenizer,
+            tasks,
+            device=device,
+            batch_size=settings.batch_size,
+            limit=settings.task_limit or None,
+            should_stop=run.stop_fn(),
+        )
+    return out
+
+
+def evaluation_report(
+    dense: ModelEvaluation, sparse: ModelEvaluation, tasks: lmeval.Tasks | None, settings: EvalSpec
+) -> dict[str, Any]:
+    """The report's ``evaluation_metrics`` (per model, text -> figures) and ``tasks`` (None: no tasks)."""
+    limit = settings.task_limit or None
+    return {
+        "evaluation_metrics": {"dense": dense.metrics, "sparse": sparse.metrics},
+        "tasks": lmeval.report(dense.tasks, sparse.tasks, limit=limit) if tasks is not None else None,
+    }
 
 
 def output_head(model: nn.Module, arch: ArchSpec) -> list[nn.Module]:

@@ -26,7 +26,7 @@ from torch import nn
 
 from core.errors import Cancelled, DatasetUnavailable, SpecError
 
-PARAM = "evaluation.tasks"
+PARAM = "experimental.evaluation.tasks"  # its place in the job body (core.spec)
 # lm-eval's default is 100,000 resamples; a mean's stderr is closed-form whatever this is, and the
 # few bootstrapped metrics (median, F1, BLEU...) are estimated well enough with 1,000.
 BOOTSTRAP_ITERS = 1000

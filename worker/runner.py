@@ -43,7 +43,10 @@ from worker.liveness import Heartbeat
 log = logging.getLogger(__name__)
 
 # (induction: its settings resolved, time, and what it trained against; None when it is off)
-RESULT_KEYS = ("perplexity", "sparsity", "sizes", "timings", "layers", "resume", "induction")
+# evaluation_metrics: word/byte perplexity per text; tasks: lm-eval task figures (None: no tasks)
+RESULT_KEYS = (
+    "perplexity", "evaluation_metrics", "tasks", "sparsity", "sizes", "timings", "layers", "resume", "induction",
+)  # fmt: skip
 
 
 class RetryLater(Exception):

@@ -3,6 +3,7 @@ byte perplexity and bits per byte follow lm-evaluation-harness' definitions on t
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -10,7 +11,8 @@ import torch
 
 from core.arch import arch_for
 from core.errors import SpecError
-from core.evaluate import Perplexity, count_bytes, count_words, perplexity
+from core.evaluate import ModelEvaluation, Perplexity, count_bytes, count_words, perplexity
+from core.lmeval import TaskResults
 from tests.tiny import ARCHES, VOCAB, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.unit
@@ -137,3 +139,15 @@ def test_metrics_are_the_report_s_row():
     assert row["word_perplexity"] == pytest.approx(math.exp(2.0))
     assert row["bits_per_byte"] == pytest.approx(0.5 / math.log(2))
     assert (row["tokens"], row["words"], row["bytes"], row["windows"]) == (10, 5, 20, 1)
+
+
+def test_a_checkpoint_keeps_the_dense_figures():
+    dense = ModelEvaluation(
+        perplexity={"pydoc": 12.5},
+        metrics={"pydoc": {"token_perplexity": 12.5, "bits_per_byte": 0.9}},
+        tasks=TaskResults(metrics={"mc": {"acc": 0.4, "acc_stderr": None}}, samples={"mc": 10}, shots={"mc": 0}),
+    )
+    assert ModelEvaluation.from_dict(json.loads(json.dumps(dense.to_dict()))) == dense
+    # a checkpoint of a run that measured only token perplexity
+    old = ModelEvaluation.from_dict({"perplexity": {"pydoc": 3.0}})
+    assert old.perplexity == {"pydoc": 3.0} and old.metrics == {} and old.tasks is None

@@ -15,7 +15,7 @@ from core import lmeval
 from core.arch import arch_for
 from core.errors import DatasetUnavailable, SpecError
 from core.evaluate import count_bytes, count_words, perplexity
-from tests.tiny import tiny_model, tiny_tokenizer
+from tests.tiny import tiny_model, tiny_model_dir, tiny_tokenizer
 
 pytestmark = pytest.mark.unit
 
@@ -160,11 +160,11 @@ def test_counts_match_lm_eval_s_task_counts():
 def test_bad_entries_are_refused_before_anything_runs(tmp_path):
     with pytest.raises(DatasetUnavailable, match="no task file") as err:
         lmeval.resolve([str(tmp_path / "missing.yaml")])
-    assert err.value.param == "evaluation.tasks[0]"
+    assert err.value.param == "experimental.evaluation.tasks[0]"
     (tmp_path / "empty").mkdir()
     with pytest.raises(SpecError, match="defines no lm-eval task") as err:
         lmeval.resolve([str(_mc_task(tmp_path / "ok")), str(tmp_path / "empty")])
-    assert err.value.param == "evaluation.tasks[1]"
+    assert err.value.param == "experimental.evaluation.tasks[1]"
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(SpecError, match=r"\*\.yaml"):
         lmeval.resolve([str(tmp_path / "notes.txt")])
@@ -188,7 +188,7 @@ def test_without_lm_eval_a_job_naming_tasks_is_a_spec_error(monkeypatch):
     monkeypatch.setattr(lmeval.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(SpecError, match=r"spruce\[eval\]") as err:
         lmeval.resolve(["hellaswag"])
-    assert err.value.param == "evaluation.tasks"
+    assert err.value.param == "experimental.evaluation.tasks"
 
 
 def test_shape_keeps_figures_and_filters():
@@ -207,3 +207,38 @@ def test_shape_keeps_figures_and_filters():
 def test_importing_the_engine_does_not_import_lm_eval():
     code = "import sys, core.compress, core.lmeval, core.evaluate; sys.exit('lm_eval' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+@pytest.mark.engine
+def test_a_job_reports_word_and_byte_figures_and_its_tasks_before_and_after_pruning(tmp_path):
+    from core.compress import compress
+    from core.spec import CompressionSpec
+
+    spec = CompressionSpec.from_dict(
+        {
+            "model": str(tiny_model_dir(tmp_path / "models", "llama")),
+            "sparsity": 0.6,
+            "calibration": {"source": "pydoc", "samples": 4, "seq_len": 32, "seed": 1},
+            "evaluation": {"sources": ["pydoc"]},
+            "experimental": {
+                "evaluation": {"seq_len": 32, "max_windows": 6, "tasks": [str(_mc_task(tmp_path / "tasks"))]}
+            },
+        }
+    )
+    report = compress(spec, out_dir=tmp_path / "out")
+
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    for data in (report.to_dict(), saved, report.summary):
+        for model in ("dense", "sparse"):
+            row = data["evaluation_metrics"][model]["pydoc"]
+            assert row["token_perplexity"] == data["perplexity"][model]["pydoc"]
+            assert row["tokens"] == 6 * 31 and row["words"] > 0 and row["bytes"] > row["words"]
+            assert row["bits_per_byte"] == pytest.approx(row["nll"] / row["bytes"] / math.log(2))
+            acc = data["tasks"][model]["spruce_tiny_mc"]["acc"]
+            assert 0.0 <= acc <= 1.0
+        assert data["tasks"]["samples"] == {"spruce_tiny_mc": QUESTIONS}
+    # pruning changed the model: its per-byte figure moved with its perplexity
+    dense, sparse = (report.to_dict()["evaluation_metrics"][m]["pydoc"] for m in ("dense", "sparse"))
+    assert (sparse["bits_per_byte"] > dense["bits_per_byte"]) == (sparse["token_perplexity"] > dense["token_perplexity"])
+    # lm-eval's pad token stayed on its copy of the tokenizer
+    assert json.loads((tmp_path / "out" / "hf" / "tokenizer_config.json").read_text()).get("pad_token") is None
