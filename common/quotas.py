@@ -84,11 +84,11 @@ def usage(session: Session, team_id: str) -> Usage:
 
 
 def lock_team(session: Session, team_id: str) -> Team:
-    """The team's row, locked until the transaction ends (Postgres; SQLite serialises writers):
-    checks and the write they allow are then one step for concurrent requests of one team."""
-    team = session.scalar(select(Team).where(Team.id == team_id).with_for_update().execution_options(
-        populate_existing=True
-    ))
+    """The team's row, locked until the transaction ends: on Postgres, a check and the write it
+    allows are then one step for concurrent requests of one team (SQLite has no row locks: there
+    two concurrent requests may pass a limit by one)."""
+    stmt = select(Team).where(Team.id == team_id).with_for_update()
+    team = session.scalar(stmt.execution_options(populate_existing=True))
     if team is None:
         raise LookupError(f"no team {team_id}")
     return team
