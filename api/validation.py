@@ -38,6 +38,9 @@ __all__ = [
 MAX_JSON_DEPTH = 100
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _JSON_BRACKET = re.compile(r"[\[\]{}]")
+# An lm-eval task, group or tag name, or a pattern of them (arc_*): never a path, because a task
+# YAML is read (and its !function hooks imported) from the worker's disk (docs/evaluation.md).
+_TASK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-*?]{0,199}")
 
 
 def check_limits(spec: CompressionSpec, settings: Settings) -> None:
@@ -61,7 +64,15 @@ def dataset_ids(spec: CompressionSpec) -> list[tuple[str, str]]:
 
 
 def check_sources(spec: CompressionSpec, owns_dataset: Callable[[str], bool]) -> None:
-    """Every source is built in, or an uploaded dataset id that ``owns_dataset`` accepts."""
+    """Every source is built in, or an uploaded dataset id that ``owns_dataset`` accepts; lm-eval
+    tasks are named, not given as paths."""
+    for i, task in enumerate(spec.evaluation.tasks):
+        if not _TASK_NAME.fullmatch(task) or ".." in task or task.endswith((".yaml", ".yml")):
+            raise SpecError(
+                f"{task!r} is not an lm-eval task name: the service runs tasks by name (hellaswag, arc_*); "
+                "a task YAML path works in a local run (spruce prune)",
+                param=f"experimental.evaluation.tasks[{i}]",
+            )
     for param, source in dataset_ids(spec):
         if source in EVALUATION_ONLY and param.startswith("calibration"):
             raise SpecError(f"{source!r} is an evaluation text only: calibrate on pydoc or a dataset", param=param)

@@ -242,3 +242,27 @@ def test_a_job_reports_word_and_byte_figures_and_its_tasks_before_and_after_prun
     assert (sparse["bits_per_byte"] > dense["bits_per_byte"]) == (sparse["token_perplexity"] > dense["token_perplexity"])
     # lm-eval's pad token stayed on its copy of the tokenizer
     assert json.loads((tmp_path / "out" / "hf" / "tokenizer_config.json").read_text()).get("pad_token") is None
+
+
+@pytest.mark.parametrize(
+    ("tasks", "bad"),
+    [(["hellaswag", "/srv/tasks/evil.yaml"], 1), (["local.yaml"], 0), (["../up"], 0), (["a b"], 0)],
+)
+def test_the_service_runs_tasks_by_name_only(tmp_path, tasks, bad):
+    """A path would have the worker read (and import the hooks of) a YAML on its own disk."""
+    from tests.unit.service import Service
+
+    svc = Service(tmp_path)
+    body = {
+        "model": "smollm2-135m",
+        "sparsity": 0.5,
+        "evaluation": {"sources": ["pydoc"]},
+        "experimental": {"evaluation": {"tasks": tasks, "task_limit": 100}},
+    }
+    r = svc.client.post("/v1/jobs", json=body, headers=svc.h())
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["param"] == f"experimental.evaluation.tasks[{bad}]"
+    body["experimental"]["evaluation"]["tasks"] = ["hellaswag", "arc_*", "longproc_countdown_0.5k"]
+    r = svc.client.post("/v1/jobs", json=body, headers=svc.h())
+    assert r.status_code == 201, r.text
+    assert r.json()["spec"]["experimental"]["evaluation"]["tasks"] == ["hellaswag", "arc_*", "longproc_countdown_0.5k"]
