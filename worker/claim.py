@@ -113,13 +113,21 @@ def _lost_worker(url: str, job_id: str, settings: Settings) -> bool:
     because its worker died, and this worker takes it over (or fails it, out of attempts)."""
     with session_scope(url) as session:
         job = get_job(session, job_id)
-        if job is not None and is_terminal(job.status):
-            log.info("job %s is already %s; its message is a turn for the next queued job", job_id, job.status)
-        return (
-            job is not None
-            and job.status == JobStatus.RUNNING
-            and not is_fresh(job, settings.heartbeat_timeout)
-        )
+        if job is None or job.status == JobStatus.QUEUED:
+            return False
+        turn = "its message is a turn for the next queued job"
+        if is_terminal(job.status):
+            log.info("job %s is already %s; %s", job_id, job.status, turn)
+            return False
+        if is_fresh(job, settings.heartbeat_timeout):  # a duplicate delivery (visibility timeout)
+            log.info(
+                "job %s is running on %s with a fresh heartbeat; not starting a second run; %s",
+                job_id,
+                job.worker,
+                turn,
+            )
+            return False
+        return True
 
 
 def claim_next(
