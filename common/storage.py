@@ -122,8 +122,6 @@ class LocalStorage:
             raise StorageNotFound(f"no object {key!r}")
         return path
 
-    local_path = locate
-
     def put_file(self, key: str, path: Path) -> None:
         with open(path, "rb") as f:
             self.put_stream(key, f)

@@ -63,7 +63,8 @@ class Served:
         body: dict[str, Any] = self.client.get(f"/v1/jobs/{job_id}").json()
         return body
 
-    def wait(self, job_id: str, until: Any, what: str, timeout: float = 120) -> dict[str, Any]:
+    def wait(self, job_id: str, until: Any, what: str, timeout: float = 300) -> dict[str, Any]:
+        # Generous: a deadline for a hung test on a busy machine, not a timing target.
         def check() -> dict[str, Any] | None:
             job = self.job(job_id)
             return job if until(job) else None
@@ -173,6 +174,7 @@ def gone(pid: int, timeout: float) -> bool:
 def test_killed_worker_is_restarted_and_its_job_resumes(tmp_path: Path, models: dict[str, Path]) -> None:
     model = tiny_model_dir(models["tiny"].parent, "llama", layers=LAYERS, hidden=128)
     spec = slow_spec(model)
+    spec["calibration"] = {**spec["calibration"], "samples": 8}  # quicker; still six layers to kill in
     with serving(tmp_path, models) as served:
         reference = served.submit(spec)
         assert served.wait(reference, lambda j: j["status"] in TERMINAL, "the reference run")["status"] == "succeeded"
@@ -183,7 +185,7 @@ def test_killed_worker_is_restarted_and_its_job_resumes(tmp_path: Path, models: 
             first = served.worker()
             os.kill(first, signal.SIGKILL)
             killed = time.monotonic()
-            resumed = served.wait(job_id, lambda j: j["resumes"] >= 1, "the resumed attempt", timeout=90)
+            resumed = served.wait(job_id, lambda j: j["resumes"] >= 1, "the resumed attempt")
             back = time.monotonic() - killed
             job = served.wait(job_id, lambda j: j["status"] in TERMINAL, "the job's end")
         assert job["status"] == "succeeded", (job, served.logs())
