@@ -39,7 +39,8 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         # the visibility timeout: that is how the job of a worker killed with -9 is delivered again,
         # so the timeout bounds how long such a job waits. A job that runs longer than it is
         # delivered again while still running; the worker that gets that copy sees a fresh
-        # heartbeat and drops it (worker.runner.claim), so no second run starts. Keep it above the
+        # heartbeat and starts no second run (worker.claim: the copy is a turn for another queued
+        # job, and there are at least as many messages as queued jobs). Keep it above the
         # longest retry backoff: a retry's countdown waits as an unacked message too.
         vt = settings.visibility_timeout
         return {

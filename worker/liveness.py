@@ -4,15 +4,16 @@
   background thread (``Heartbeat``), guarded by its attempt number: once another attempt owns the
   job, the write matches no row and the old attempt learns it lost the job.
 - A job whose heartbeat is older than ``SPRUCE_HEARTBEAT_TIMEOUT`` has lost its worker. A redelivered
-  message for a job with a *fresh* heartbeat is dropped (another worker is on it); for a stale
-  one the new worker takes over (``worker.runner.claim``).
+  message for a job with a *fresh* heartbeat starts no second run (another worker is on it: the
+  message is a turn for the next queued job, common/fair.py); for a stale one the new worker
+  takes over (``worker.claim``).
 - ``sweep`` finds stale running jobs and queues them again (or fails them once
   ``SPRUCE_MAX_ATTEMPTS`` deliveries have started). It runs in a thread of every worker process
   (``Sweeper``), so it works in both run modes with nothing else to deploy: the filesystem broker
   of the default mode never redelivers a message whose worker died, and Redis does so only after
   its visibility timeout. Several workers sweeping at once are safe: each change is a
   compare-and-set on (status, attempts, heartbeat still stale), so one sweeper wins and the
-  others' writes match no row; a message sent by a losing sweeper is dropped by ``claim``.
+  others' writes match no row; a message sent by a losing sweeper is one more turn, harmless.
 """
 
 from __future__ import annotations
