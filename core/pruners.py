@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 
@@ -381,7 +381,7 @@ def prune_weight(
     swap_rounds: int = 0,
     fit_share: float = 1.0,
     magnitude_scope: str = "row",
-    selection: Selection = "layer",
+    selection: str = "layer",
 ) -> PruneResult:
     """Prune W [out, in] with ``pruner`` ("magnitude", "wanda" or "sparsegpt") to ``target``.
 
@@ -413,7 +413,8 @@ def prune_weight(
             cross=cross,
             order=order,
             row_weight=row_weight,
-            selection=selection,
+            # the spec's choices (core/spec/compression.py) checked it is one of Selection
+            selection=cast(Selection, selection),
         )
     if layer_wide:
         scores = W.detach().abs().to(torch.float32)

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from core.evaluate import perplexity
 from core.builtins import SMOLLM2, fetch_gguf
+from core.evaluate import perplexity
 from core.models import load_model
 
 pytestmark = pytest.mark.model
