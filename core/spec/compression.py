@@ -29,7 +29,7 @@ SEQUENTIALS: tuple[str, ...] = ("auto", "linear", "layer")
 # "auto" walks the linears in turn only where one layer forward of every calibration token needs
 # at most this much activation memory (docs/pruners.md, "Linears in turn").
 IN_FORWARD_BYTES = 4 << 30
-DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")  # auto: the checkpoint's
 COMPUTE_DTYPES: tuple[str, ...] = ("auto", "model", "bfloat16")
 
 
@@ -70,7 +70,8 @@ class CompressionSpec:
     induction: InductionSpec = field(default_factory=InductionSpec)
     calibration: TextSpec = field(default_factory=TextSpec)
     evaluation: EvalSpec = field(default_factory=EvalSpec)
-    dtype: str = opt("float32", "the model's dtype", public=True, choices=DTYPES, body="options.dtype")
+    dtype: str = opt("auto", "the model's dtype in memory and in hf/ (auto: the checkpoint's; a GGUF float32)",
+                     public=True, choices=DTYPES, body="options.dtype")  # fmt: skip
     compute_dtype: str = opt("auto", "dtype of the walk's forwards (auto: bfloat16 where native, else the "
                              "model's)", choices=COMPUTE_DTYPES)  # fmt: skip
     batch_size: int = opt(8, "calibration sequences per forward", lo=1, hi=4096)
