@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,13 @@ from core.precision import Device, layer_precision
 
 # A visit may return the layer's outputs when it computed them itself (``prune_in_forward``).
 Visit = Callable[[int, nn.Module, list["LayerBatch"]], "list[Tensor] | None"]
+
+
+class LayerSource(Protocol):
+    """Where a walk's layers live when they are not in memory (core.streaming.LayerStream)."""
+
+    def load(self, i: int, layer: nn.Module) -> None: ...  # fill layer i's tensors
+    def release(self, i: int, layer: nn.Module) -> None: ...  # write it out (maybe) and free it
 
 
 @dataclass
@@ -108,6 +115,7 @@ def walk(
     on_layer: Callable[[int, int], None] | None = None,
     on_outputs: Callable[[int, list[Tensor]], None] | None = None,
     start: int = 0,
+    layers: LayerSource | None = None,
 ) -> list[LayerBatch]:
     """Pass ``batches`` through every decoder layer in turn, one layer on ``device`` at a time.
 
@@ -119,14 +127,18 @@ def walk(
     Returns the inputs of the final norm. Pass the only reference to ``batches`` (not a kept list)
     so that each layer's inputs are freed as soon as its outputs exist. ``start`` > 0 resumes a
     walk: layers before it are skipped and ``batches`` must be the inputs of layer ``start``.
+    With ``layers`` (streaming, core/streaming.py) each layer is loaded just before it moves to
+    ``device`` and released (written, freed) once it has run: one layer is in memory at a time.
     """
-    layers = decoder_layers(model, arch)
-    n = len(layers)
-    for i, layer in enumerate(layers):
+    modules = decoder_layers(model, arch)
+    n = len(modules)
+    for i, layer in enumerate(modules):
         if i < start:
             continue
         if should_stop is not None and should_stop():
             raise Cancelled(f"cancelled before layer {i + 1} of {n}")
+        if layers is not None:
+            layers.load(i, layer)
         home = _device_of(layer)
         move_module(layer, device)
         try:
@@ -136,6 +148,8 @@ def walk(
         finally:
             if home is not None:
                 move_module(layer, home)
+        if layers is not None:
+            layers.release(i, layer)
         if on_outputs is not None:
             on_outputs(i, outputs)
         batches = [batch.advance(out, i + 1) for batch, out in zip(batches, outputs, strict=True)]
