@@ -109,7 +109,7 @@ def build_body(args: argparse.Namespace) -> dict[str, Any]:
     if args.allocation:
         method["allocation"] = args.allocation
     if args.induction is not None:
-        method.setdefault("induction", {})["enabled"] = args.induction
+        method["induction"] = args.induction  # a bool; its settings sit under experimental.induction
     cal = body.setdefault("calibration", {})
     for key, value in (
         ("source", args.calib),

@@ -41,14 +41,15 @@ class CrashingCheckpoint(StorageCheckpoint):
 
 
 def spec_for(model: Path, **method: Any) -> CompressionSpec:
-    """A job: ``method`` holds the pruner, and any experimental setting by name (``induction``: a
-    dict of its settings with ``enabled``)."""
+    """A job: ``method`` holds the pruner, the other public method options (preset, allocation)
+    and any experimental setting by name (``induction``: a dict of its settings with ``enabled``)."""
     induction = dict(method.pop("induction", {}))
+    public = {k: method.pop(k) for k in ("preset", "allocation") if k in method}
     pruner = method.pop("pruner", "wanda")
     body: dict[str, Any] = {
         "model": str(model),
         "sparsity": 0.5,
-        "method": {"pruner": pruner, "induction": induction.pop("enabled", False)},
+        "method": {"pruner": pruner, **public, "induction": induction.pop("enabled", False)},
         "calibration": {"source": "pydoc", "samples": 6, "seq_len": 32, "seed": 3},
         "evaluation": {"sources": ["pydoc"]},
         "experimental": {

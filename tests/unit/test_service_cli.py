@@ -26,7 +26,7 @@ def test_flags_mirror_the_body() -> None:
     assert build_body(args) == {  # type: ignore[arg-type]
         "model": "smollm2-135m",
         "sparsity": "2:4",
-        "method": {"pruner": "wanda", "allocation": "uniform", "induction": {"enabled": False}},
+        "method": {"pruner": "wanda", "allocation": "uniform", "induction": False},
         "calibration": {"source": "pydoc", "samples": 32, "seq_len": 512, "seed": 0},
         "evaluation": {"sources": ["pydoc", "c4"]},
     }
