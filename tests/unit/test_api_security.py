@@ -130,7 +130,7 @@ def test_cli_revoke_takes_effect_on_the_next_request(
 
 # What each path parameter of any route is filled with. A new route with a new parameter fails
 # the walk below until it is named here, so no route escapes the check by being new.
-ID_PARAMS = ("job_id", "dataset_id", "name")
+ID_PARAMS = ("job_id", "dataset_id", "name", "sweep_id")
 
 
 def test_every_route_hides_another_teams_jobs_datasets_and_artifacts(svc: Svc) -> None:
@@ -138,8 +138,12 @@ def test_every_route_hides_another_teams_jobs_datasets_and_artifacts(svc: Svc) -
     upload = svc.client.post("/v1/datasets", files={"file": ("calib.txt", b"some text\n")}, headers=svc.h())
     assert upload.status_code == 201, upload.text
     ds_id = upload.json()["id"]
-    values = {"job_id": job_id, "dataset_id": ds_id, "name": "report.json", "relative": "index.html"}
-    secrets_of_acme = (job_id, ds_id)
+    sweep = svc.client.post("/v1/sweeps", json={"spec": BODY, "targets": [0.5]}, headers=svc.h())
+    assert sweep.status_code == 201, sweep.text
+    sweep_id = sweep.json()["id"]
+    values = {"job_id": job_id, "dataset_id": ds_id, "name": "report.json", "relative": "index.html",
+              "sweep_id": sweep_id}  # fmt: skip
+    secrets_of_acme = (job_id, ds_id, sweep_id)
 
     walked = 0
     # The app's route table, flattened (routers included by the app appear as their routes).
