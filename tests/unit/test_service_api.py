@@ -146,12 +146,17 @@ def test_invalid_json_is_422(svc: Svc) -> None:
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_json"
 
 
-def test_local_models_only_under_roots(svc: Svc) -> None:
+def test_local_models_only_under_roots(svc: Svc, tmp_path: Path) -> None:
     inside = svc.settings.data_dir.resolve() / "models" / "tiny"
     assert svc.submit(with_field(BODY, "model", str(inside))).status_code == 201
     assert svc.submit(with_field(BODY, "model", "HuggingFaceTB/SmolLM2-135M")).status_code == 201
-    assert svc.submit(with_field(BODY, "model", "s3://bucket/models/tiny")).status_code == 201
     assert svc.submit(with_field(BODY, "model", str(inside / ".." / ".." / ".."))).status_code == 422
+    # An s3:// model is accepted where S3 is configured, refused (naming the field) where it is not.
+    r = svc.submit(with_field(BODY, "model", "s3://bucket/models/tiny"))
+    assert r.status_code == 422 and r.json()["error"]["param"] == "model"
+    with_s3 = Service(tmp_path / "s3", max_samples=256, model_s3_roots=["s3://bucket/models"])
+    r = with_s3.client.post("/v1/jobs", json=with_field(BODY, "model", "s3://bucket/models/tiny"), headers=with_s3.h())
+    assert r.status_code == 201, r.text
 
 
 def test_list_pagination_and_filter(svc: Svc) -> None:
