@@ -67,6 +67,8 @@ class CompressionSpec:
     selection: str = opt("layer", "SparseGPT, unstructured: each block drops per row what a layer-wide ('layer') or "
                          "per-row ('row') selection gives, or its own lowest scores ('block', the paper's)",
                          choices=("layer", "row", "block"))  # fmt: skip
+    hinv: str = opt("solve", "SparseGPT: the inverse Hessian's factor from one Cholesky and a triangular solve, or "
+                    "by cholesky_inverse ('textbook', llm-compressor's route)", choices=("solve", "textbook"))  # fmt: skip
     induction: InductionSpec = field(default_factory=InductionSpec)
     calibration: TextSpec = field(default_factory=TextSpec)
     evaluation: EvalSpec = field(default_factory=EvalSpec)

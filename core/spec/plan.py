@@ -58,6 +58,7 @@ class Plan:
     row_weight: str | None  # SparseGPT at unstructured targets: "output" / "none"; None elsewhere
     magnitude_scope: str | None  # magnitude at unstructured targets: "row" / "layer"; None elsewhere
     selection: str | None  # SparseGPT at unstructured targets: "layer" / "row" / "block"; None elsewhere
+    hinv: str | None  # SparseGPT's inverse Hessian route: "solve" / "textbook"; None for the others
     blocksize: int
     dampening: float
     dtype: str
@@ -103,6 +104,7 @@ def resolve(spec: CompressionSpec) -> Plan:
         row_weight=None if t.keeps_weights or nm else spec.row_weight,
         magnitude_scope=None if t.reads_data or nm else spec.magnitude_scope,
         selection=None if t.keeps_weights or nm else spec.selection,
+        hinv=spec.hinv if t.needs_hessian else None,
         blocksize=spec.blocksize,
         dampening=spec.dampening,
         dtype=spec.dtype,

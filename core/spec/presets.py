@@ -7,7 +7,8 @@ algorithms as llm-compressor runs them, for comparison (benchmarks/quality.py --
 - magnitude: the lowest |W| of each whole layer (one threshold per matrix, ties at it dropped);
 - Wanda: |W| ||X_j|| per row, no swap rounds;
 - SparseGPT: fitted to the dense layer on the pruned model's inputs, columns in stored order,
-  each block's lowest scores pruned, no row weights, blocks of 128, dampening 0.01;
+  each block's lowest scores pruned, no row weights, blocks of 128, dampening 0.01, the inverse
+  Hessian factored through cholesky_inverse as llm-compressor does;
 - every layer's statistics taken from the dense layer, then the next layer's inputs from the
   pruned one (llm-compressor's sequential pipeline), forwards in the model's dtype;
 - Sparsity Induction as the paper describes it: scales (and shifts) from 1, one epoch against
@@ -31,6 +32,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "row_weight": "none",
         "magnitude_scope": "layer",
         "selection": "block",
+        "hinv": "textbook",
         "blocksize": 128,
         "dampening": 0.01,
         "sequential": "layer",

@@ -80,3 +80,23 @@ def test_sparsegpt_selection_reaches_the_pruner() -> None:
     body = {"model": "m", "sparsity": 0.5, "method": {"pruner": "sparsegpt", "preset": "reference"}}
     spec = CompressionSpec.from_dict(body)
     assert spec.selection == "block" and spec.resolve().selection == "block"
+
+
+def test_the_textbook_inverse_hessian_is_the_same_factor_by_another_route() -> None:
+    """``hinv: textbook`` (the reference preset's, llm-compressor's cholesky_inverse route) gives
+    the same upper factor U of (H + lambda I)^-1 = U^T U, up to rounding."""
+    from core.pruners import inverse_hessian_factor
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(300, 48, generator=g) * torch.linspace(0.2, 3.0, 48)
+    H = X.T @ X
+    solve = inverse_hessian_factor(H, dampening=0.01).Hinv
+    textbook = inverse_hessian_factor(H, dampening=0.01, textbook=True).Hinv
+    torch.testing.assert_close(textbook, solve, rtol=1e-3, atol=1e-5)
+    lam = 0.01 * H.diagonal().mean()
+    inv = torch.linalg.inv((H + lam * torch.eye(48)).double()).float()
+    torch.testing.assert_close(textbook.T @ textbook, inv, rtol=1e-3, atol=1e-6)
+    assert torch.equal(textbook, torch.triu(textbook))
+    body = {"model": "m", "sparsity": "2:4", "method": {"pruner": "sparsegpt", "preset": "reference"}}
+    assert CompressionSpec.from_dict(body).resolve().hinv == "textbook"
+    assert CompressionSpec.from_dict({**body, "method": {"pruner": "wanda"}}).resolve().hinv is None
