@@ -162,6 +162,7 @@ class LocalStorage:
             raise self._missing(key, exc) from exc
 
     def exists(self, key: str) -> bool:
+        check_key(key)  # a key that could escape the root is refused, stored or not
         if not self.root.exists():  # nothing was ever stored (a fresh data folder)
             return False
         try:
