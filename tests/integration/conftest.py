@@ -41,10 +41,10 @@ WORKER_CMD = [
     "INFO",
 ]
 
-# A job on a tiny model that finishes in seconds.
+# A job on a tiny model that finishes in seconds (plain pruning: induction is on by default).
 TINY_SPEC: dict[str, Any] = {
     "sparsity": 0.5,
-    "method": {"pruner": "wanda"},
+    "method": {"pruner": "wanda", "induction": False},
     "calibration": {"source": "pydoc", "samples": 4, "seq_len": 32, "seed": 0},
     "evaluation": {"sources": ["pydoc"]},
     "experimental": {"evaluation": {"seq_len": 32, "max_windows": 2}},

@@ -252,7 +252,7 @@ def slow_spec(model: Path) -> dict[str, Any]:
     return {
         "model": str(model),
         "sparsity": 0.5,
-        "method": {"pruner": "wanda"},
+        "method": {"pruner": "wanda", "induction": False},
         "calibration": {"source": "pydoc", "samples": 32, "seq_len": 128, "seed": 0},
         "evaluation": {"sources": ["pydoc"]},
         "experimental": {"evaluation": {"seq_len": 32, "max_windows": 2}},

@@ -104,7 +104,7 @@ def test_cancel_queued_and_running(stack: Stack, models: dict[str, Path]) -> Non
     slow = {
         **TINY_SPEC,
         "model": str(models["slow"]),
-        "method": {"pruner": "sparsegpt"},
+        "method": {"pruner": "sparsegpt", "induction": False},
         "calibration": {"source": "pydoc", "samples": 32, "seq_len": 128},
     }
     with stack.client() as client:
