@@ -218,6 +218,7 @@ def test_a_job_reports_word_and_byte_figures_and_its_tasks_before_and_after_prun
         {
             "model": str(tiny_model_dir(tmp_path / "models", "llama")),
             "sparsity": 0.6,
+            "method": {"induction": False},
             "calibration": {"source": "pydoc", "samples": 4, "seq_len": 32, "seed": 1},
             "evaluation": {"sources": ["pydoc"]},
             "experimental": {

@@ -142,7 +142,7 @@ def _run(
         {
             "model": str(model),
             "sparsity": sparsity,
-            "method": {"pruner": pruner},
+            "method": {"pruner": pruner, "induction": False},
             "calibration": {"source": "pydoc", "samples": 6, "seq_len": 32, "seed": 1},
             "evaluation": {"sources": ["pydoc"]},
             "experimental": {
