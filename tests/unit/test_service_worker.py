@@ -95,6 +95,8 @@ def test_success_uploads_and_records(settings: Settings, monkeypatch: pytest.Mon
     assert (job.status, job.progress, job.attempts, job.device) == ("succeeded", 1.0, 1, "cpu")
     assert job.results is not None and set(job.results) == {
         "perplexity",
+        "evaluation_metrics",
+        "tasks",
         "sparsity",
         "sizes",
         "timings",
