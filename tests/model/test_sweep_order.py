@@ -9,10 +9,11 @@ import torch
 from core.arch import decoder_layers
 from core.data import batched, calibration_ids
 from core.models import load_model
+from core.passes import collect_stats
 from core.pruners import reconstruction_error, sparsegpt
 from core.sparsity import LayerTarget
 from core.spec import TextSpec
-from core.walker import capture_inputs, collect_stats
+from core.walker import capture_inputs
 
 pytestmark = pytest.mark.model
 
