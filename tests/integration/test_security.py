@@ -158,7 +158,10 @@ def test_every_route_is_team_checked_on_postgres(stack: Stack, models: dict[str,
     job_id = _job_with_report(stack)
     with stack.client() as mine, stack.client("rival") as theirs:
         ds = mine.post("/v1/datasets", files={"file": ("calib.txt", b"text of acme\n")}).json()["id"]
-        values = {"job_id": job_id, "dataset_id": ds, "name": "report.json", "relative": "index.html"}
+        sweep = mine.post("/v1/sweeps", json={"spec": {**TINY_SPEC, "model": str(models["tiny"])}, "targets": [0.5]})
+        assert sweep.status_code == 201, sweep.text
+        values = {"job_id": job_id, "dataset_id": ds, "name": "report.json", "relative": "index.html",
+                  "sweep_id": sweep.json()["id"]}  # fmt: skip
         routes = list(iter_route_contexts(_app(stack).app.routes))  # type: ignore[attr-defined]
         assert len(routes) >= 15
         for route in routes:
@@ -168,10 +171,12 @@ def test_every_route_is_team_checked_on_postgres(stack: Stack, models: dict[str,
             path = route.path_format.format(**{p: values[p] for p in params})
             for method in sorted((getattr(route, "methods", None) or {"GET"}) - {"HEAD"}):
                 r = theirs.request(method, path)
-                if isinstance(route.original_route, APIRoute) and params & {"job_id", "dataset_id", "name"}:
+                if isinstance(route.original_route, APIRoute) and params & {"job_id", "dataset_id", "name", "sweep_id"}:
                     assert r.status_code in (403, 404), (method, path, r.status_code)
                 else:
                     assert r.status_code < 500 and job_id not in r.text and ds not in r.text, (method, path)
+        theirs_sweeps = theirs.get("/v1/sweeps").json()["data"]
+        assert values["sweep_id"] not in {s["id"] for s in theirs_sweeps}
         assert mine.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
 
 
