@@ -130,3 +130,26 @@ def test_a_cached_hub_model_resolves_to_its_snapshot(offline_hub: Path) -> None:
     (repo / "refs" / "main").write_text("a" * 40)
     folder = hub_folder("owner/model")
     assert folder.is_absolute() and folder == snapshot and (folder / "config.json").is_file()
+
+
+# Text sources: hub datasets accepted, local paths and fortunes-as-calibration refused.
+@pytest.mark.parametrize(
+    ("source", "status"),
+    [
+        ("HuggingFaceH4/ultrachat_200k?split=train_sft", 201),
+        ("allenai/c4?config=en&split=validation&field=text", 201),
+        ("/srv/data/private.parquet", 422),
+        ("owner/name?split=x&../=y", 422),
+        ("fortunes", 422),
+    ],
+)
+def test_calibration_sources(svc: Service, source: str, status: int) -> None:
+    r = svc.client.post("/v1/jobs", json=with_field(BODY, "calibration.source", source))
+    assert r.status_code == status, r.text
+    if status == 422:
+        assert r.json()["error"]["param"] == "calibration.source"
+
+
+def test_fortunes_evaluates(svc: Service) -> None:
+    r = svc.client.post("/v1/jobs", json={**BODY, "evaluation": {"sources": ["pydoc", "fortunes"]}})
+    assert r.status_code == 201, r.text
