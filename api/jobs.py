@@ -158,6 +158,7 @@ def create_job(
             spec=submitted,
             idempotency_key=idempotency_key,
             request_hash=request_hash,
+            queue=ctx.settings.queue,
         )
         session.add(job)
         try:

@@ -185,7 +185,7 @@ def create_sweep(
         session.add(sweep)
         try:
             session.flush()
-            jobs = _add_jobs(session, sweep, children, caller)
+            jobs = _add_jobs(session, sweep, children, caller, ctx.settings.queue)
             session.commit()
         except IntegrityError:
             session.rollback()  # the (team_id, idempotency_key) constraint: another request won
@@ -202,7 +202,9 @@ def create_sweep(
     )
 
 
-def _add_jobs(session: Session, sweep: Sweep, children: list[sweeps.Child], caller: CallerDep) -> list[Job]:
+def _add_jobs(
+    session: Session, sweep: Sweep, children: list[sweeps.Child], caller: CallerDep, queue: str
+) -> list[Job]:
     jobs, plan = [], []
     for child in children:
         job = Job(
@@ -211,6 +213,7 @@ def _add_jobs(session: Session, sweep: Sweep, children: list[sweeps.Child], call
             submitted_by=caller.key_name,
             spec=child.body,
             sweep_id=sweep.id,
+            queue=queue,
         )
         session.add(job)
         session.flush()

@@ -34,10 +34,11 @@ from common.states import JobStatus
 NEVER = datetime.min.replace(tzinfo=UTC)
 
 
-def startable(now: datetime) -> ColumnElement[bool]:
-    """Queued jobs that may start at ``now`` (a retry waits out its backoff)."""
+def startable(now: datetime, queue: str) -> ColumnElement[bool]:
+    """Queued jobs of ``queue`` that may start at ``now`` (a retry waits out its backoff)."""
     return and_(
         Job.status == JobStatus.QUEUED,
+        or_(Job.queue == queue, Job.queue.is_(None)),
         Job.deleted_at.is_(None),  # deleted while its last attempt failed: housekeeping cancels it
         or_(Job.run_after.is_(None), Job.run_after <= now),
     )
@@ -47,7 +48,9 @@ def team_order(session: Session, settings: Settings, now: datetime) -> list[str]
     """Ids of the teams with a startable job and room under their running limit, fairest first."""
     heads = dict(
         session.execute(
-            select(Job.team_id, func.min(Job.created_at)).where(startable(now)).group_by(Job.team_id)
+            select(Job.team_id, func.min(Job.created_at))
+            .where(startable(now, settings.queue))
+            .group_by(Job.team_id)
         ).all()
     )
     if not heads:
@@ -80,7 +83,7 @@ def take_from(session: Session, team_id: str, settings: Settings, now: datetime)
         return None  # another worker started one of its jobs since team_order looked
     return session.scalar(
         select(Job)
-        .where(Job.team_id == team_id, startable(now))
+        .where(Job.team_id == team_id, startable(now, settings.queue))
         .order_by(Job.created_at, Job.id)
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -94,12 +97,14 @@ def started(session: Session, team_id: str, now: datetime) -> None:
         team.last_started_at = now
 
 
-def any_queued(session: Session) -> datetime | None:
+def any_queued(session: Session, queue: str) -> datetime | None:
     """When the earliest queued job may start (``now``-ish if one may already), or None if none
     is queued: a message that started nothing is kept for later only while jobs wait."""
     row = session.execute(
         select(func.count(), func.min(func.coalesce(Job.run_after, Job.created_at))).where(
-            Job.status == JobStatus.QUEUED, Job.deleted_at.is_(None)
+            Job.status == JobStatus.QUEUED,
+            Job.deleted_at.is_(None),
+            or_(Job.queue == queue, Job.queue.is_(None)),
         )
     ).one()
     count, earliest = row

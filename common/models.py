@@ -151,6 +151,8 @@ class Job(Base):
     sweep_id: Mapped[str | None] = mapped_column(
         ForeignKey("sweeps.id", ondelete="SET NULL"), default=None, index=True
     )
+    # The queue it was submitted to: only that queue's workers start it (None: any worker).
+    queue: Mapped[str | None] = mapped_column(String(200), default=None)
 
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)

@@ -151,7 +151,7 @@ def claim_next(
         if not order:
             break
     with session_scope(url) as session:
-        out.waiting = fair.any_queued(session)
+        out.waiting = fair.any_queued(session, settings.queue)
     return out
 
 

@@ -32,15 +32,15 @@ def settings(tmp_path: Path) -> Settings:
     return s
 
 
-def submit(settings: Settings, team: str, n: int = 1) -> list[str]:
-    """``n`` queued jobs of ``team`` (created if new), in creation order."""
+def submit(settings: Settings, team: str, n: int = 1, queue: str | None = "spruce") -> list[str]:
+    """``n`` queued jobs of ``team`` (created if new) on ``queue``, in creation order."""
     ids = []
     with session_scope(settings.resolved_database_url) as s:
         team_id = s.scalar(select(Team.id).where(Team.name == team))
         if team_id is None:
             team_id = create_key(s, team, "ci").row.team_id
         for _ in range(n):
-            job = Job(team_id=team_id, submitted_by="ci", spec=SPEC)
+            job = Job(team_id=team_id, submitted_by="ci", spec=SPEC, queue=queue)
             s.add(job)
             s.flush()
             ids.append(job.id)
@@ -77,6 +77,20 @@ def test_a_team_with_a_long_queue_does_not_delay_another(settings: Settings) -> 
     assert next_job(settings, a[1]) == b  # a's message, b's turn: b runs nothing yet
     # Both run one now; a's last start is older (never recorded), so a's oldest queued job is next.
     assert next_job(settings, a[2]) == a[1]
+
+
+def test_a_worker_starts_only_its_own_queues_jobs(settings: Settings) -> None:
+    (other,) = submit(settings, "a", queue="gpu-h100")  # older, but another pool's job
+    (legacy,) = submit(settings, "b", queue=None)  # submitted before jobs had a queue
+    (own,) = submit(settings, "c")
+    assert settings.queue == "spruce"
+    assert next_job(settings, own) == legacy
+    assert next_job(settings, own) == own
+    assert next_job(settings, own) is None
+    found = claim_next(settings.resolved_database_url, own, "w1", "cpu", settings)
+    assert found.waiting is None  # the other pool's queued job keeps no message of this queue
+    with session_scope(settings.resolved_database_url) as s:
+        assert s.get(Job, other).status == JobStatus.QUEUED
 
 
 def test_ties_go_to_the_team_whose_last_start_is_oldest(settings: Settings) -> None:
