@@ -21,6 +21,8 @@ WORKDIR /app
 
 FROM base AS api
 COPY pyproject.toml README.md* alembic.ini ./
+# spruce/ links the top-level folders in as spruce.core, spruce.api, ... (pyproject.toml).
+COPY spruce ./spruce
 COPY core ./core
 COPY common ./common
 COPY api ./api
@@ -31,7 +33,7 @@ RUN pip install .
 USER spruce
 EXPOSE 8000
 # The same commands the integration tests run (tests/integration/conftest.py).
-CMD ["sh", "-c", "alembic upgrade head && exec uvicorn api.app:create_app --factory --host 0.0.0.0 --port 8000"]
+CMD ["sh", "-c", "spruce migrate && exec uvicorn spruce.api.app:create_app --factory --host 0.0.0.0 --port 8000"]
 
 
 FROM base AS worker
@@ -40,6 +42,8 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 # torch first, in its own layer: the largest download changes least often.
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 COPY pyproject.toml README.md* alembic.ini ./
+# spruce/ links the top-level folders in as spruce.core, spruce.api, ... (pyproject.toml).
+COPY spruce ./spruce
 COPY core ./core
 COPY common ./common
 COPY api ./api
@@ -49,4 +53,4 @@ COPY migrations ./migrations
 RUN pip install ".[worker]"
 USER spruce
 ENV SPRUCE_CACHE_DIR=/cache HF_HOME=/cache/huggingface
-CMD ["celery", "-A", "worker.app", "worker", "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO"]
+CMD ["celery", "-A", "spruce.worker.app", "worker", "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO"]

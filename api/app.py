@@ -1,4 +1,4 @@
-"""The FastAPI application: ``create_app()`` builds one; ``uvicorn api.app:create_app --factory`` serves it.
+"""The FastAPI application: ``create_app()`` builds one; ``uvicorn spruce.api.app:create_app --factory`` serves it.
 
 Importing this module builds nothing: ``api.app.app`` is created on first access (for servers
 that want a module attribute), and settings, engines and the broker connection are made lazily.
@@ -12,14 +12,14 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import datasets, errors, health, idempotency, jobs, metrics, spec, sweeps, usage
-from api.deps import ServiceContext
-from api.limits import BodyLimit
-from api.middleware import HEADER as REQUEST_ID
-from api.middleware import RequestContext
-from api.schemas import JobCreate
-from common.logging import configure_logging
-from common.settings import Settings, get_settings
+from spruce.api import datasets, errors, health, idempotency, jobs, metrics, spec, sweeps, usage
+from spruce.api.deps import ServiceContext
+from spruce.api.limits import BodyLimit
+from spruce.api.middleware import HEADER as REQUEST_ID
+from spruce.api.middleware import RequestContext
+from spruce.api.schemas import JobCreate
+from spruce.common.logging import configure_logging
+from spruce.common.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,9 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
 
 def _include_dashboard(app: FastAPI) -> None:
     try:
-        from api import dashboard
+        from spruce.api import dashboard
     except ModuleNotFoundError as exc:  # an API-only build without the dashboard
-        if exc.name != "api.dashboard":
+        if exc.name != "spruce.api.dashboard":
             raise
         log.info("no dashboard module; serving the API only")
         return

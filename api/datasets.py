@@ -13,15 +13,15 @@ from fastapi import APIRouter, File, Form, Response, UploadFile
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.deps import CallerDep, CtxDep, SessionDep
-from api.errors import COMMON, ApiError, not_found
-from api.schemas import DatasetList, DatasetOut
-from api.usage import quota_error
-from api.validation import MAX_JSON_DEPTH, json_depth
-from common import quotas
-from common.models import Dataset, Job, new_id, storable
-from common.states import JobStatus
-from common.storage import StorageError
+from spruce.api.deps import CallerDep, CtxDep, SessionDep
+from spruce.api.errors import COMMON, ApiError, not_found
+from spruce.api.schemas import DatasetList, DatasetOut
+from spruce.api.usage import quota_error
+from spruce.api.validation import MAX_JSON_DEPTH, json_depth
+from spruce.common import quotas
+from spruce.common.models import Dataset, Job, new_id, storable
+from spruce.common.states import JobStatus
+from spruce.common.storage import StorageError
 
 log = logging.getLogger(__name__)
 

@@ -16,17 +16,17 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from api.errors import ApiError
-from api.limits import MemoryLimiter, Rate, RateLimiter, RedisLimiter, retry_after_header
-from api.links import signing_key
-from api.readiness import Readiness
-from common.db import POOL_CAPACITY, session_factory
-from common.dbwait import lock_wait
-from common.keys import authenticate
-from common.models import ApiKey, utcnow
-from common.queue import make_celery
-from common.settings import Settings
-from common.storage import Storage, build_storage
+from spruce.api.errors import ApiError
+from spruce.api.limits import MemoryLimiter, Rate, RateLimiter, RedisLimiter, retry_after_header
+from spruce.api.links import signing_key
+from spruce.api.readiness import Readiness
+from spruce.common.db import POOL_CAPACITY, session_factory
+from spruce.common.dbwait import lock_wait
+from spruce.common.keys import authenticate
+from spruce.common.models import ApiKey, utcnow
+from spruce.common.queue import make_celery
+from spruce.common.settings import Settings
+from spruce.common.storage import Storage, build_storage
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)  # write last_used_at at most this often per key
 LAST_USED_WAIT_S = 0.2  # how long that write may wait for the database's write lock

@@ -12,9 +12,9 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from common.queue import BrokerUnavailable
-from common.storage import StorageUnavailable
-from core.errors import SpecError
+from spruce.common.queue import BrokerUnavailable
+from spruce.common.storage import StorageUnavailable
+from spruce.core.errors import SpecError
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from api.deps import CallerDep, CtxDep, SessionDep
-from api.errors import COMMON, RETRY_AFTER_DOWN, error_response
-from api.schemas import Me, ModelList, ModelOut
-from api.validation import MODEL_ALIASES, local_models
+from spruce.api.deps import CallerDep, CtxDep, SessionDep
+from spruce.api.errors import COMMON, RETRY_AFTER_DOWN, error_response
+from spruce.api.schemas import Me, ModelList, ModelOut
+from spruce.api.validation import MODEL_ALIASES, local_models
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,9 @@ def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     responses={
-        200: {"description": '{"status": "ready", "checks": {"database": "ok", "broker": "ok", "storage": "ok"}}'},
+        200: {
+            "description": '{"status": "ready", "checks": {"database": "ok", "broker": "ok", "storage": "ok"}}'
+        },
         503: {"description": 'a dependency is failing: "status": "not_ready", its check "failing"'},
     },
 )

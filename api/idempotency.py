@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from api.errors import ApiError
-from common.models import Job
+from spruce.api.errors import ApiError
+from spruce.common.models import Job
 
 HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"  # the answer is a stored job, not a new one (as Stripe says it)

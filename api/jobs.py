@@ -15,11 +15,11 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api import idempotency
-from api.deps import CallerDep, CtxDep, SessionDep, check_rate
-from api.errors import COMMON, ApiError, not_found, spec_error, unavailable
-from api.links import check_link, signed_path
-from api.schemas import (
+from spruce.api import idempotency
+from spruce.api.deps import CallerDep, CtxDep, SessionDep, check_rate
+from spruce.api.errors import COMMON, ApiError, not_found, spec_error, unavailable
+from spruce.api.links import check_link, signed_path
+from spruce.api.schemas import (
     ArtifactLink,
     ArtifactList,
     ArtifactOut,
@@ -29,16 +29,16 @@ from api.schemas import (
     JobList,
     JobOut,
 )
-from api.usage import quota_error
-from api.validation import check_limits, check_model_ref, check_sources
-from common import quotas, retention
-from common.jobs import StaleStatus, add_event, get_job, set_status
-from common.models import ApiKey, Artifact, Dataset, Job, JobEvent
-from common.queue import enqueue
-from common.states import JobStatus
-from common.storage import LocalStorage, Storage, StorageNotFound
-from core.errors import SpecError
-from core.spec import CompressionSpec
+from spruce.api.usage import quota_error
+from spruce.api.validation import check_limits, check_model_ref, check_sources
+from spruce.common import quotas, retention
+from spruce.common.jobs import StaleStatus, add_event, get_job, set_status
+from spruce.common.models import ApiKey, Artifact, Dataset, Job, JobEvent
+from spruce.common.queue import enqueue
+from spruce.common.states import JobStatus
+from spruce.common.storage import LocalStorage, Storage, StorageNotFound
+from spruce.core.errors import SpecError
+from spruce.core.spec import CompressionSpec
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,9 @@ def _enqueue(job: Job, session: Session, ctx: CtxDep, caller: CallerDep) -> JobO
     except Exception as exc:  # kombu's OperationalError and friends: the broker is unreachable
         log.error("could not enqueue %s: %s", job.id, exc)
         # The broker's error stays in the log: it may name a server-side path or host.
-        message = f"the job queue is unreachable; job {job.id} was recorded and marked failed, submit again later"
+        message = (
+            f"the job queue is unreachable; job {job.id} was recorded and marked failed, submit again later"
+        )
         try:
             set_status(session, job, JobStatus.FAILED, "could not enqueue", error=(BROKER_DOWN, message))
             session.commit()
@@ -430,7 +432,9 @@ def send_artifact(storage: Storage, row: Artifact, filename: str) -> Response:
     try:  # 410 only when the store answers "no such object"; StorageUnavailable is a 503
         if isinstance(storage, LocalStorage):
             path = storage.locate(row.storage_key)
-            return FileResponse(path, filename=filename, media_type="application/octet-stream", headers=headers)
+            return FileResponse(
+                path, filename=filename, media_type="application/octet-stream", headers=headers
+            )
         chunks = storage.open_stream(row.storage_key)
     except StorageNotFound as exc:
         raise ApiError(410, "artifact_missing", f"{row.name} is recorded but missing from storage") from exc

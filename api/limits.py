@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import error_response
+from spruce.api.errors import error_response
 
 log = logging.getLogger(__name__)
 

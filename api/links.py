@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from common.settings import Settings
+from spruce.common.settings import Settings
 
 SIGNED_PREFIX = "/v1/downloads"
 

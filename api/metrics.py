@@ -32,10 +32,10 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 from sqlalchemy import Connection, func, select, text
 
-from api.errors import ApiError
-from common.db import get_engine
-from common.models import Job, JobEvent, Team, UTCDateTime
-from common.states import JobStatus
+from spruce.api.errors import ApiError
+from spruce.common.db import get_engine
+from spruce.common.models import Job, JobEvent, Team, UTCDateTime
+from spruce.common.states import JobStatus
 
 log = logging.getLogger(__name__)
 

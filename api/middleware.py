@@ -16,13 +16,13 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.metrics import HttpMetrics
-from common.logging import redact, request_id
+from spruce.api.metrics import HttpMetrics
+from spruce.common.logging import redact, request_id
 
 HEADER = "X-Request-ID"
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
-access_log = logging.getLogger("api.access")
+access_log = logging.getLogger("spruce.api.access")
 
 
 def route_template(scope: Scope) -> str:
@@ -92,4 +92,3 @@ class RequestContext:
             fields["duration_ms"],
             extra={"fields": {**fields, "path": redact(path)}},
         )
-

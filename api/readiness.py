@@ -19,10 +19,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, wait
 from typing import Any
 
-from common.dbwait import probe_write
-from common.queue import check_broker
-from common.settings import Settings
-from common.storage import Storage
+from spruce.common.dbwait import probe_write
+from spruce.common.queue import check_broker
+from spruce.common.settings import Settings
+from spruce.common.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,9 @@ class Probe:
 class Readiness:
     """The probes of one app (``ServiceContext.readiness``)."""
 
-    def __init__(self, settings: Settings, storage: Callable[[], Storage], producer: Callable[[], Any]) -> None:
+    def __init__(
+        self, settings: Settings, storage: Callable[[], Storage], producer: Callable[[], Any]
+    ) -> None:
         url = settings.resolved_database_url
 
         def broker() -> None:

@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
-from core.spec import CompressionSpec
-from core.spec.schema import Leaf, induction_moved_message, leaves, moved, moved_message
+from spruce.core.spec import CompressionSpec
+from spruce.core.spec.schema import Leaf, induction_moved_message, leaves, moved, moved_message
 
 STRICT = ConfigDict(extra="forbid", strict=True)
 _SECTIONS = {
@@ -55,7 +55,9 @@ def _field(leaf: Leaf, *, optional: bool) -> tuple[Any, Any]:
         bounds = {}
     annotation = _annotation(leaf)
     default = None if optional else (list(leaf.default) if isinstance(leaf.default, tuple) else leaf.default)
-    return (annotation | None if optional else annotation), Field(default=default, description=m.help, **bounds)
+    return (annotation | None if optional else annotation), Field(
+        default=default, description=m.help, **bounds
+    )
 
 
 def _refuser(gone: dict[str, str]) -> Any:
@@ -85,7 +87,9 @@ def _section(name: str) -> type[BaseModel]:
     if gone:
         validators["refuse_moved"] = field_validator(*gone, mode="before")(_refuser(gone))
     if "induction" in fields:
-        validators["induction_flag"] = field_validator("induction", mode="before")(classmethod(_induction_flag))
+        validators["induction_flag"] = field_validator("induction", mode="before")(
+            classmethod(_induction_flag)
+        )
     return create_model(  # type: ignore[call-overload,no-any-return]
         name.capitalize(), __config__=STRICT, __doc__=_SECTIONS[name], __validators__=validators, **fields
     )
@@ -125,7 +129,12 @@ class JobCreate(BaseModel):
             "example": {
                 "model": "smollm2-135m",
                 "sparsity": "2:4",
-                "method": {"pruner": "wanda", "preset": "default", "allocation": "uniform", "induction": False},
+                "method": {
+                    "pruner": "wanda",
+                    "preset": "default",
+                    "allocation": "uniform",
+                    "induction": False,
+                },
                 "calibration": {"source": "pydoc", "samples": 32, "seq_len": 512, "seed": 0},
                 "evaluation": {"sources": ["pydoc"]},
             }

@@ -11,8 +11,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from core.spec import CompressionSpec
-from core.spec.schema import describe
+from spruce.core.spec import CompressionSpec
+from spruce.core.spec.schema import describe
 
 router = APIRouter(tags=["jobs"])
 

@@ -10,12 +10,12 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from api.deps import CallerDep, CtxDep
-from api.errors import ApiError, body_param
-from api.jobs import validate_job
-from api.schemas import JobCreate
-from common import sweeps
-from core.spec import CompressionSpec
+from spruce.api.deps import CallerDep, CtxDep
+from spruce.api.errors import ApiError, body_param
+from spruce.api.jobs import validate_job
+from spruce.api.schemas import JobCreate
+from spruce.common import sweeps
+from spruce.core.spec import CompressionSpec
 
 # the words POST /v1/jobs answers for these pydantic errors (api/errors.py)
 _WORDS = {"extra_forbidden": "unknown field", "missing": "is required"}
@@ -33,12 +33,18 @@ def _parse(child: sweeps.Child) -> JobCreate:
         raise ApiError(422, "invalid_request", f"{where}: {message}", where) from exc
 
 
-def _check(child: sweeps.Child, parsed: JobCreate, session: Session, ctx: CtxDep, caller: CallerDep) -> dict[str, Any]:
+def _check(
+    child: sweeps.Child, parsed: JobCreate, session: Session, ctx: CtxDep, caller: CallerDep
+) -> dict[str, Any]:
     try:
         return validate_job(parsed, session, ctx, caller)
     except ApiError as exc:
         where = sweeps.item_param(child, exc.param)
-        message = exc.message.split(": ", 1)[1] if exc.param and exc.message.startswith(f"{exc.param}: ") else exc.message
+        message = (
+            exc.message.split(": ", 1)[1]
+            if exc.param and exc.message.startswith(f"{exc.param}: ")
+            else exc.message
+        )
         raise ApiError(exc.status, exc.code, f"{where}: {message}", where, exc.headers, exc.extra) from exc
 
 
@@ -54,7 +60,11 @@ def shared_settings(first: sweeps.Child) -> tuple[dict[str, Any], str | None]:
 
 
 def validated_children(
-    children: list[sweeps.Child], calibration: dict[str, Any], session: Session, ctx: CtxDep, caller: CallerDep
+    children: list[sweeps.Child],
+    calibration: dict[str, Any],
+    session: Session,
+    ctx: CtxDep,
+    caller: CallerDep,
 ) -> list[sweeps.Child]:
     """Every child with the shared calibration, validated; its ``body`` becomes the job's
     recorded spec. Two children that would run the same job are a 422 on the later one."""

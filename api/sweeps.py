@@ -17,17 +17,17 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api import idempotency
-from api.deps import CallerDep, CtxDep, SessionDep
-from api.errors import COMMON, ApiError, not_found, unavailable
-from api.jobs import BROKER_DOWN, IdempotencyKeyHeader, cancel_job
-from api.sweep_children import shared_settings, validated_children
-from api.usage import quota_error
-from common import quotas, sweeps
-from common.jobs import StaleStatus, add_event, set_status
-from common.models import Job, Sweep, storable
-from common.queue import enqueue
-from common.states import JobStatus
+from spruce.api import idempotency
+from spruce.api.deps import CallerDep, CtxDep, SessionDep
+from spruce.api.errors import COMMON, ApiError, not_found, unavailable
+from spruce.api.jobs import BROKER_DOWN, IdempotencyKeyHeader, cancel_job
+from spruce.api.sweep_children import shared_settings, validated_children
+from spruce.api.usage import quota_error
+from spruce.common import quotas, sweeps
+from spruce.common.jobs import StaleStatus, add_event, set_status
+from spruce.common.models import Job, Sweep, storable
+from spruce.common.queue import enqueue
+from spruce.common.states import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,11 @@ class SweepCreate(BaseModel):
         strict=True,
         json_schema_extra={
             "example": {
-                "spec": {"model": "smollm2-135m", "method": {"pruner": "wanda"}, "evaluation": {"sources": ["pydoc"]}},
+                "spec": {
+                    "model": "smollm2-135m",
+                    "method": {"pruner": "wanda"},
+                    "evaluation": {"sources": ["pydoc"]},
+                },
                 "targets": ["0.5", "2:4", 0.7],
                 "pruners": ["wanda", "sparsegpt"],
             }
@@ -243,10 +247,14 @@ def _enqueue_all(session: Session, ctx: CtxDep, sweep: Sweep, jobs: list[Job]) -
             enqueue(ctx.celery, ctx.settings, job.id)
         except Exception as exc:  # kombu's OperationalError and friends: the broker is unreachable
             log.error("could not enqueue %s of sweep %s: %s", job.id, sweep.id, exc)
-            message = f"the job queue is unreachable; sweep {sweep.id} was recorded, its jobs not queued are failed"
+            message = (
+                f"the job queue is unreachable; sweep {sweep.id} was recorded, its jobs not queued are failed"
+            )
             for rest in jobs[n:]:
                 try:
-                    set_status(session, rest, JobStatus.FAILED, "could not enqueue", error=(BROKER_DOWN, message))
+                    set_status(
+                        session, rest, JobStatus.FAILED, "could not enqueue", error=(BROKER_DOWN, message)
+                    )
                     session.commit()
                 except StaleStatus:  # a worker took it after all (the send raised late)
                     session.rollback()
@@ -314,7 +322,11 @@ def read_sweep(
     caller: CallerDep,
     within: Annotated[
         float | None,
-        Query(ge=0.0, le=100.0, description="adds best_within: the sparsest row within this fraction of dense perplexity"),
+        Query(
+            ge=0.0,
+            le=100.0,
+            description="adds best_within: the sparsest row within this fraction of dense perplexity",
+        ),
     ] = None,
 ) -> SweepOut:
     return sweep_out(session, team_sweep(session, sweep_id, caller.team_id), caller.team_name, within)

@@ -6,10 +6,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from api.deps import CallerDep, CtxDep, SessionDep
-from api.errors import COMMON, ApiError
-from common import quotas
-from common.models import Team
+from spruce.api.deps import CallerDep, CtxDep, SessionDep
+from spruce.api.errors import COMMON, ApiError
+from spruce.common import quotas
+from spruce.common.models import Team
 
 router = APIRouter(prefix="/v1/usage", tags=["usage"], responses=COMMON)
 

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from common.refs import (
+from spruce.common.refs import (
     BUILTIN_SOURCES,
     DATASET_ID,
     EVALUATION_ONLY,
@@ -19,9 +19,9 @@ from common.refs import (
     MODEL_ALIASES,
     check_model_ref,
 )
-from common.settings import Settings
-from core.errors import SpecError
-from core.spec import CompressionSpec
+from spruce.common.settings import Settings
+from spruce.core.errors import SpecError
+from spruce.core.spec import CompressionSpec
 
 __all__ = [
     "MAX_JSON_DEPTH",
@@ -75,7 +75,9 @@ def check_sources(spec: CompressionSpec, owns_dataset: Callable[[str], bool]) ->
             )
     for param, source in dataset_ids(spec):
         if source in EVALUATION_ONLY and param.startswith("calibration"):
-            raise SpecError(f"{source!r} is an evaluation text only: calibrate on pydoc or a dataset", param=param)
+            raise SpecError(
+                f"{source!r} is an evaluation text only: calibrate on pydoc or a dataset", param=param
+            )
         if source in BUILTIN_SOURCES or (param.startswith("evaluation") and source == "none"):
             continue
         if HUB_DATASET.match(source) and ".." not in source:

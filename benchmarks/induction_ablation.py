@@ -30,15 +30,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.arch import ArchSpec, decoder_layers, layer_linears
-from core.data import batched, calibration_ids
-from core.induction import induce_layer
-from core.models import load_model
-from core.passes import collect_stats
-from core.pruners import prune_weight
-from core.sparsity import LayerTarget
-from core.spec import InductionSpec, TextSpec
-from core.walker import LayerBatch, capture_inputs, run_layer, walk
+from spruce.core.arch import ArchSpec, decoder_layers, layer_linears
+from spruce.core.data import batched, calibration_ids
+from spruce.core.induction import induce_layer
+from spruce.core.models import load_model
+from spruce.core.passes import collect_stats
+from spruce.core.pruners import prune_weight
+from spruce.core.sparsity import LayerTarget
+from spruce.core.spec import InductionSpec, TextSpec
+from spruce.core.walker import LayerBatch, capture_inputs, run_layer, walk
 
 TARGETS = {"50%": LayerTarget(0.5), "2:4": LayerTarget(0.5, 2, 4)}
 PRUNERS = ("magnitude", "wanda", "sparsegpt")
@@ -73,9 +73,9 @@ class _Done(Exception):
 
 def input_means(layer: nn.Module, arch: ArchSpec, batches: list[LayerBatch]) -> dict[str, torch.Tensor]:
     """Per linear, the mean of its input over the calibration tokens (dense layer)."""
-    from core.induction.batches import split_minibatches
-    from core.induction.train import dense_pass
-    from core.induction.transform import plan_layer
+    from spruce.core.induction.batches import split_minibatches
+    from spruce.core.induction.train import dense_pass
+    from spruce.core.induction.transform import plan_layer
 
     plan = plan_layer(layer, arch)
     params = {n: p.detach() for n, p in layer.named_parameters()}

@@ -65,9 +65,9 @@ JOB_BODY: dict[str, Any] = {
 DOCUMENTED = {"200", "503"}  # 503 + Retry-After is the documented answer of a dependency that is down
 
 # docker-compose's API command (its access log included: production writes it too).
-API_CMD = ["-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1"]
+API_CMD = ["-m", "uvicorn", "spruce.api.app:create_app", "--factory", "--host", "127.0.0.1"]
 # docker-compose's worker command (python -m, for this interpreter).
-WORKER_CMD = ["-m", "celery", "-A", "worker.app", "worker", "--pool", "solo", "--concurrency", "1"]
+WORKER_CMD = ["-m", "celery", "-A", "spruce.worker.app", "worker", "--pool", "solo", "--concurrency", "1"]
 WORKER_CMD += ["--loglevel", "INFO"]
 
 
@@ -190,7 +190,7 @@ def postgres_database(admin_url: str) -> Iterator[str]:
     try:
         yield admin_url.rsplit("/", 1)[0] + f"/{name}"
     finally:
-        from common.db import get_engine
+        from spruce.common.db import get_engine
 
         get_engine(admin_url.rsplit("/", 1)[0] + f"/{name}").dispose()
         with admin.connect() as conn:
@@ -218,8 +218,8 @@ def process(cmd: list[str], env: dict[str, str], log_path: Path) -> Iterator[sub
 @contextmanager
 def local_service(args: argparse.Namespace) -> Iterator[Target]:
     """Start the API and a worker (compose's commands) on Postgres/Redis (or SQLite and the file queue)."""
-    from common.db import session_scope, upgrade
-    from common.keys import create_key
+    from spruce.common.db import session_scope, upgrade
+    from spruce.common.keys import create_key
 
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="spruce-bench-")))
@@ -289,10 +289,10 @@ def _drop_queue_keys(redis_url: str, queue: str) -> None:
 def record_jobs(database_url: str, n: int) -> list[str]:
     """``n`` finished jobs of the bench team with their events, written to the database directly
     (no message: the worker stays idle until a scenario submits a job)."""
-    from common.db import session_scope
-    from common.jobs import add_event, set_status
-    from common.models import Job, Team
-    from common.states import JobStatus
+    from spruce.common.db import session_scope
+    from spruce.common.jobs import add_event, set_status
+    from spruce.common.models import Job, Team
+    from spruce.common.states import JobStatus
 
     ids = []
     with session_scope(database_url) as s:
@@ -423,9 +423,7 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs, load average {load}"
 
 
-def run_scenario(
-    name: str, target: Target, job_ids: list[str], args: argparse.Namespace
-) -> dict[str, Any]:
+def run_scenario(name: str, target: Target, job_ids: list[str], args: argparse.Namespace) -> dict[str, Any]:
     """Measure one scenario; returns its rows and what the machine and the job did meanwhile."""
     busy = None if name == "quiet" else running_job(target, args)
     before = machine()
@@ -489,7 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=60.0, help="client timeout per request (default 60)")
     p.add_argument("--list-share", type=float, default=0.2, help="share of GET /v1/jobs (default 0.2)")
     p.add_argument("--scenarios", default="quiet,job,kill", help="comma-separated: quiet, job, kill")
-    p.add_argument("--job-model", default="smollm2-135m", help="model of the running job (default smollm2-135m)")
+    p.add_argument(
+        "--job-model", default="smollm2-135m", help="model of the running job (default smollm2-135m)"
+    )
     p.add_argument("--kill-every", type=float, default=30.0, help="kill scenario: seconds between kills")
     p.add_argument("--kill-duration", type=float, default=65.0, help="measured seconds of the kill scenario")
     p.add_argument("--backend", choices=["postgres", "sqlite"], default="postgres")
@@ -521,7 +521,9 @@ def main(argv: list[str] | None = None) -> int:
             args.duration = duration
     report(scenarios, args)
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "scenarios": scenarios}, indent=2))
+        args.json.write_text(
+            json.dumps({"args": vars(args) | {"json": str(args.json)}, "scenarios": scenarios}, indent=2)
+        )
     return 0
 
 

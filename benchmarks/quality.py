@@ -82,8 +82,8 @@ def _body(
 def _child(body: dict[str, Any], threads: int, queue: Any) -> None:
     import torch
 
-    from core.compress import compress
-    from core.spec import CompressionSpec
+    from spruce.core.compress import compress
+    from spruce.core.spec import CompressionSpec
 
     torch.set_num_threads(threads)
     report = compress(CompressionSpec.from_dict(body), device="cpu").to_dict()
@@ -105,7 +105,9 @@ def row_of(label: str, key: str, report: dict[str, Any], reference: dict[str, An
     step = t.get("prune", 0.0) + t.get("allocate", 0.0) + t.get("induction", 0.0)
     sp = report["sparsity"]
     ref = reference.get(key, {})
-    ref_ppl, ref_s = ANCHORS.get(key, (None, None)) if not reference else (ref.get("pydoc"), ref.get("seconds"))
+    ref_ppl, ref_s = (
+        ANCHORS.get(key, (None, None)) if not reference else (ref.get("pydoc"), ref.get("seconds"))
+    )
     return {
         "config": label,
         "ppl": report["perplexity"]["sparse"]["pydoc"],

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import sys
 import tempfile
@@ -29,10 +30,17 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-import core
-from core.compress import compress
-from core.spec import CompressionSpec
 from tests.tiny import tiny_model_dir
+
+# The engine is spruce.core since the namespace change, core before: the script compares both.
+try:
+    import spruce.core as core
+    from spruce.core.compress import compress
+    from spruce.core.spec import CompressionSpec
+except ImportError:
+    import core  # type: ignore[no-redef]
+    from core.compress import compress  # type: ignore[no-redef]
+    from core.spec import CompressionSpec  # type: ignore[no-redef]
 
 SMOLLM2 = "smollm2-135m"  # the benchmark model's alias (core.models)
 SPARSITIES: dict[str, tuple[Any, str]] = {
@@ -68,7 +76,9 @@ def configs(smollm2: bool = False) -> list[tuple[str, str, dict[str, Any]]]:
         "sparsegpt-2:4-fitlayer-train": ("2:4", {"pruner": "sparsegpt", "fit_to": "layer"}, {}),
         "wanda-50-noswaps-train-layer": (0.5, {"pruner": "wanda", "swap_rounds": 0}, {"targets": "layer"}),
         "magnitude-2:4-quality": (
-            "2:4", {"pruner": "magnitude"}, {"epochs": 1, "recover_epochs": 1, "samples": 0}
+            "2:4",
+            {"pruner": "magnitude"},
+            {"epochs": 1, "recover_epochs": 1, "samples": 0},
         ),
     }
     for name, (sparsity, method, induction) in trained.items():
@@ -96,7 +106,7 @@ def _in_schema(body: dict[str, Any]) -> dict[str, Any]:
     shape this tree's ``CompressionSpec.from_dict`` reads: where the spec has an ``experimental``
     object, the settings move there (``core.spec.schema.moved``)."""
     try:
-        from core.spec import schema  # type: ignore[attr-defined]
+        schema = importlib.import_module(CompressionSpec.__module__.rsplit(".", 1)[0] + ".schema")
     except ImportError:
         return body
     moved = schema.moved(CompressionSpec)

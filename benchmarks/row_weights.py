@@ -19,14 +19,14 @@ import torch
 from torch import nn
 
 from benchmarks.induction_ablation import layer_inputs
-from core.arch import ArchSpec, decoder_layers, layer_linears
-from core.data import calibration_ids, evaluation_ids
-from core.models import load_model
-from core.passes import collect_stats
-from core.pruners import mlp_row_weights, prune_weight
-from core.sparsity import LayerTarget
-from core.spec import TextSpec
-from core.walker import LayerBatch, run_layer
+from spruce.core.arch import ArchSpec, decoder_layers, layer_linears
+from spruce.core.data import calibration_ids, evaluation_ids
+from spruce.core.models import load_model
+from spruce.core.passes import collect_stats
+from spruce.core.pruners import mlp_row_weights, prune_weight
+from spruce.core.sparsity import LayerTarget
+from spruce.core.spec import TextSpec
+from spruce.core.walker import LayerBatch, run_layer
 
 
 def relative_error(layer: nn.Module, held: list[LayerBatch], Y: list[torch.Tensor]) -> float:

@@ -47,8 +47,8 @@ def build_layer(shape: dict[str, int], args: argparse.Namespace, device: torch.d
     batches: the model's own masks and rotary tables, random hidden states (seeded) as inputs."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from core.arch import arch_for, decoder_layers
-    from core.walker import LayerBatch, capture_inputs
+    from spruce.core.arch import arch_for, decoder_layers
+    from spruce.core.walker import LayerBatch, capture_inputs
 
     config = LlamaConfig(
         hidden_size=shape["hidden"], intermediate_size=shape["mlp"], num_attention_heads=shape["heads"],
@@ -74,17 +74,17 @@ def build_layer(shape: dict[str, int], args: argparse.Namespace, device: torch.d
 
 def run_shape(shape: dict[str, int], stages: list[str], args: argparse.Namespace) -> dict[str, Any]:
     """Every stage asked for on one layer of ``shape``: seconds, peak memory and a note each."""
-    from core.induction import induce_layer
-    from core.induction.permute import choose_permutations
-    from core.induction.recover import recover_layer
-    from core.induction.transform import plan_layer
-    from core.passes import collect_stats
-    from core.prune_step import relative_error
-    from core.pruners import prune_weight, reconstruction_error
-    from core.sparsity import LayerTarget, Sparsity
-    from core.spec import CompressionSpec
-    from core.swaps import swap_refine
-    from core.walker import run_layer
+    from spruce.core.induction import induce_layer
+    from spruce.core.induction.permute import choose_permutations
+    from spruce.core.induction.recover import recover_layer
+    from spruce.core.induction.transform import plan_layer
+    from spruce.core.passes import collect_stats
+    from spruce.core.prune_step import relative_error
+    from spruce.core.pruners import prune_weight, reconstruction_error
+    from spruce.core.sparsity import LayerTarget, Sparsity
+    from spruce.core.spec import CompressionSpec
+    from spruce.core.swaps import swap_refine
+    from spruce.core.walker import run_layer
 
     device = torch.device(args.device)
     torch.set_grad_enabled(False)
@@ -125,8 +125,9 @@ def run_shape(shape: dict[str, int], stages: list[str], args: argparse.Namespace
             res = {n: prune_weight(linears[n].weight.data, name, unstructured, state["stats"][n],
                                    blocksize=spec.blocksize, dampening=spec.dampening) for n in names}  # fmt: skip
             state[name] = res
-            return lambda: f"{args.sparsity:.0%}, mean rel. error " + (
-                f"{_mean_error(res, linears, state['stats'], reconstruction_error):.4f}"
+            return lambda: (
+                f"{args.sparsity:.0%}, mean rel. error "
+                + (f"{_mean_error(res, linears, state['stats'], reconstruction_error):.4f}")
             )
 
         return run
@@ -146,7 +147,9 @@ def run_shape(shape: dict[str, int], stages: list[str], args: argparse.Namespace
         rounds = ind.rounds_for("wanda", trains=False)
         perm = choose_permutations(layer, plan_layer(layer, arch), nm, "wanda", state["stats"], {},
                                    dampening=spec.dampening, rounds=rounds, generator=torch.Generator().manual_seed(0))  # fmt: skip
-        return f"2:4, {rounds} rounds (down, o)" + (" both found" if perm.down is not None and perm.o is not None else "")
+        return f"2:4, {rounds} rounds (down, o)" + (
+            " both found" if perm.down is not None and perm.o is not None else ""
+        )
 
     def induction() -> str:
         from dataclasses import replace

@@ -29,13 +29,13 @@ def error(W: torch.Tensor, W_new: torch.Tensor, H: torch.Tensor) -> float:
 
 def ours(layer_index: int, out: Path) -> None:
     from benchmarks.induction_ablation import layer_inputs
-    from core.arch import decoder_layers, layer_linears
-    from core.data import calibration_ids
-    from core.models import load_model
-    from core.passes import collect_stats
-    from core.pruners import sparsegpt
-    from core.sparsity import LayerTarget
-    from core.spec import TextSpec
+    from spruce.core.arch import decoder_layers, layer_linears
+    from spruce.core.data import calibration_ids
+    from spruce.core.models import load_model
+    from spruce.core.passes import collect_stats
+    from spruce.core.pruners import sparsegpt
+    from spruce.core.sparsity import LayerTarget
+    from spruce.core.spec import TextSpec
 
     loaded = load_model("smollm2-135m")
     model, arch = loaded.model, loaded.arch

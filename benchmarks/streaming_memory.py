@@ -46,9 +46,9 @@ def build(folder: Path, layers: int, hidden: int) -> None:
 
 
 def _wanda_visit(arch):
-    from core.arch import layer_linears
-    from core.passes import collect_stats
-    from core.pruners import wanda_scores
+    from spruce.core.arch import layer_linears
+    from spruce.core.passes import collect_stats
+    from spruce.core.pruners import wanda_scores
 
     def visit(i, layer, batches):
         stats, _ = collect_stats(layer, arch, batches, device="cpu", want_hessian=False)
@@ -62,11 +62,11 @@ def _wanda_visit(arch):
 
 
 def run_child(mode: str, folder: Path, out: Path) -> dict[str, float]:
-    from core.arch import arch_for
-    from core.export import save_hf
-    from core.models import load_model
-    from core.streaming import LayerStream, ShardReader, ShardWriter, empty_model, layer_bytes
-    from core.walker import capture_inputs, walk
+    from spruce.core.arch import arch_for
+    from spruce.core.export import save_hf
+    from spruce.core.models import load_model
+    from spruce.core.streaming import LayerStream, ShardReader, ShardWriter, empty_model, layer_bytes
+    from spruce.core.walker import capture_inputs, walk
 
     ids = [torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(0))]
     if mode == "stream":
@@ -110,8 +110,18 @@ def main() -> None:
             size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / MB
             for mode in args.modes:
                 out = Path(tmp) / f"out-{mode}-{n}"
-                cmd = [sys.executable, "-m", "benchmarks.streaming_memory", "--child", mode, str(folder), str(out)]
-                got = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.streaming_memory",
+                    "--child",
+                    mode,
+                    str(folder),
+                    str(out),
+                ]
+                got = json.loads(
+                    subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+                )
                 layer_mb = got["layer_mb"]
                 rows[mode].append((n, got["peak_mb"]))
                 print(f"{mode:12s} layers {n:3d}  checkpoint {size:7.1f} MB  peak RSS {got['peak_mb']:7.1f} MB",

@@ -29,9 +29,9 @@ def register(sub: Any) -> None:
 
 
 def _url(args: argparse.Namespace) -> str:
-    from cli.serve import use_data_dir
-    from common.db import upgrade
-    from common.settings import get_settings
+    from spruce.cli.serve import use_data_dir
+    from spruce.common.db import upgrade
+    from spruce.common.settings import get_settings
 
     use_data_dir(args.data_dir)
     url = get_settings().resolved_database_url
@@ -40,8 +40,8 @@ def _url(args: argparse.Namespace) -> str:
 
 
 def run_create(args: argparse.Namespace) -> int:
-    from common.db import session_scope
-    from common.keys import create_key
+    from spruce.common.db import session_scope
+    from spruce.common.keys import create_key
 
     with session_scope(_url(args)) as session:
         new = create_key(session, args.team, args.name)
@@ -52,8 +52,8 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_revoke(args: argparse.Namespace) -> int:
-    from common.db import session_scope
-    from common.keys import revoke
+    from spruce.common.db import session_scope
+    from spruce.common.keys import revoke
 
     with session_scope(_url(args)) as session:
         rows = revoke(session, args.key)
@@ -68,8 +68,8 @@ def run_revoke(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
-    from common.db import session_scope
-    from common.models import ApiKey, Team
+    from spruce.common.db import session_scope
+    from spruce.common.models import ApiKey, Team
 
     with session_scope(_url(args)) as session:
         stmt = select(ApiKey, Team.name).join(Team).order_by(Team.name, ApiKey.created_at)

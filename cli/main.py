@@ -12,7 +12,7 @@ import logging
 import sys
 
 # module -> the subcommands it registers
-_MODULES = ("cli.prune", "cli.serve", "cli.keys", "cli.teams", "cli.client", "cli.sweep")
+_MODULES = tuple(f"spruce.cli.{name}" for name in ("prune", "serve", "keys", "teams", "client", "sweep"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.errors import SpecError
+from spruce.core.errors import SpecError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from core.spec import CompressionSpec  # light: no torch; every option flag comes from the spec
-    from core.spec.schema import leaves
+    from spruce.core.spec import CompressionSpec  # light: no torch; every option flag comes from the spec
+    from spruce.core.spec.schema import leaves
 
     p = sub.add_parser(
         "prune",
@@ -85,8 +85,8 @@ def _json_object(text: str) -> dict[str, Any]:
 
 def spec_body(args: argparse.Namespace) -> dict[str, Any]:
     """The job body (same shape as the HTTP API) that these flags describe."""
-    from core.spec import CompressionSpec
-    from core.spec.schema import leaves
+    from spruce.core.spec import CompressionSpec
+    from spruce.core.spec.schema import leaves
 
     body: dict[str, Any] = {}
     for leaf in leaves(CompressionSpec):
@@ -122,8 +122,8 @@ def _put(target: dict[str, Any], path: str, value: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.errors import SpruceError, UserError
-    from core.spec import CompressionSpec
+    from spruce.core.errors import SpruceError, UserError
+    from spruce.core.spec import CompressionSpec
 
     try:
         spec = CompressionSpec.from_dict(spec_body(args))
@@ -149,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _flag(param: str | None) -> str:
     """The flag that sets ``param`` (a dotted place in the job body)."""
-    from core.spec import CompressionSpec
-    from core.spec.schema import leaves
+    from spruce.core.spec import CompressionSpec
+    from spruce.core.spec.schema import leaves
 
     if param is None:
         return "invalid arguments"
@@ -165,8 +165,8 @@ def _flag(param: str | None) -> str:
 def _run_with_bar(spec: Any, args: argparse.Namespace) -> Any:
     from tqdm import tqdm
 
-    from core.compress import compress
-    from core.progress import Progress
+    from spruce.core.compress import compress
+    from spruce.core.progress import Progress
 
     with tqdm(total=1000, unit="‰", file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed}<{remaining}") as bar:
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cli.supervisor import WorkerSupervisor
+from spruce.cli.supervisor import WorkerSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ WORKER_ARGS = (
     "-m",
     "celery",
     "-A",
-    "worker.app",
+    "spruce.worker.app",
     "worker",
     "--pool",
     "solo",
@@ -56,7 +56,7 @@ def register(sub: Any) -> None:
 
 def use_data_dir(data_dir: Path | None) -> None:
     """Point this process (and the processes it starts) at ``data_dir``."""
-    from common.settings import get_settings
+    from spruce.common.settings import get_settings
 
     if data_dir is not None:
         os.environ["SPRUCE_DATA_DIR"] = str(data_dir.expanduser().resolve())
@@ -64,8 +64,8 @@ def use_data_dir(data_dir: Path | None) -> None:
 
 
 def run_migrate(args: argparse.Namespace) -> int:
-    from common.db import upgrade
-    from common.settings import get_settings
+    from spruce.common.db import upgrade
+    from spruce.common.settings import get_settings
 
     use_data_dir(args.data_dir)
     upgrade(get_settings().resolved_database_url)
@@ -83,10 +83,10 @@ def requeue_orphans(url: str) -> list[str]:
     """Jobs left ``running`` by a previous `spruce serve` (its only worker is gone): queue them again."""
     from sqlalchemy import select
 
-    from common.db import session_scope
-    from common.jobs import set_status
-    from common.models import Job
-    from common.states import JobStatus
+    from spruce.common.db import session_scope
+    from spruce.common.jobs import set_status
+    from spruce.common.models import Job
+    from spruce.common.states import JobStatus
 
     with session_scope(url) as session:
         jobs = session.scalars(select(Job).where(Job.status == JobStatus.RUNNING)).all()
@@ -99,9 +99,9 @@ def first_key(url: str) -> str | None:
     """A key for team 'default' when the database has none yet (printed once, never stored)."""
     from sqlalchemy import func, select
 
-    from common.db import session_scope
-    from common.keys import create_key
-    from common.models import ApiKey
+    from spruce.common.db import session_scope
+    from spruce.common.keys import create_key
+    from spruce.common.models import ApiKey
 
     with session_scope(url) as session:
         if session.scalar(select(func.count()).select_from(ApiKey)):
@@ -112,10 +112,10 @@ def first_key(url: str) -> str | None:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from common.db import upgrade
-    from common.queue import enqueue, make_celery
-    from common.settings import get_settings
-    from worker.liveness import start_sweeper
+    from spruce.common.db import upgrade
+    from spruce.common.queue import enqueue, make_celery
+    from spruce.common.settings import get_settings
+    from spruce.worker.liveness import start_sweeper
 
     use_data_dir(args.data_dir)
     settings = get_settings()
@@ -140,13 +140,15 @@ def run_serve(args: argparse.Namespace) -> int:
                     enqueue(producer, settings, job_id)
                 log.info("requeued %d interrupted job(s): %s", len(orphans), ", ".join(orphans))
             supervisor = WorkerSupervisor(
-                [*WORKER_ARGS, "--without-gossip", "--without-mingle"], data_dir / "logs" / "worker.log", settings
+                [*WORKER_ARGS, "--without-gossip", "--without-mingle"],
+                data_dir / "logs" / "worker.log",
+                settings,
             ).start()
             # The stuck-job sweep runs here too, so it runs while no worker is alive.
             sweeper = start_sweeper(settings, name="spruce-serve-sweeper")
 
         config = uvicorn.Config(
-            "api.app:create_app", factory=True, host=args.host, port=args.port, log_level="info"
+            "spruce.api.app:create_app", factory=True, host=args.host, port=args.port, log_level="info"
         )
         server = uvicorn.Server(config)
         key = first_key(url)

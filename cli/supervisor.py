@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worker.supervised import PARENT_ENV
+from spruce.worker.supervised import PARENT_ENV
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +103,10 @@ class WorkerSupervisor:
 
     def _requeue(self, code: int | None) -> None:
         """The dead worker's job goes back on the queue before the next worker starts."""
-        from common.queue import enqueue, make_celery
-        from common.storage import build_storage
-        from worker.checkpoint import discard
-        from worker.liveness import requeue_lost
+        from spruce.common.queue import enqueue, make_celery
+        from spruce.common.storage import build_storage
+        from spruce.worker.checkpoint import discard
+        from spruce.worker.liveness import requeue_lost
 
         try:
             producer = make_celery(self.settings, name="spruce-supervisor")

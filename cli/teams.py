@@ -56,7 +56,7 @@ FIELDS = {"max_queued": "max_queued", "max_running": "max_running", "max_bytes":
 
 
 def _url(args: argparse.Namespace) -> str:
-    from cli.keys import _url as url
+    from spruce.cli.keys import _url as url
 
     return url(args)
 
@@ -64,8 +64,8 @@ def _url(args: argparse.Namespace) -> str:
 def run_limits(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
-    from common.db import session_scope
-    from common.models import Team
+    from spruce.common.db import session_scope
+    from spruce.common.models import Team
 
     changes = {column: getattr(args, name) for name, column in FIELDS.items() if hasattr(args, name)}
     if not changes:
@@ -85,10 +85,10 @@ def team_report(team_name: str) -> dict[str, Any] | None:
     """The team's usage and limits as GET /v1/usage answers them (None: no such team)."""
     from sqlalchemy import select
 
-    from common import quotas
-    from common.db import session_scope
-    from common.models import Team
-    from common.settings import get_settings
+    from spruce.common import quotas
+    from spruce.common.db import session_scope
+    from spruce.common.models import Team
+    from spruce.common.settings import get_settings
 
     settings = get_settings()
     with session_scope(settings.resolved_database_url) as session:
@@ -117,7 +117,11 @@ def run_show(args: argparse.Namespace) -> int:
         print(json.dumps(report))
         return 0
     print(f"team {args.team!r}")
-    for meter, column in (("queued", "max_queued"), ("running", "max_running"), ("stored_bytes", "max_stored_bytes")):
+    for meter, column in (
+        ("queued", "max_queued"),
+        ("running", "max_running"),
+        ("stored_bytes", "max_stored_bytes"),
+    ):
         used, cap = report[meter]["used"], report[meter]["limit"]
         source = "override" if report["overrides"][column] is not None else "default"
         print(f"  {meter:<13} {used} of {cap if cap is not None else 'no limit'} ({column}, {source})")
@@ -125,8 +129,8 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_retention(args: argparse.Namespace) -> int:
-    from common.retention import housekeeping
-    from common.settings import get_settings
+    from spruce.common.retention import housekeeping
+    from spruce.common.settings import get_settings
 
     _url(args)
     settings = get_settings()

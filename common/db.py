@@ -81,7 +81,7 @@ def alembic_config(url: str) -> Any:
     """An Alembic config for ``url`` that finds the migrations whether installed or in a checkout."""
     from alembic.config import Config
 
-    import migrations
+    from spruce import migrations
 
     cfg = Config()
     # __path__, not __file__: an editable install may expose the folder as a namespace package.

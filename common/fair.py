@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from common.models import Job, Team
-from common.quotas import count_jobs, limits_for, lock_team
-from common.settings import Settings
-from common.states import JobStatus
+from spruce.common.models import Job, Team
+from spruce.common.quotas import count_jobs, limits_for, lock_team
+from spruce.common.settings import Settings
+from spruce.common.states import JobStatus
 
 NEVER = datetime.min.replace(tzinfo=UTC)
 

@@ -11,8 +11,8 @@ from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from common.models import Job, JobEvent, storable, utcnow
-from common.states import JobStatus, check_transition
+from spruce.common.models import Job, JobEvent, storable, utcnow
+from spruce.common.states import JobStatus, check_transition
 
 
 class StaleStatus(Exception):

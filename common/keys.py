@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from common.models import ApiKey, Team, utcnow
+from spruce.common.models import ApiKey, Team, utcnow
 
 KEY_PREFIX = "spk_"
 DISPLAY_CHARS = 12  # "spk_" + 8 random characters: enough to tell keys apart in a list

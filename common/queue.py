@@ -11,11 +11,11 @@ import os
 import uuid
 from typing import Any
 
-from common.settings import Settings
+from spruce.common.settings import Settings
 
 TASK_NAME = "spruce.run_job"
 FOLDERS = ("queue", "control", "processed")  # the filesystem broker's folders under broker_folder
-FOLDER_TRANSPORT = "common.fsbroker:FolderTransport"
+FOLDER_TRANSPORT = "spruce.common.fsbroker:FolderTransport"
 
 
 class BrokerUnavailable(Exception):

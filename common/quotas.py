@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from common.models import Artifact, Dataset, Job, Team
-from common.settings import Settings
-from common.states import JobStatus
+from spruce.common.models import Artifact, Dataset, Job, Team
+from spruce.common.settings import Settings
+from spruce.common.states import JobStatus
 
 GIB = 1 << 30
 
@@ -120,7 +120,9 @@ def check_submit(session: Session, team: Team, settings: Settings) -> None:
     if limits.max_stored_bytes is not None:
         used = stored_bytes(session, team.id)
         if used >= limits.max_stored_bytes:
-            raise QuotaExceeded("storage_quota_exceeded", _storage_message(team, used, 0, limits.max_stored_bytes))
+            raise QuotaExceeded(
+                "storage_quota_exceeded", _storage_message(team, used, 0, limits.max_stored_bytes)
+            )
 
 
 def check_upload(session: Session, team: Team, settings: Settings, size: int) -> None:

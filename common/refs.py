@@ -9,12 +9,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from common.settings import Settings
-from core.errors import SpecError
+from spruce.common.settings import Settings
+from spruce.core.errors import SpecError
 
 BUILTIN_SOURCES: tuple[str, ...] = ("pydoc", "wikitext2", "c4", "fortunes")
 EVALUATION_ONLY: tuple[str, ...] = ("fortunes",)  # out of the calibration domain (core.fortunes)
-MODEL_ALIASES: tuple[str, ...] = ("smollm2-135m", "gemma3-270m")  # core.builtins.BUILTINS (torch-side, not importable here)
+MODEL_ALIASES: tuple[str, ...] = (
+    "smollm2-135m",
+    "gemma3-270m",
+)  # core.builtins.BUILTINS (torch-side, not importable here)
 DATASET_ID = re.compile(r"^ds_[0-9a-f]{24}$")
 # A hub dataset (core.hfdata): owner/name, optionally ?config=&split=&field= (the worker reads the
 # hub; local folders are not for the service: upload the text instead).

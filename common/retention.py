@@ -22,12 +22,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, exists, select, update
 from sqlalchemy.orm import Session
 
-from common.db import session_scope
-from common.jobs import StaleStatus, add_event, get_job, set_status
-from common.models import Artifact, Job, utcnow
-from common.settings import Settings
-from common.states import TERMINAL, JobStatus
-from common.storage import Storage, build_storage
+from spruce.common.db import session_scope
+from spruce.common.jobs import StaleStatus, add_event, get_job, set_status
+from spruce.common.models import Artifact, Job, utcnow
+from spruce.common.settings import Settings
+from spruce.common.states import TERMINAL, JobStatus
+from spruce.common.storage import Storage, build_storage
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,9 @@ class Housekeeping:
     expired: list[str] = field(default_factory=list)
 
 
-def housekeeping(settings: Settings, storage: Storage | None = None, now: datetime | None = None) -> Housekeeping:
+def housekeeping(
+    settings: Settings, storage: Storage | None = None, now: datetime | None = None
+) -> Housekeeping:
     """One pass: finish pending deletions, then apply the retention policy."""
     url = settings.resolved_database_url
     storage = storage or build_storage(settings)
@@ -173,4 +175,3 @@ class HousekeepingLoop:
                 housekeeping(self.settings)
             except Exception as exc:  # database or storage away: try again next time
                 log.warning("housekeeping failed: %s", exc)
-

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, ParamSpec, Protocol, TypeVar
 
-from common.settings import Settings
+from spruce.common.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common import quotas
-from common.models import Job, Sweep, Team
-from common.settings import Settings
-from common.states import JobStatus
+from spruce.common import quotas
+from spruce.common.models import Job, Sweep, Team
+from spruce.common.settings import Settings
+from spruce.common.states import JobStatus
 
 MAX_CHILDREN = 32
 DELETED = "deleted"  # a child job deleted through DELETE /v1/jobs/{id}: it ends the child too
@@ -55,7 +55,9 @@ def expand(
     pruner_axis: list[tuple[int | None, str | None]] = list(enumerate(pruners)) if pruners else [(None, None)]
     preset_axis: list[tuple[int | None, str | None]] = list(enumerate(presets)) if presets else [(None, None)]
     out = []
-    for (i, target), (j, pruner), (k, preset) in itertools.product(enumerate(targets), pruner_axis, preset_axis):
+    for (i, target), (j, pruner), (k, preset) in itertools.product(
+        enumerate(targets), pruner_axis, preset_axis
+    ):
         body = copy.deepcopy(dict(spec))
         body["sparsity"] = target
         if pruner is not None or preset is not None:
@@ -146,9 +148,7 @@ def pareto(rows: Sequence[Mapping[str, Any]], text: str) -> list[dict[str, Any]]
     points = [(p, row) for row in rows if (p := _point(row, text)) is not None]
     front = []
     for (s, ppl), row in points:
-        dominated = any(
-            s2 >= s and p2 <= ppl and (s2 > s or p2 < ppl) for (s2, p2), _ in points
-        )
+        dominated = any(s2 >= s and p2 <= ppl and (s2 > s or p2 < ppl) for (s2, p2), _ in points)
         if not dominated:
             front.append(((s, ppl), row))
     front.sort(key=lambda item: item[0])

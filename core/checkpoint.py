@@ -22,15 +22,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from core.errors import SystemFault
+from spruce.core.errors import SystemFault
 
 if TYPE_CHECKING:  # torch is imported by whoever builds tensors; the service side imports this freely
     import torch
     from torch import Tensor, nn
 
-    from core.arch import ArchSpec
-    from core.progress import Run
-    from core.walker import LayerBatch
+    from spruce.core.arch import ArchSpec
+    from spruce.core.progress import Run
+    from spruce.core.walker import LayerBatch
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def load_resume(
     """
     import torch
 
-    from core.arch import decoder_layers
+    from spruce.core.arch import decoder_layers
 
     if checkpoint is None:
         return None
@@ -226,7 +226,7 @@ class Saver:
     def __call__(
         self, i: int, outputs: list[Tensor], rows: list[dict[str, Any]], fact: list[dict[str, Any]]
     ) -> None:
-        from core.arch import decoder_layers
+        from spruce.core.arch import decoder_layers
 
         layers = decoder_layers(self.model, self.arch)
         timings = dict(self.run.timings)

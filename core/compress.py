@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from core import lmeval
-from core import report as rep
-from core.arch import ArchSpec, decoder_layers, layer_linears
-from core.card import write_card
-from core.checkpoint import (
+from spruce.core import lmeval
+from spruce.core import report as rep
+from spruce.core.arch import ArchSpec, decoder_layers, layer_linears
+from spruce.core.card import write_card
+from spruce.core.checkpoint import (
     Checkpoint,
     ResumeState,
     Saver,
@@ -28,22 +28,22 @@ from core.checkpoint import (
     resumed_batches,
     resumes,
 )
-from core.data import batched, calibration_ids, evaluation_ids
-from core.dense_stream import DenseStream
-from core.evaluate import ModelEvaluation, evaluate_model, evaluation_report
-from core.export import dense_bytes, save_compact, save_hf
-from core.layer_walk import LayerWalk
-from core.linear_walk import LinearWalk
-from core.models import LoadedModel, dtype_name, load_model
-from core.owl import outlier_ratio, owl_ratios
-from core.passes import collect_stats
-from core.precision import forward_precision, resolve_precision
-from core.progress import ProgressFn, Run, StopFn
-from core.pruners import wanda_scores
-from core.report import LayerRecord
-from core.sparsity import nm_ok
-from core.spec import IN_FORWARD_BYTES, CompressionSpec
-from core.walker import LayerBatch, capture_inputs, walk
+from spruce.core.data import batched, calibration_ids, evaluation_ids
+from spruce.core.dense_stream import DenseStream
+from spruce.core.evaluate import ModelEvaluation, evaluate_model, evaluation_report
+from spruce.core.export import dense_bytes, save_compact, save_hf
+from spruce.core.layer_walk import LayerWalk
+from spruce.core.linear_walk import LinearWalk
+from spruce.core.models import LoadedModel, dtype_name, load_model
+from spruce.core.owl import outlier_ratio, owl_ratios
+from spruce.core.passes import collect_stats
+from spruce.core.precision import forward_precision, resolve_precision
+from spruce.core.progress import ProgressFn, Run, StopFn
+from spruce.core.pruners import wanda_scores
+from spruce.core.report import LayerRecord
+from spruce.core.sparsity import nm_ok
+from spruce.core.spec import IN_FORWARD_BYTES, CompressionSpec
+from spruce.core.walker import LayerBatch, capture_inputs, walk
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,16 @@ class Report:
     @property
     def summary(self) -> dict[str, Any]:
         """The results the service stores on the job row."""
-        keys = ("perplexity", "evaluation_metrics", "tasks", "sparsity", "sizes", "timings", "layers", "resume")
+        keys = (
+            "perplexity",
+            "evaluation_metrics",
+            "tasks",
+            "sparsity",
+            "sizes",
+            "timings",
+            "layers",
+            "resume",
+        )
         return {k: self.data.get(k) for k in keys}
 
 
@@ -93,7 +102,9 @@ def compress(
     generator = torch.Generator().manual_seed(spec.calibration.seed)
 
     with run.stage("load"):
-        tasks = lmeval.resolve(spec.evaluation.tasks) if spec.evaluation.tasks else None  # fails before pruning
+        tasks = (
+            lmeval.resolve(spec.evaluation.tasks) if spec.evaluation.tasks else None
+        )  # fails before pruning
         loaded = load_model(spec.model, dtype=spec.dtype, cache_dir=cache_dir)
     model, arch = loaded.model, loaded.arch
     model_dtype = next(model.parameters()).dtype  # spec.dtype, or the checkpoint's with "auto"

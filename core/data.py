@@ -37,13 +37,13 @@ from typing import Any, Literal
 
 import torch
 
-from core.errors import DatasetUnavailable, SpecError, UserError
-from core.fortunes import FORTUNES, fortunes_text
-from core.hfdata import DatasetRef, documents, is_dataset_source
-from core.hfdata import hub_endpoint as _hub_endpoint
-from core.hfdata import reachable as _reachable
-from core.models import resolve_cache_dir
-from core.spec import TextSpec
+from spruce.core.errors import DatasetUnavailable, SpecError, UserError
+from spruce.core.fortunes import FORTUNES, fortunes_text
+from spruce.core.hfdata import DatasetRef, documents, is_dataset_source
+from spruce.core.hfdata import hub_endpoint as _hub_endpoint
+from spruce.core.hfdata import reachable as _reachable
+from spruce.core.models import resolve_cache_dir
+from spruce.core.spec import TextSpec
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 from torch import Tensor, nn
 
-from core.precision import Device
-from core.spec import CompressionSpec
-from core.walker import LayerBatch, run_layer
+from spruce.core.precision import Device
+from spruce.core.spec import CompressionSpec
+from spruce.core.walker import LayerBatch, run_layer
 
 
 class DenseStream:

@@ -30,20 +30,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core import lmeval
-from core.arch import ArchSpec, decoder_layers, logit_softcap
-from core.errors import SpecError
-from core.walker import Device, capture_inputs, move_module, walk
+from spruce.core import lmeval
+from spruce.core.arch import ArchSpec, decoder_layers, logit_softcap
+from spruce.core.errors import SpecError
+from spruce.core.walker import Device, capture_inputs, move_module, walk
 
 if TYPE_CHECKING:
-    from core.models import LoadedModel
-    from core.spec import EvalSpec
+    from spruce.core.models import LoadedModel
+    from spruce.core.spec import EvalSpec
 
 
 class RunLike(Protocol):
     """What evaluation needs of the run (core.progress.Run): progress, cancellation."""
 
-    def progress(self, stage: str, within: float, layer: int | None = None, layers: int | None = None) -> None: ...
+    def progress(
+        self, stage: str, within: float, layer: int | None = None, layers: int | None = None
+    ) -> None: ...
 
     def check_stop(self, where: str) -> None: ...
 

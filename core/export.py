@@ -37,8 +37,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from core.arch import ArchSpec, decoder_layers, layer_linears, stored_linear
-from core.errors import UserError
+from spruce.core.arch import ArchSpec, decoder_layers, layer_linears, stored_linear
+from spruce.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,9 @@ def _read_config(folder: Path) -> dict[str, Any]:
         raise UserError(f"{folder} has no config.json")
     config = json.loads(config_path.read_text(encoding="utf-8"))
     if config.get("model_type") != COMPACT_TYPE:
-        raise UserError(f"{config_path} is not a Spruce compact artifact (model_type {config.get('model_type')!r})")
+        raise UserError(
+            f"{config_path} is not a Spruce compact artifact (model_type {config.get('model_type')!r})"
+        )
     return dict(config)
 
 
@@ -219,7 +221,7 @@ def _write_config(model: nn.Module, out_dir: Path, sparsity: BitmaskConfig) -> N
     config = {
         "model_type": COMPACT_TYPE,
         "note": "A Spruce sparse-bitmask artifact, not loadable by transformers: read it with "
-        "core.export.load_compact_model, or serve the hf/ folder beside it.",
+        "spruce.core.export.load_compact_model, or serve the hf/ folder beside it.",
         "compressed_tensors_version": compressed_tensors.__version__,
         "sparsity_config": sparsity.model_dump(),
         "base_config": model.config.to_dict(),  # type: ignore[operator, union-attr]

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from core.errors import DatasetUnavailable
+from spruce.core.errors import DatasetUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ def _unpack(tmp: Path) -> Path:
     for tool in ("apt-get", "dpkg"):
         if shutil.which(tool) is None:
             raise DatasetUnavailable(
-                f"the fortunes text needs Debian's {tool} to fetch the 'fortunes' package", param="evaluation.sources"
+                f"the fortunes text needs Debian's {tool} to fetch the 'fortunes' package",
+                param="evaluation.sources",
             )
     _run(["apt-get", "download", FORTUNES], cwd=tmp, hint="run `apt-get update` once, then retry")
     debs = sorted(tmp.glob("fortunes_*.deb"))
@@ -72,7 +73,9 @@ def _run(cmd: list[str], *, cwd: Path, hint: str) -> None:
     try:
         done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as exc:
-        raise DatasetUnavailable(f"{' '.join(cmd)} did not finish in {_TIMEOUT_S} s", param="evaluation.sources") from exc
+        raise DatasetUnavailable(
+            f"{' '.join(cmd)} did not finish in {_TIMEOUT_S} s", param="evaluation.sources"
+        ) from exc
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip()[-400:]
         raise DatasetUnavailable(f"{' '.join(cmd)} failed ({hint}): {tail}", param="evaluation.sources")

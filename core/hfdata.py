@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from core.errors import DatasetUnavailable, SpecError, UserError
+from spruce.core.errors import DatasetUnavailable, SpecError, UserError
 
 HUB_PROBE_TIMEOUT_S = 3.0
 FILE_BUILDERS: dict[str, str] = {".parquet": "parquet", ".arrow": "arrow", ".json": "json"}
@@ -49,7 +49,10 @@ class DatasetRef:
             raise SpecError(f"unknown dataset option {unknown[0]!r}; use {', '.join(_KEYS)}", param=param)
         options = dict(pairs)
         return cls(
-            path=path, config=options.get("config"), split=options.get("split", "train"), field=options.get("field")
+            path=path,
+            config=options.get("config"),
+            split=options.get("split", "train"),
+            field=options.get("field"),
         )
 
 
@@ -76,7 +79,13 @@ def documents(ref: DatasetRef, tokenizer: Any, *, param: str) -> tuple[list[str]
     chat = bool(values) and isinstance(values[0], list)
     rendering = _rendering(tokenizer) if chat else "text"
     docs = [render_chat(v, tokenizer) if chat else _text(v, field, ref, param) for v in values]
-    info = {"path": ref.path, "config": ref.config, "split": ref.split, "field": field, "rendering": rendering}
+    info = {
+        "path": ref.path,
+        "config": ref.config,
+        "split": ref.split,
+        "field": field,
+        "rendering": rendering,
+    }
     return docs, info
 
 

@@ -9,15 +9,15 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from core import report as rep
-from core.arch import layer_linears
-from core.passes import collect_paired_stats, collect_stats
-from core.prune_step import LayerPruning
-from core.pruners import PruneResult, mlp_row_weights
-from core.report import LayerRecord
-from core.sparsity import LayerTarget
-from core.stats import InputStats
-from core.walker import LayerBatch, run_layer
+from spruce.core import report as rep
+from spruce.core.arch import layer_linears
+from spruce.core.passes import collect_paired_stats, collect_stats
+from spruce.core.prune_step import LayerPruning
+from spruce.core.pruners import PruneResult, mlp_row_weights
+from spruce.core.report import LayerRecord
+from spruce.core.sparsity import LayerTarget
+from spruce.core.stats import InputStats
+from spruce.core.walker import LayerBatch, run_layer
 
 
 class LayerWalk(LayerPruning):
@@ -55,7 +55,12 @@ class LayerWalk(LayerPruning):
         else:  # magnitude reads no data: this dense pass only measures the layer's error
             outputs = run_layer(layer, batches, device=device)
             record.timings.add_measure(time.perf_counter() - start)
-        if spec.induction.enabled and spec.induction.permute and target.is_nm and record.induction_skipped is not None:
+        if (
+            spec.induction.enabled
+            and spec.induction.permute
+            and target.is_nm
+            and record.induction_skipped is not None
+        ):
             # (where the scales train, induce_layer permuted the layer before training)
             pruned = self._permute(layer, target, stats, col_weights, record)
         w_out = layer_linears(layer, arch)[arch.mlp_out].weight  # the dense mlp_out, before it is pruned
@@ -73,7 +78,7 @@ class LayerWalk(LayerPruning):
     ) -> tuple[dict[str, Tensor], list[Tensor] | None]:
         """Induction's scales on the dense layer (folded into it). Returns the importances the
         pruner applies, and the dense layer's outputs where its pass was shared with induction."""
-        from core.induction import (  # torch-heavy training code, only when asked for
+        from spruce.core.induction import (  # torch-heavy training code, only when asked for
             induce_layer,
             recorder_for,
         )
@@ -113,13 +118,13 @@ class LayerWalk(LayerPruning):
         statistics just collected, guarded per writer (``guarded_permutation``), folded into the
         layer and applied to those statistics, so no pass is repeated. Returns the chosen pruning
         of o and down, so they are not pruned a third time."""
-        from core.induction.permute import (
+        from spruce.core.induction.permute import (
             choose_permutations,
             fold_permutation_,
             guarded_permutation,
             permute_inputs_,
         )
-        from core.induction.transform import plan_layer
+        from spruce.core.induction.transform import plan_layer
 
         spec, arch = self.spec, self.arch
         start = time.perf_counter()

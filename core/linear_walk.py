@@ -10,14 +10,14 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from core.arch import layer_linears
-from core.passes import prune_in_forward
-from core.prune_step import LayerPruning
-from core.pruners import mlp_row_weights
-from core.report import LayerRecord
-from core.sparsity import LayerTarget
-from core.stats import InputStats, OutputSensitivity
-from core.walker import LayerBatch, run_layer
+from spruce.core.arch import layer_linears
+from spruce.core.passes import prune_in_forward
+from spruce.core.prune_step import LayerPruning
+from spruce.core.pruners import mlp_row_weights
+from spruce.core.report import LayerRecord
+from spruce.core.sparsity import LayerTarget
+from spruce.core.stats import InputStats, OutputSensitivity
+from spruce.core.walker import LayerBatch, run_layer
 
 
 class LinearWalk(LayerPruning):
@@ -34,7 +34,9 @@ class LinearWalk(LayerPruning):
         done: dict[str, dict[str, Any]] = {}
         plan = None
         if spec.induction.enabled and spec.induction.permute and target.is_nm:
-            from core.induction.transform import plan_layer  # torch-heavy induction code, only when asked for
+            from spruce.core.induction.transform import (
+                plan_layer,  # torch-heavy induction code, only when asked for
+            )
 
             plan = plan_layer(layer, arch)
         prune = functools.partial(self._prune_group, layer, target, record, plan, sens, done)
@@ -78,7 +80,9 @@ class LinearWalk(LayerPruning):
         where induction permutes (``plan``). Returns the permutation folded, or None."""
         arch = self.arch
         if plan is not None and group[0] in (arch.o, arch.mlp_out):
-            entries, p, info, seconds = self._permute_writer(layer, plan, group[0], stats, target, record.index)
+            entries, p, info, seconds = self._permute_writer(
+                layer, plan, group[0], stats, target, record.index
+            )
             done.update(entries)
             perms = record.permutation if record.permutation is not None else {}
             record.permutation = perms
@@ -91,7 +95,9 @@ class LinearWalk(LayerPruning):
             w_out = layer_linears(layer, arch)[arch.mlp_out].weight
             row_weights = {name: mlp_row_weights(w_out, s) for name, s in sens.items()}
         stats_of = dict.fromkeys(group, stats)
-        done.update(self.prune_linears(layer, target, record.index, stats_of, None, None, row_weights, only=group))
+        done.update(
+            self.prune_linears(layer, target, record.index, stats_of, None, None, row_weights, only=group)
+        )
         return None
 
     def _permute_writer(
@@ -102,7 +108,7 @@ class LinearWalk(LayerPruning):
         (``guarded_permutation``) and folded into the layer where kept. Returns (the writer's
         report entry, the permutation kept or None, the permutation's report, the seconds it
         cost beyond the pruning the step does anyway)."""
-        from core.induction.permute import (
+        from spruce.core.induction.permute import (
             LayerPermutation,
             fold_permutation_,
             guarded_permutation,
@@ -122,6 +128,8 @@ class LinearWalk(LayerPruning):
             fold_permutation_(
                 layer, plan, LayerPermutation(p if group == "down" else None, p if group == "o" else None)
             )
-        entries = self.prune_linears(layer, target, index, {path: used_stats}, None, {path: result}, only=(path,))
+        entries = self.prune_linears(
+            layer, target, index, {path: used_stats}, None, {path: result}, only=(path,)
+        )
         seconds = time.perf_counter() - start - spent
         return entries, (p if keep else None), info, seconds

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.errors import Cancelled, DatasetUnavailable, SpecError
+from spruce.core.errors import Cancelled, DatasetUnavailable, SpecError
 
 PARAM = "experimental.evaluation.tasks"  # its place in the job body (core.spec)
 # lm-eval's default is 100,000 resamples; a mean's stderr is closed-form whatever this is, and the
@@ -75,7 +75,11 @@ def resolve(entries: Sequence[str]) -> Tasks:
     manager = TaskManager(include_path=[str(f) for f in folders] or None, include_defaults=bool(named))
     names: list[str] = []
     for i, entry in enumerate(entries):
-        found = _names_in(manager, Path(entry).expanduser().resolve()) if _is_path(entry) else _named(manager, entry)
+        found = (
+            _names_in(manager, Path(entry).expanduser().resolve())
+            if _is_path(entry)
+            else _named(manager, entry)
+        )
         if not found:
             what = "defines no lm-eval task" if _is_path(entry) else "is not an lm-eval task, group or tag"
             raise SpecError(f"{entry!r} {what}", param=f"{PARAM}[{i}]")

@@ -37,9 +37,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from core.arch import REGISTRY, ArchSpec, arch_for, check_supported, count_params, decoder_layers
-from core.builtins import BUILTINS, Builtin, builtin_for, fetch_gguf, licence_file
-from core.errors import ModelNotFound, SystemFault, UnsupportedArchitecture
+from spruce.core.arch import REGISTRY, ArchSpec, arch_for, check_supported, count_params, decoder_layers
+from spruce.core.builtins import BUILTINS, Builtin, builtin_for, fetch_gguf, licence_file
+from spruce.core.errors import ModelNotFound, SystemFault, UnsupportedArchitecture
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,11 @@ ALIASES: tuple[str, ...] = tuple(BUILTINS)
 
 _HUB_PROBE_TIMEOUT_S = 3.0
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 DType = torch.dtype | str  # a torch dtype, a name in DTYPES, or "auto" (the checkpoint's own)
 
 
@@ -317,7 +321,9 @@ def ensure_builtin(builtin: Builtin, cache_dir: Path | None = None) -> Path:
             if target.exists():  # a leftover without config.json: never a finished folder
                 shutil.rmtree(target)
             staging.rename(target)
-        log.info("cached %s as safetensors in %s (%.1f s)", builtin.name, target, time.perf_counter() - started)
+        log.info(
+            "cached %s as safetensors in %s (%.1f s)", builtin.name, target, time.perf_counter() - started
+        )
     return target
 
 

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from core.errors import SpecError, SystemFault
+from spruce.core.errors import SpecError, SystemFault
 
 # Per-layer ratios stay at least this far from 0 and 1 (or halfway to the target when the
 # target is closer), so every layer keeps some weights and loses some.

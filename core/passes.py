@@ -12,11 +12,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from core.arch import ArchSpec, input_groups, layer_linears, mlp_activation
-from core.errors import SystemFault
-from core.precision import Device, exact
-from core.stats import InputStats, OutputSensitivity
-from core.walker import LayerBatch, run_layer
+from spruce.core.arch import ArchSpec, input_groups, layer_linears, mlp_activation
+from spruce.core.errors import SystemFault
+from spruce.core.precision import Device, exact
+from spruce.core.stats import InputStats, OutputSensitivity
+from spruce.core.walker import LayerBatch, run_layer
 
 
 def collect_stats(

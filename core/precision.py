@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core.arch import ArchSpec
+from spruce.core.arch import ArchSpec
 
 Device = torch.device | str
 
@@ -137,5 +137,3 @@ def exact(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
 
     return run
-
-

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from core.errors import Cancelled
+from spruce.core.errors import Cancelled
 
 # Stages in the order a run passes through them, with their share of the whole run's progress.
 # The shares are rough wall-time weights on a CPU run of the benchmark model.

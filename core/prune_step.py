@@ -15,15 +15,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core import report as rep
-from core.arch import ArchSpec, layer_linears
-from core.dense_stream import DenseStream
-from core.pruners import PruneResult, prune_weight, reconstruction_error
-from core.report import LayerRecord
-from core.sparsity import LayerTarget, sparsity_of
-from core.spec import CompressionSpec
-from core.stats import InputStats, OutputSensitivity
-from core.walker import LayerBatch
+from spruce.core import report as rep
+from spruce.core.arch import ArchSpec, layer_linears
+from spruce.core.dense_stream import DenseStream
+from spruce.core.pruners import PruneResult, prune_weight, reconstruction_error
+from spruce.core.report import LayerRecord
+from spruce.core.sparsity import LayerTarget, sparsity_of
+from spruce.core.spec import CompressionSpec
+from spruce.core.stats import InputStats, OutputSensitivity
+from spruce.core.walker import LayerBatch
 
 # Called after layer i with (i, the layer's outputs and the dense stream, rows so far, retries).
 SaveFn = Callable[[int, list[Tensor], list[dict[str, Any]], list[dict[str, Any]]], None]
@@ -124,7 +124,9 @@ class LayerPruning:
             if st is not None and st.H is not None:
                 entry["rel_error"] = round(reconstruction_error(W, result.W, st.H), 6)
             if result.retries:
-                self.fact.append({"layer": index, "linear": name, "retries": result.retries, "damp": result.damp})
+                self.fact.append(
+                    {"layer": index, "linear": name, "retries": result.retries, "damp": result.damp}
+                )
             W.copy_(result.W)
             out[name] = entry
         return out
@@ -139,7 +141,9 @@ class LayerPruning:
     ) -> bool:
         """Induction's recovery scales on the pruned layer (``core.induction.recover``), recorded
         and timed as induction; True where the trained scales were folded into the layer."""
-        from core.induction.recover import recover_layer  # torch-heavy training code, only when asked for
+        from spruce.core.induction.recover import (
+            recover_layer,  # torch-heavy training code, only when asked for
+        )
 
         spec = self.spec
         result = recover_layer(

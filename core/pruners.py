@@ -15,11 +15,11 @@ from typing import Literal, cast
 
 import torch
 
-from core.errors import FactorizationError, SpecError, SystemFault
-from core.sparsity import LayerTarget, layer_mask, mask_for, pruned_per_row
-from core.spec import PRUNER_TRAITS, SweepOrder
-from core.stats import InputStats, OutputSensitivity
-from core.swaps import SwapResult, swap_refine
+from spruce.core.errors import FactorizationError, SpecError, SystemFault
+from spruce.core.sparsity import LayerTarget, layer_mask, mask_for, pruned_per_row
+from spruce.core.spec import PRUNER_TRAITS, SweepOrder
+from spruce.core.stats import InputStats, OutputSensitivity
+from spruce.core.swaps import SwapResult, swap_refine
 
 log = logging.getLogger(__name__)
 

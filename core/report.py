@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from core.models import LoadedModel
-    from core.spec import CompressionSpec
+    from spruce.core.models import LoadedModel
+    from spruce.core.spec import CompressionSpec
 
 SCHEMA_VERSION = 1
 

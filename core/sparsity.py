@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from core.errors import SpecError
-from core.spec import Sparsity
+from spruce.core.errors import SpecError
+from spruce.core.spec import Sparsity
 
 
 @dataclass(frozen=True)

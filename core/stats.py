@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.arch import ArchSpec
-from core.errors import SystemFault
-from core.precision import exact
+from spruce.core.arch import ArchSpec
+from spruce.core.errors import SystemFault
+from spruce.core.precision import exact
 
 # Rows of |x| kept per group for per-channel medians (induction's ``init: median``; exact medians
 # would cost memory).
@@ -182,7 +182,6 @@ class InputStats:
         if self.n == 0:
             raise SystemFault("InputStats has seen no inputs: the cross statistics are undefined")
         return self.G * (2.0 / self.n)
-
 
     def moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(sum of x_j [in], sum of |x_j| [in], the |x| sample [rows, in]), kept with ``moments``."""

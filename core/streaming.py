@@ -27,8 +27,8 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from core.arch import ArchSpec, arch_for, check_supported, decoder_layers
-from core.errors import ModelNotFound
+from spruce.core.arch import ArchSpec, arch_for, check_supported, decoder_layers
+from spruce.core.errors import ModelNotFound
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class ShardWriter:
     def finish(self, model: PreTrainedModel, arch: ArchSpec, tokenizer: Any | None = None) -> int:
         """The non-layer tensors (a tied LM head once), the shard index, config and tokenizer;
         returns the folder's size in bytes."""
-        from core.export import folder_size
+        from spruce.core.export import folder_size
 
         prefix = f"{arch.layers}."
         rest = {n: t for n, t in model.state_dict().items() if not n.startswith(prefix)}

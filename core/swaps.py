@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
-from core.errors import SystemFault
-from core.sparsity import LayerTarget
+from spruce.core.errors import SystemFault
+from spruce.core.sparsity import LayerTarget
 
 
 @dataclass

@@ -18,10 +18,10 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from core.arch import ArchSpec, decoder_layers
-from core.errors import Cancelled
-from core.nested import to_device
-from core.precision import Device, layer_precision
+from spruce.core.arch import ArchSpec, decoder_layers
+from spruce.core.errors import Cancelled
+from spruce.core.nested import to_device
+from spruce.core.precision import Device, layer_precision
 
 # A visit may return the layer's outputs when it computed them itself (``prune_in_forward``).
 Visit = Callable[[int, nn.Module, list["LayerBatch"]], "list[Tensor] | None"]

@@ -8,9 +8,9 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import pool
 
-from common.db import get_engine
-from common.models import Base
-from common.settings import get_settings
+from spruce.common.db import get_engine
+from spruce.common.models import Base
+from spruce.common.settings import get_settings
 
 config = context.config
 if config.config_file_name:  # run by the alembic command: use alembic.ini's logging

@@ -29,8 +29,8 @@ def compress(
     Bad input raises ``core.errors.SpecError`` naming the field, as the API's 422 does.
     """
     # the engine pulls in torch and transformers: imported on use, so `import spruce` stays light
-    from core.compress import compress as run
-    from core.spec import CompressionSpec
+    from spruce.core.compress import compress as run
+    from spruce.core.spec import CompressionSpec
 
     spec = CompressionSpec.from_dict({**(body or {}), **fields})
     report = run(spec, device=device, out_dir=None if out is None else Path(out), on_progress=on_progress)

@@ -174,7 +174,9 @@ def tiny_job(model: Path, sparsity: object, settings: dict, *, samples: int = 4,
     calibrate on, no evaluation. ``settings`` holds the method's public options (pruner, preset,
     allocation; ``induction`` a bool, or a dict of its experimental settings with ``enabled``) and
     any experimental option by name; ``experimental`` adds more (e.g. ``batch_size=4``)."""
-    from core.spec import CompressionSpec  # (tests/tiny.py builds models; most of its users need no spec)
+    from spruce.core.spec import (
+        CompressionSpec,  # (tests/tiny.py builds models; most of its users need no spec)
+    )
 
     method = {k: v for k, v in settings.items() if k in ("pruner", "preset", "allocation")}
     extra: dict = {k: v for k, v in settings.items() if k not in method and k != "induction"}

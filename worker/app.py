@@ -2,8 +2,8 @@
 
 Run one worker process per GPU, each seeing one device:
 
-    CUDA_VISIBLE_DEVICES=0 celery -A worker.app worker --pool solo --concurrency 1 --loglevel INFO
-    CUDA_VISIBLE_DEVICES=1 celery -A worker.app worker --pool solo --concurrency 1 --loglevel INFO -n gpu1@%h
+    CUDA_VISIBLE_DEVICES=0 celery -A spruce.worker.app worker --pool solo --concurrency 1 --loglevel INFO
+    CUDA_VISIBLE_DEVICES=1 celery -A spruce.worker.app worker --pool solo --concurrency 1 --loglevel INFO -n gpu1@%h
 
 The solo pool runs the job in the worker process itself: one job at a time, CUDA initialised in
 the process that uses it (no fork after CUDA), and SIGTERM waits for the job between layers.
@@ -20,9 +20,9 @@ from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_init, worker_ready, worker_shutdown
 
-from common.queue import TASK_NAME, celery_config
-from common.settings import get_settings
-from worker import observability  # noqa: F401  (connects the logging signals: JSON, job ids)
+from spruce.common.queue import TASK_NAME, celery_config
+from spruce.common.settings import get_settings
+from spruce.worker import observability  # noqa: F401  (connects the logging signals: JSON, job ids)
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def _preload_engine(**_: Any) -> None:
     # Import torch and the engine before taking the first message, so that a job's first seconds
     # (and its ETA) measure work, not imports. A dry-run worker never needs them.
     if not get_settings().dry_run:
-        import core.compress  # noqa: F401
+        import spruce.core.compress  # noqa: F401
     # Progress bars are for terminals: in a worker's log they are carriage-return noise.
     from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as hf_logging
@@ -48,17 +48,17 @@ def _preload_engine(**_: Any) -> None:
 @worker_init.connect
 def _watch_parent(**_: Any) -> None:
     # Under `spruce serve`, die with serve (worker/supervised.py); elsewhere this does nothing.
-    from worker.supervised import watch_parent
+    from spruce.worker.supervised import watch_parent
 
     watch_parent()
 
 
-_alive: list[Any] = []  # the process's beat for `python -m worker.healthcheck`, once ready
+_alive: list[Any] = []  # the process's beat for `python -m spruce.worker.healthcheck`, once ready
 
 
 @worker_ready.connect
 def _start_alive(**_: Any) -> None:
-    from worker.healthcheck import AliveFile
+    from spruce.worker.healthcheck import AliveFile
 
     _alive.append(AliveFile.for_this_process().start())
 
@@ -76,11 +76,11 @@ _sweeper: list[Any] = []  # the process's Sweeper, once the worker is ready
 def _start_sweeper(**_: Any) -> None:
     # Every worker process sweeps for jobs whose worker died (worker/liveness.py says why here and
     # not in celery beat): it needs nothing else deployed, in either run mode.
-    from worker.liveness import start_sweeper
+    from spruce.worker.liveness import start_sweeper
 
     settings = get_settings()
     _sweeper.append(start_sweeper(settings, name="spruce-sweeper"))
-    from common.retention import HousekeepingLoop  # deletions and retention, on the same terms
+    from spruce.common.retention import HousekeepingLoop  # deletions and retention, on the same terms
 
     _sweeper.append(HousekeepingLoop(settings).start())
 
@@ -107,7 +107,7 @@ def run_job(self: Task, job_id: str) -> str:
     retried with exponential backoff up to ``max_retries`` times (counted on the job's row)
     before the job is failed.
     """
-    from worker.runner import RetryLater, run
+    from spruce.worker.runner import RetryLater, run
 
     settings = get_settings()
     try:

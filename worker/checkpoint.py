@@ -20,8 +20,8 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
-from common.storage import Storage, StorageNotFound
-from core.checkpoint import (
+from spruce.common.storage import Storage, StorageNotFound
+from spruce.core.checkpoint import (
     FORMAT,
     LayerCheckpoint,
     ResumeState,
@@ -31,7 +31,7 @@ from core.checkpoint import (
     pack,
     unpack,
 )
-from core.errors import SystemFault
+from spruce.core.errors import SystemFault
 
 log = logging.getLogger(__name__)
 

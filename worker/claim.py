@@ -18,13 +18,13 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from common import fair
-from common.db import session_scope
-from common.jobs import StaleStatus, add_event, get_job, set_status
-from common.models import Job, utcnow
-from common.settings import Settings
-from common.states import JobStatus, is_terminal
-from worker.liveness import is_fresh, worker_lost_error
+from spruce.common import fair
+from spruce.common.db import session_scope
+from spruce.common.jobs import StaleStatus, add_event, get_job, set_status
+from spruce.common.models import Job, utcnow
+from spruce.common.settings import Settings
+from spruce.common.states import JobStatus, is_terminal
+from spruce.worker.liveness import is_fresh, worker_lost_error
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,9 @@ def take(session: Session, job: Job, worker: str, device: str, settings: Setting
         return False
     running = job.status == JobStatus.RUNNING
     if running and is_fresh(job, settings.heartbeat_timeout):
-        log.info("job %s is running on %s with a fresh heartbeat; not starting a second run", job.id, job.worker)
+        log.info(
+            "job %s is running on %s with a fresh heartbeat; not starting a second run", job.id, job.worker
+        )
         return False
     guard = (Job.attempts == job.attempts,)
     if job.attempts >= settings.max_attempts:
@@ -62,7 +64,9 @@ def take(session: Session, job: Job, worker: str, device: str, settings: Setting
         # not retried past the limit), so the cause is the same.
         code, message = worker_lost_error(job)
         log.error("job %s: %s", job.id, message)
-        set_status(session, job, JobStatus.FAILED, "failed: no attempts left", error=(code, message), where=guard)
+        set_status(
+            session, job, JobStatus.FAILED, "failed: no attempts left", error=(code, message), where=guard
+        )
         return False
     values: dict[str, Any] = {
         "attempts": job.attempts + 1,

@@ -1,4 +1,4 @@
-"""`python -m worker.healthcheck`: exit 0 when a worker process on this host is alive, else 1.
+"""`python -m spruce.worker.healthcheck`: exit 0 when a worker process on this host is alive, else 1.
 
 Each worker process, once ready, rewrites a small file (``ALIVE_DIR/<pid>.json``) every
 ``BEAT_S`` seconds from a thread of its own, and removes it when it shuts down. The check
@@ -87,7 +87,7 @@ def alive(folder: Path = ALIVE_DIR, max_age: float = MAX_AGE_S, now: float | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m worker.healthcheck", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m spruce.worker.healthcheck", description=__doc__.splitlines()[0])
     parser.add_argument("--max-age", type=float, default=MAX_AGE_S, help="seconds a beat stays fresh")
     parser.add_argument("--dir", type=Path, default=ALIVE_DIR, help="where the workers write their beats")
     args = parser.parse_args(argv)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from core.errors import ModelNotFound
+from spruce.core.errors import ModelNotFound
 
 log = logging.getLogger(__name__)
 

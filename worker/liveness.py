@@ -27,11 +27,11 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, func, select, update
 
-from common.db import session_scope
-from common.jobs import StaleStatus, set_status
-from common.models import Job, utcnow
-from common.settings import Settings
-from common.states import JobStatus
+from spruce.common.db import session_scope
+from spruce.common.jobs import StaleStatus, set_status
+from spruce.common.models import Job, utcnow
+from spruce.common.settings import Settings
+from spruce.common.states import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,9 @@ def requeue_lost(
     with session_scope(settings.resolved_database_url) as session:
         jobs = session.scalars(select(Job).where(Job.status == JobStatus.RUNNING, Job.worker == worker)).all()
         session.expunge_all()
-    return _hand_back(jobs, settings, send, on_failed, (Job.worker == worker,), lambda job: f"{worker}: {cause}")
+    return _hand_back(
+        jobs, settings, send, on_failed, (Job.worker == worker,), lambda job: f"{worker}: {cause}"
+    )
 
 
 def _hand_back(
@@ -238,9 +240,9 @@ class Sweeper:
 def start_sweeper(settings: Settings, name: str) -> Sweeper:
     """A running ``Sweeper`` that queues jobs through a producer of its own (``name``) and
     discards the checkpoint of each job it fails."""
-    from common.queue import enqueue, make_celery
-    from common.storage import build_storage
-    from worker.checkpoint import discard
+    from spruce.common.queue import enqueue, make_celery
+    from spruce.common.storage import build_storage
+    from spruce.worker.checkpoint import discard
 
     producer = make_celery(settings, name=name)  # its own connections, off any consumer's
     storage = build_storage(settings)

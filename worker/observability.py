@@ -14,8 +14,8 @@ from typing import Any
 
 from celery.signals import setup_logging, task_postrun, task_prerun
 
-from common.logging import configure_logging, job_id
-from common.settings import get_settings
+from spruce.common.logging import configure_logging, job_id
+from spruce.common.settings import get_settings
 
 _tokens: dict[str, Token[str | None]] = {}  # task id -> the context to restore after it
 

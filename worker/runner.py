@@ -23,22 +23,22 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 
-from common.db import session_scope
-from common.jobs import StaleStatus, add_event, get_job, set_status
-from common.logging import job_id as log_job_id
-from common.models import Artifact, Dataset, Job, utcnow
-from common.refs import DATASET_ID, check_model_ref, is_hub_id
-from common.retention import purge_one
-from common.settings import Settings
-from common.states import JobStatus, is_terminal
-from common.storage import Storage, build_storage, download_s3_uri, sha256_file
-from core.checkpoint import ResumeState
-from core.errors import Cancelled, DatasetUnavailable, ModelNotFound, SystemFault, UserError
-from core.progress import Progress
-from worker.checkpoint import StorageCheckpoint, discard, fingerprint
-from worker.claim import claim_next
-from worker.hub import hub_folder
-from worker.liveness import Heartbeat
+from spruce.common.db import session_scope
+from spruce.common.jobs import StaleStatus, add_event, get_job, set_status
+from spruce.common.logging import job_id as log_job_id
+from spruce.common.models import Artifact, Dataset, Job, utcnow
+from spruce.common.refs import DATASET_ID, check_model_ref, is_hub_id
+from spruce.common.retention import purge_one
+from spruce.common.settings import Settings
+from spruce.common.states import JobStatus, is_terminal
+from spruce.common.storage import Storage, build_storage, download_s3_uri, sha256_file
+from spruce.core.checkpoint import ResumeState
+from spruce.core.errors import Cancelled, DatasetUnavailable, ModelNotFound, SystemFault, UserError
+from spruce.core.progress import Progress
+from spruce.worker.checkpoint import StorageCheckpoint, discard, fingerprint
+from spruce.worker.claim import claim_next
+from spruce.worker.hub import hub_folder
+from spruce.worker.liveness import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -435,7 +435,7 @@ def dry_run(reporter: Reporter, *, attempt: int, worker: str) -> dict[str, Any]:
     Exercises what a load test must (the queue, the claim, progress rows, stage events, the final
     write) at no cost, so hundreds of jobs finish in seconds; ``SPRUCE_DRY_RUN=1`` turns it on.
     """
-    from core.progress import overall_fraction  # torch-free
+    from spruce.core.progress import overall_fraction  # torch-free
 
     for stage in DRY_RUN_STAGES:
         if reporter.should_stop():
@@ -455,8 +455,8 @@ def _compress(
     settings: Settings,
     checkpoint: StorageCheckpoint | None,
 ) -> None:
-    from core.compress import compress  # torch and transformers: only in the worker, only when running
-    from core.spec import CompressionSpec
+    from spruce.core.compress import compress  # torch and transformers: only in the worker, only when running
+    from spruce.core.spec import CompressionSpec
 
     spec = CompressionSpec.from_dict(spec_dict)
     out_dir.mkdir(parents=True, exist_ok=True)

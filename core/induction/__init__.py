@@ -1,8 +1,8 @@
 """Sparsity Induction (arXiv 2602.21652): learned, exactly foldable per-channel transforms
 trained block by block against the pruned block, run before every pruner. See docs/induction.md."""
 
-from core.induction.train import InductionResult, col_weights_for, induce_layer, recorder_for
-from core.induction.transform import LayerPlan, Transform, fold_, fold_params, plan_layer
+from spruce.core.induction.train import InductionResult, col_weights_for, induce_layer, recorder_for
+from spruce.core.induction.transform import LayerPlan, Transform, fold_, fold_params, plan_layer
 
 __all__ = [
     "InductionResult",

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from core.nested import cut_batch, to_device
+from spruce.core.nested import cut_batch, to_device
 
 _CACHE_KWARGS = ("cache", "past_key_values", "past_key_value")
 
@@ -44,7 +44,6 @@ class Minibatch:
         )
 
 
-
 def per_batch(pieces: list[torch.Tensor], batches: Sequence[Batch], size: int) -> list[torch.Tensor]:
     """``pieces`` cut by ``split_minibatches(batches, size)`` put back together per batch, in each
     batch's dtype."""
@@ -54,7 +53,6 @@ def per_batch(pieces: list[torch.Tensor], batches: Sequence[Batch], size: int) -
         out.append(torch.cat(pieces[k : k + count]).to(batch.hidden.dtype))
         k += count
     return out
-
 
 
 def first_sequences(minibatches: list[Minibatch], samples: int) -> list[Minibatch]:
@@ -67,7 +65,9 @@ def first_sequences(minibatches: list[Minibatch], samples: int) -> list[Minibatc
         if samples <= 0:
             break
         b = mb.hidden.shape[0]
-        out.append(mb if b <= samples else Minibatch(mb.hidden[:samples], cut_batch(mb.kwargs, b, 0, samples)))
+        out.append(
+            mb if b <= samples else Minibatch(mb.hidden[:samples], cut_batch(mb.kwargs, b, 0, samples))
+        )
         samples -= b
     return out
 

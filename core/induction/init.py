@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from core.induction.transform import LayerPlan, Transform
-from core.spec import InductionSpec
-from core.stats import InputStats
+from spruce.core.induction.transform import LayerPlan, Transform
+from spruce.core.spec import InductionSpec
+from spruce.core.stats import InputStats
 
 
 def init_transform(

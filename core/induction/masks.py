@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from core.sparsity import LayerTarget, mask_for, pruned_per_row
+from spruce.core.sparsity import LayerTarget, mask_for, pruned_per_row
 
 _TINY = 1e-30  # floor inside log: a zero weight has score 0, log 0 = -inf would poison gradients
 

@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from core.induction.transform import LayerPlan
-from core.pruners import (
+from spruce.core.induction.transform import LayerPlan
+from spruce.core.pruners import (
     PruneResult,
     dense_target,
     fit_cross,
@@ -46,11 +46,11 @@ from core.pruners import (
     prune_weight,
     reconstruction_error,
 )
-from core.sparsity import LayerTarget
-from core.stats import InputStats
+from spruce.core.sparsity import LayerTarget
+from spruce.core.stats import InputStats
 
 if TYPE_CHECKING:
-    from core.spec import CompressionSpec
+    from spruce.core.spec import CompressionSpec
 
 # A swap round compares all M x M swaps of P group pairs over R rows: R * P * M^2 numbers at once.
 # Chunks over P keep that near this many floats (64 MiB) whatever the layer's size.

@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.arch import ArchSpec, layer_linears
-from core.induction.batches import (
+from spruce.core.arch import ArchSpec, layer_linears
+from spruce.core.induction.batches import (
     Batch,
     check_subset,
     first_sequences,
@@ -44,7 +44,7 @@ from core.induction.batches import (
     target_pieces,
     targets_for,
 )
-from core.precision import layer_precision
+from spruce.core.precision import layer_precision
 
 _MARGIN = 0.002  # relative check-loss gain the trained scales need to replace identity
 

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.arch import ArchSpec
-from core.induction.batches import (
+from spruce.core.arch import ArchSpec
+from spruce.core.induction.batches import (
     Batch,
     Minibatch,
     check_subset,
@@ -35,10 +35,10 @@ from core.induction.batches import (
     target_pieces,
     targets_for,
 )
-from core.induction.init import identity_like, init_choice, init_transform
-from core.induction.permute import choose_permutations, fold_permutation_
-from core.induction.trainer import MARGIN, Trainer
-from core.induction.transform import (
+from spruce.core.induction.init import identity_like, init_choice, init_transform
+from spruce.core.induction.permute import choose_permutations, fold_permutation_
+from spruce.core.induction.trainer import MARGIN, Trainer
+from spruce.core.induction.transform import (
     LayerPlan,
     Transform,
     fold_,
@@ -48,9 +48,9 @@ from core.induction.transform import (
     normalised,
     plan_layer,
 )
-from core.sparsity import LayerTarget
-from core.spec import InductionSpec, SweepOrder
-from core.stats import InputStats, StatsRecorder, wants_hessian
+from spruce.core.sparsity import LayerTarget
+from spruce.core.spec import InductionSpec, SweepOrder
+from spruce.core.stats import InputStats, StatsRecorder, wants_hessian
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.induction.batches import Minibatch, check_subset, forward_with, held_out_loss
-from core.induction.masks import keep_mask, log_base_scores, obs_chain, sparsegpt_weights
-from core.induction.transform import (
+from spruce.core.induction.batches import Minibatch, check_subset, forward_with, held_out_loss
+from spruce.core.induction.masks import keep_mask, log_base_scores, obs_chain, sparsegpt_weights
+from spruce.core.induction.transform import (
     LayerPlan,
     Transform,
     fold_params,
@@ -21,17 +21,16 @@ from core.induction.transform import (
     normalised,
     qk_row_scales,
 )
-from core.precision import layer_precision
-from core.pruners import HinvFactor, inverse_hessian_factor, sparsegpt
-from core.sparsity import LayerTarget
-from core.spec import InductionSpec, SweepOrder
-from core.stats import InputStats
-from core.swaps import swap_refine
+from spruce.core.precision import layer_precision
+from spruce.core.pruners import HinvFactor, inverse_hessian_factor, sparsegpt
+from spruce.core.sparsity import LayerTarget
+from spruce.core.spec import InductionSpec, SweepOrder
+from spruce.core.stats import InputStats
+from spruce.core.swaps import swap_refine
 
 _POWER_ITERS_INIT = 20  # power iterations for the reference spectral norms (then 1 per step, warm-started)
 MARGIN = 0.005  # relative loss gain a transform needs on held-out data to replace plain pruning
 SPARSEGPT_HOPS = 3  # terms of the series that stands in for SparseGPT's update during training
-
 
 
 class Trainer:

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.arch import ArchSpec, mlp_activation, rotary_dim
+from spruce.core.arch import ArchSpec, mlp_activation, rotary_dim
 
 LINEAR_KINDS = ("attn", "o", "mlp", "down")  # the four input groups: q/k/v, o, gate/up (fc1), down (fc2)
 

@@ -7,7 +7,7 @@ raises ``SpecError`` whose ``param`` is the dotted path of the bad field; ``reso
 plan of concrete values; ``PRESETS`` and ``PRUNER_TRAITS`` are the tables behind both.
 """
 
-from core.spec.compression import (
+from spruce.core.spec.compression import (
     ALLOCATIONS,
     COMPUTE_DTYPES,
     DTYPES,
@@ -22,11 +22,11 @@ from core.spec.compression import (
     Sequential,
     SweepOrder,
 )
-from core.spec.plan import AUTO_FIT_MIN_RATIO, InductionPlan, Plan
-from core.spec.presets import PRESET_NAMES, PRESETS, Preset
-from core.spec.settings import SEED_MAX, EvalSpec, InductionSpec, TextSpec
-from core.spec.sparsity import Sparsity
-from core.spec.traits import (
+from spruce.core.spec.plan import AUTO_FIT_MIN_RATIO, InductionPlan, Plan
+from spruce.core.spec.presets import PRESET_NAMES, PRESETS, Preset
+from spruce.core.spec.settings import SEED_MAX, EvalSpec, InductionSpec, TextSpec
+from spruce.core.spec.sparsity import Sparsity
+from spruce.core.spec.traits import (
     FIT_SHARES,
     PRUNER_TRAITS,
     PRUNERS,

@@ -6,14 +6,14 @@ import functools
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Literal
 
-from core.errors import SpecError
-from core.spec import schema
-from core.spec.fields import opt
-from core.spec.plan import Plan, resolve
-from core.spec.presets import PRESET_NAMES
-from core.spec.settings import EvalSpec, InductionSpec, TextSpec
-from core.spec.sparsity import Sparsity
-from core.spec.traits import PRUNERS, Pruner, traits
+from spruce.core.errors import SpecError
+from spruce.core.spec import schema
+from spruce.core.spec.fields import opt
+from spruce.core.spec.plan import Plan, resolve
+from spruce.core.spec.presets import PRESET_NAMES
+from spruce.core.spec.settings import EvalSpec, InductionSpec, TextSpec
+from spruce.core.spec.sparsity import Sparsity
+from spruce.core.spec.traits import PRUNERS, Pruner, traits
 
 Allocation = Literal["uniform", "owl"]
 ALLOCATIONS: tuple[str, ...] = ("uniform", "owl")
@@ -41,7 +41,9 @@ class CompressionSpec:
 
     model: str = opt(MISSING, "'smollm2-135m', a hub id, an s3:// URI or a local folder", public=True)
     sparsity: Sparsity = opt(MISSING, "a ratio in (0, 1) or an 'N:M' pattern such as '2:4'", public=True)
-    pruner: Pruner = opt("wanda", "the pruner", public=True, choices=PRUNERS, body="method.pruner", flag="--pruner")
+    pruner: Pruner = opt(
+        "wanda", "the pruner", public=True, choices=PRUNERS, body="method.pruner", flag="--pruner"
+    )
     preset: str = opt("default", "default: the engine's measured choices; reference: the papers' methods "
                       "as llm-compressor runs them", public=True, choices=PRESET_NAMES, body="method.preset")  # fmt: skip
     allocation: Allocation = opt("uniform", "per-layer sparsity: uniform, or OWL by outlier ratio", public=True,

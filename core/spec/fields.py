@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field
 from typing import Any
 
-from core.errors import SpecError
+from spruce.core.errors import SpecError
 
 KEY = "spruce"
 

@@ -10,10 +10,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.spec.traits import traits
+from spruce.core.spec.traits import traits
 
 if TYPE_CHECKING:
-    from core.spec.compression import CompressionSpec
+    from spruce.core.spec.compression import CompressionSpec
 
 # fit_to "auto" fits the dense model from this unstructured ratio up (docs/pruners.md,
 # "Fitting the dense model"); below it nothing was measured, so the paper's fit stays there.

@@ -12,10 +12,10 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import SpecError
-from core.spec.fields import Meta, check, coerce, meta_of
-from core.spec.presets import PRESETS
-from core.spec.sparsity import Sparsity
+from spruce.core.errors import SpecError
+from spruce.core.spec.fields import Meta, check, coerce, meta_of
+from spruce.core.spec.presets import PRESETS
+from spruce.core.spec.sparsity import Sparsity
 
 SECTIONS = ("method", "calibration", "evaluation", "options")
 TOP = ("model", "sparsity", *SECTIONS, "experimental")
@@ -185,7 +185,15 @@ def get(spec: Any, path: str) -> Any:
 def to_body(spec: Any) -> dict[str, Any]:
     """The job body of ``spec``: public options in their sections, and under ``experimental``
     the options whose value differs from the preset's."""
-    body: dict[str, Any] = {"model": spec.model, "sparsity": None, "method": {}, "calibration": {}, "evaluation": {}, "options": {}, "experimental": {}}
+    body: dict[str, Any] = {
+        "model": spec.model,
+        "sparsity": None,
+        "method": {},
+        "calibration": {},
+        "evaluation": {},
+        "options": {},
+        "experimental": {},
+    }
     cls: Any = type(spec)
     base = preset_values(cls, spec.preset)
     for leaf in leaves(cls):
@@ -217,7 +225,9 @@ def describe(cls: type) -> dict[str, Any]:
     def entry(leaf: Leaf) -> dict[str, Any]:
         m = leaf.meta
         out: dict[str, Any] = {"param": leaf.param, "help": m.help, "type": _type_name(leaf)}
-        out.update({k: _json(v) for k, v in (("choices", m.choices), ("min", m.lo), ("max", m.hi)) if v is not None})
+        out.update(
+            {k: _json(v) for k, v in (("choices", m.choices), ("min", m.lo), ("max", m.hi)) if v is not None}
+        )
         if m.lo_open:
             out["exclusive_min"] = True
         return out
@@ -233,7 +243,11 @@ def describe(cls: type) -> dict[str, Any]:
         for leaf in leaves(cls)
         if not leaf.meta.public
     ]
-    return {"public": public, "experimental": experimental, "presets": {k: dict(v) for k, v in PRESETS.items()}}
+    return {
+        "public": public,
+        "experimental": experimental,
+        "presets": {k: dict(v) for k, v in PRESETS.items()},
+    }
 
 
 def _type_name(leaf: Leaf) -> str:

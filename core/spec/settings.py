@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from core.spec.fields import opt
-from core.spec.traits import traits
+from spruce.core.spec.fields import opt
+from spruce.core.spec.traits import traits
 
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit; torch's accept more
 
@@ -24,7 +24,9 @@ class InductionSpec:
     # calibrated on, on every row and model measured (docs/induction.md, "Out of domain").
     enabled: bool = opt(True, "run Sparsity Induction around the pruner (--no-induction: the pruner alone)",
                         public=True, body="method.induction", flag="--induction")  # fmt: skip
-    epochs: int = opt(-1, "training passes per layer; 0 keeps the statistics start; -1: per pruner", lo=-1, hi=100)
+    epochs: int = opt(
+        -1, "training passes per layer; 0 keeps the statistics start; -1: per pruner", lo=-1, hi=100
+    )
     lr: float = opt(5e-2, "Adam's rate on the log-scales", lo=0.0, lo_open=True, hi=1.0)
     shifts: bool = opt(True, "learn shifts where they fold into an existing bias")
     qk_scale: bool = opt(True, "learn the query/key scale pair")
@@ -33,10 +35,14 @@ class InductionSpec:
     batch_size: int = opt(4, "sequences per training step", lo=1, hi=4096)
     temperature: float = opt(0.05, "width of the soft mask's sigmoid, in log-score units", lo=0.0, lo_open=True,
                              hi=100.0)  # fmt: skip
-    init: str = opt("auto", "initial scales (auto: per pruner)", choices=("auto", "one", "mean", "median", "rms"))
+    init: str = opt(
+        "auto", "initial scales (auto: per pruner)", choices=("auto", "one", "mean", "median", "rms")
+    )
     init_alpha: float = opt(1.0, "exponent of the statistic start: s = stat ** init_alpha", lo=-4.0, hi=4.0)
     per_linear: bool = opt(True, "also learn a per-linear importance (the pruner's col_weight)")
-    permute: bool = opt(True, "N:M: permute the inputs of o and down so each group holds non-competing channels")
+    permute: bool = opt(
+        True, "N:M: permute the inputs of o and down so each group holds non-competing channels"
+    )
     permute_rounds: int = opt(-1, "rounds of the permutation search; -1: per pruner", lo=-1, hi=10_000)
     targets: Literal["auto", "model", "layer"] = opt(
         "auto", "train and guard against the dense model's outputs (model) or the dense layer's (layer); "
@@ -47,7 +53,9 @@ class InductionSpec:
     recover_lr: float = opt(1e-2, "Adam's rate on the recovery log-scales", lo=0.0, lo_open=True, hi=1.0)
     recover_weights_lr: float = opt(6e-3, "recovery's step on the kept weights, relative to their mean; 0: scales only",
                                     lo=0.0, hi=1.0)  # fmt: skip
-    samples: int = opt(-1, "first calibration sequences induction reads; 0: all; -1: per pruner", lo=-1, hi=100_000)
+    samples: int = opt(
+        -1, "first calibration sequences induction reads; 0: all; -1: per pruner", lo=-1, hi=100_000
+    )
 
     def recover_epochs_for(self, pruner: str) -> int:
         """The recovery passes to run: ``recover_epochs``, or the pruner's default where it is -1."""

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import SpecError
+from spruce.core.errors import SpecError
 
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 

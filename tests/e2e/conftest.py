@@ -44,7 +44,7 @@ def _free_port() -> int:
 
 def _spruce(*args: str, env: dict[str, str]) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
+        [sys.executable, "-m", "spruce.cli.main", *args],
         env=env,
         check=True,
         capture_output=True,
@@ -187,7 +187,16 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     log = root / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "serve", "--data-dir", str(data_dir), "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "spruce.cli.main",
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(port),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

@@ -8,7 +8,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api import dashboard
+from spruce.api import dashboard
 
 pytestmark = pytest.mark.e2e
 

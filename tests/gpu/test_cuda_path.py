@@ -10,13 +10,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.compress import compress
+from spruce.core.compress import compress
 from tests.tiny import tiny_job, tiny_model
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: torch.cuda.is_available() is False"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="no CUDA device: torch.cuda.is_available() is False"
+    ),
 ]
+
 
 @pytest.fixture(autouse=True)
 def _no_tf32():
@@ -39,8 +42,8 @@ def _decoder_linears(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def test_walker_layer_inputs_and_outputs_match_cpu():
-    from core.arch import arch_for, decoder_layers
-    from core.walker import capture_inputs, run_layer
+    from spruce.core.arch import arch_for, decoder_layers
+    from spruce.core.walker import capture_inputs, run_layer
 
     model = tiny_model("llama").eval()
     arch = arch_for(model)

@@ -26,12 +26,12 @@ REDIS = os.environ.get("SPRUCE_TEST_REDIS", "redis://127.0.0.1:6379")
 REDIS_DB = 13  # dedicated to these tests; the queue name is unique per session on top of it
 
 # The commands of docker-compose.yml (python -m so that the venv's interpreter runs them).
-API_CMD = ["-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1"]
+API_CMD = ["-m", "uvicorn", "spruce.api.app:create_app", "--factory", "--host", "127.0.0.1"]
 WORKER_CMD = [
     "-m",
     "celery",
     "-A",
-    "worker.app",
+    "spruce.worker.app",
     "worker",
     "--pool",
     "solo",
@@ -158,7 +158,7 @@ def pg_url() -> Iterator[str]:
     try:
         yield url
     finally:
-        from common.db import get_engine
+        from spruce.common.db import get_engine
 
         get_engine(url).dispose()
         with admin.connect() as conn:
@@ -217,7 +217,7 @@ class Stack:
         )
 
     def settings(self, **overrides: Any) -> Any:
-        from common.settings import Settings
+        from spruce.common.settings import Settings
 
         values: dict[str, Any] = {
             k[len("SPRUCE_") :].lower(): v for k, v in self.env.items() if k.startswith("SPRUCE_")
@@ -230,8 +230,8 @@ class Stack:
 def stack(
     pg_url: str, s3: dict[str, str], models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    from common.db import session_scope, upgrade
-    from common.keys import create_key
+    from spruce.common.db import session_scope, upgrade
+    from spruce.common.keys import create_key
 
     tmp = tmp_path_factory.mktemp("stack")
     queue = f"spruce-test-{secrets.token_hex(4)}"

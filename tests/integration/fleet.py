@@ -62,7 +62,7 @@ class Fleet:
     team_id: str = ""
 
     def settings(self) -> Any:
-        from common.settings import Settings
+        from spruce.common.settings import Settings
 
         values: dict[str, Any] = {k[7:].lower(): v for k, v in self.env.items() if k.startswith("SPRUCE_")}
         return Settings(**values)
@@ -112,8 +112,8 @@ class Fleet:
 
     def submit(self, spec: dict[str, Any], *, send: bool = True, **row: Any) -> str:
         """Insert the job row (as the API does, with ``row`` overrides) and send its message."""
-        from common.db import session_scope
-        from common.models import Job
+        from spruce.common.db import session_scope
+        from spruce.common.models import Job
 
         with session_scope(self.url) as session:
             job = Job(team_id=self.team_id, submitted_by="faults", spec=spec, **row)
@@ -125,14 +125,14 @@ class Fleet:
         return job_id
 
     def send(self, job_id: str) -> None:
-        from common.queue import enqueue, make_celery
+        from spruce.common.queue import enqueue, make_celery
 
         settings = self.settings()
         enqueue(make_celery(settings), settings, job_id)
 
     def job(self, job_id: str) -> Any:
-        from common.db import session_scope
-        from common.models import Job
+        from spruce.common.db import session_scope
+        from spruce.common.models import Job
 
         with session_scope(self.url) as session:
             job = session.get(Job, job_id)
@@ -140,8 +140,8 @@ class Fleet:
         return job
 
     def events(self, job_id: str) -> list[Any]:
-        from common.db import session_scope
-        from common.models import JobEvent
+        from spruce.common.db import session_scope
+        from spruce.common.models import JobEvent
 
         with session_scope(self.url) as session:
             rows = list(
@@ -166,7 +166,7 @@ class Fleet:
     # -- storage ------------------------------------------------------------------------------------
 
     def storage(self) -> Any:
-        from common.storage import build_storage
+        from spruce.common.storage import build_storage
 
         return build_storage(self.settings())
 
@@ -179,8 +179,8 @@ class Fleet:
 
 
 def _team(url: str) -> str:
-    from common.db import session_scope, upgrade
-    from common.keys import create_key
+    from spruce.common.db import session_scope, upgrade
+    from spruce.common.keys import create_key
 
     upgrade(url)
     with session_scope(url) as session:
@@ -201,7 +201,7 @@ def fleet(s3: dict[str, str], models: dict[str, Path], tmp_path: Path) -> Iterat
     """Postgres (a database of its own), Redis (a queue of its own), moto S3; no worker yet."""
     from sqlalchemy import create_engine, text
 
-    from common.db import get_engine
+    from spruce.common.db import get_engine
 
     name = f"spruce_faults_{secrets.token_hex(4)}"
     admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")

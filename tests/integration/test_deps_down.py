@@ -175,7 +175,7 @@ class Deps:
     models: dict[str, Path]
 
     def count(self, model: type[Any]) -> int:
-        from common.db import session_scope
+        from spruce.common.db import session_scope
 
         with session_scope(self.pg.url) as s:
             return int(s.scalar(select(func.count()).select_from(model)) or 0)
@@ -197,10 +197,10 @@ def _postgres_user() -> list[str]:
 
 @pytest.fixture(scope="module")
 def deps(models: dict[str, Path]) -> Iterator[Deps]:
-    from api.app import create_app
-    from common.db import get_engine, session_scope, upgrade
-    from common.keys import create_key
-    from common.settings import Settings
+    from spruce.api.app import create_app
+    from spruce.common.db import get_engine, session_scope, upgrade
+    from spruce.common.keys import create_key
+    from spruce.common.settings import Settings
 
     assert PG_BINS, "no PostgreSQL server binaries under /usr/lib/postgresql"
     as_user = _postgres_user()
@@ -263,7 +263,7 @@ def _down(r: Any, code: str) -> dict[str, Any]:
 
 
 def test_broker_down_then_back(deps: Deps) -> None:
-    from common.models import Job
+    from spruce.common.models import Job
 
     client = deps.client
     assert ready(client)
@@ -293,7 +293,7 @@ def test_broker_down_then_back(deps: Deps) -> None:
 
 
 def test_database_down_then_back(deps: Deps) -> None:
-    from common.models import Dataset, Job
+    from spruce.common.models import Dataset, Job
 
     client = deps.client
     assert ready(client)
@@ -326,7 +326,7 @@ def test_database_down_then_back(deps: Deps) -> None:
 
 
 def test_storage_down_then_back(deps: Deps) -> None:
-    from common.models import Dataset, Job
+    from spruce.common.models import Dataset, Job
 
     client = deps.client
     assert ready(client)

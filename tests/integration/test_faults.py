@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from common.models import utcnow
+from spruce.common.models import utcnow
 from tests.integration.conftest import TINY_SPEC, wait_until
 from tests.integration.fleet import Fleet, default_fleet, fleet, slow_spec  # noqa: F401 (fixtures)
 from tests.tiny import tiny_model_dir
@@ -27,8 +27,8 @@ def beating(fleet: Fleet, job_id: str) -> Iterator[None]:  # noqa: F811
     """Stand in for a live worker on ``job_id``: refresh its heartbeat until the block ends."""
     from sqlalchemy import update
 
-    from common.db import session_scope
-    from common.models import Job
+    from spruce.common.db import session_scope
+    from spruce.common.models import Job
 
     stopped = threading.Event()
 

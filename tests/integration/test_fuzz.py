@@ -35,13 +35,13 @@ from schemathesis.checks import CheckFunction, not_a_server_error
 from schemathesis.specs.openapi import checks as oas
 from sqlalchemy.orm import Session
 
-from api.app import create_app
-from common.db import session_scope, upgrade
-from common.jobs import add_event, set_status
-from common.keys import create_key
-from common.models import Artifact, Dataset, Job, new_id
-from common.settings import Settings
-from common.states import JobStatus
+from spruce.api.app import create_app
+from spruce.common.db import session_scope, upgrade
+from spruce.common.jobs import add_event, set_status
+from spruce.common.keys import create_key
+from spruce.common.models import Artifact, Dataset, Job, new_id
+from spruce.common.settings import Settings
+from spruce.common.states import JobStatus
 
 pytestmark = pytest.mark.integration
 
@@ -231,7 +231,9 @@ def _job(**changes: Any) -> dict[str, Any]:
     ],
     ids=["seed 2^70", "s3 model without S3", "file url"],
 )
-def test_a_job_that_cannot_run_is_refused_at_submission(target: Target, body: dict[str, Any], param: str) -> None:
+def test_a_job_that_cannot_run_is_refused_at_submission(
+    target: Target, body: dict[str, Any], param: str
+) -> None:
     with TestClient(target.app, raise_server_exceptions=False) as client:
         r = client.post("/v1/jobs", json=body, headers=target.headers)
     assert r.status_code == 422, r.text
@@ -240,7 +242,9 @@ def test_a_job_that_cannot_run_is_refused_at_submission(target: Target, body: di
 
 def test_an_event_cursor_past_the_id_column_is_a_422(target: Target) -> None:
     with TestClient(target.app, raise_server_exceptions=False) as client:
-        job = client.post("/v1/jobs", json=_job(), headers=target.headers).json()["id"]  # the fuzzer may delete the seeded ones
+        job = client.post("/v1/jobs", json=_job(), headers=target.headers).json()[
+            "id"
+        ]  # the fuzzer may delete the seeded ones
         r = client.get(f"/v1/jobs/{job}/events", params={"after": 2**70}, headers=target.headers)
         assert r.status_code == 422 and r.json()["error"]["param"] == "after", r.text
         r = client.get(f"/v1/jobs/{job}/events", params={"after": 2**63 - 1}, headers=target.headers)

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.integration
 
 
 def _jobs_with_key(stack: Stack, key: str) -> list[Any]:
-    from common.db import session_scope
-    from common.models import Job
+    from spruce.common.db import session_scope
+    from spruce.common.models import Job
 
     with session_scope(stack.database_url) as s:
         return list(s.scalars(select(Job).where(Job.idempotency_key == key)).all())
@@ -65,8 +65,8 @@ def test_a_lost_race_on_the_unique_constraint_answers_the_winner(
 ) -> None:
     """The window between "no job with this key" and the insert, made certain: the insert hits
     Postgres' unique (team_id, idempotency_key) and the request answers the other's job."""
-    from api import idempotency
-    from api.app import create_app
+    from spruce.api import idempotency
+    from spruce.api.app import create_app
 
     key = f"race-{secrets.token_hex(6)}"
     body = {**TINY_SPEC, "model": str(models["tiny"])}
@@ -95,7 +95,7 @@ def test_a_lost_race_on_the_unique_constraint_answers_the_winner(
 def test_a_job_the_broker_never_got_is_submitted_again_and_runs(
     stack: Stack, models: dict[str, Path]
 ) -> None:
-    from api.app import create_app
+    from spruce.api.app import create_app
 
     key = f"lost-{secrets.token_hex(6)}"
     body = {**TINY_SPEC, "model": str(models["tiny"])}

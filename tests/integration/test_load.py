@@ -28,9 +28,9 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from common.db import session_scope, upgrade
-from common.keys import create_key
-from common.models import Job, JobEvent
+from spruce.common.db import session_scope, upgrade
+from spruce.common.keys import create_key
+from spruce.common.models import Job, JobEvent
 from tests.integration.conftest import REDIS, REDIS_DB, api_and_worker, wait_until
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,7 @@ DEADLINE_S = 600  # for all jobs to finish; they take well under a minute on a q
 # Threads, not solo: a dry-run job is a handful of short DB writes, so several at once keep a
 # 2-core machine busy without a process per job.
 WORKER_CMD = [
-    "-m", "celery", "-A", "worker.app", "worker",
+    "-m", "celery", "-A", "spruce.worker.app", "worker",
     "--pool", "threads", "--concurrency", "8", "--loglevel", "INFO",
 ]  # fmt: skip
 

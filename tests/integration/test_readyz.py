@@ -95,8 +95,8 @@ def test_sqlite_write_locked(tmp_path: Path) -> None:
 def test_postgres_locked_then_down(pg_url: str, tmp_path: Path) -> None:
     from sqlalchemy import create_engine, select, text
 
-    from common.db import session_scope
-    from common.models import ApiKey
+    from spruce.common.db import session_scope
+    from spruce.common.models import ApiKey
 
     svc = Service(tmp_path, database_url=pg_url)
     ready(svc.client)
@@ -125,8 +125,8 @@ def test_postgres_locked_then_down(pg_url: str, tmp_path: Path) -> None:
 
 
 def _app(tmp: Path, **settings: Any) -> Any:
-    from api.app import create_app
-    from common.settings import Settings
+    from spruce.api.app import create_app
+    from spruce.common.settings import Settings
 
     return create_app(Settings(data_dir=tmp, **settings))
 
@@ -149,9 +149,9 @@ def test_broker_unreachable(tmp_path: Path) -> None:
 
 
 def test_storage_unwritable_uploads_and_downloads_are_503(tmp_path: Path) -> None:
-    from common.db import session_scope
-    from common.keys import authenticate
-    from common.models import Artifact, Job
+    from spruce.common.db import session_scope
+    from spruce.common.keys import authenticate
+    from spruce.common.models import Artifact, Job
 
     svc = Service(tmp_path)
     store = svc.client.app.state.ctx.storage  # type: ignore[attr-defined]

@@ -31,9 +31,9 @@ REPORT = b'{"perplexity": {"dense": {"pydoc": 9.5}}}'
 
 def _job_with_report(stack: Stack) -> str:
     """A finished job of team acme with report.json in the bucket (written directly: no worker)."""
-    from common.db import session_scope
-    from common.models import Artifact, Job, Team
-    from common.storage import build_storage
+    from spruce.common.db import session_scope
+    from spruce.common.models import Artifact, Job, Team
+    from spruce.common.storage import build_storage
 
     settings = stack.settings()
     with session_scope(stack.database_url) as s:
@@ -56,7 +56,7 @@ def _job_with_report(stack: Stack) -> str:
 
 
 def _app(stack: Stack, key: str = "acme", **overrides: Any) -> TestClient:
-    from api.app import create_app
+    from spruce.api.app import create_app
 
     return TestClient(
         create_app(stack.settings(**overrides)), headers={"Authorization": f"Bearer {stack.keys[key]}"}
@@ -101,8 +101,8 @@ def test_signed_api_links_stream_from_s3_when_presigning_is_off(stack: Stack) ->
 
 
 def test_rate_budget_is_shared_through_redis_by_api_processes(stack: Stack) -> None:
-    from common.db import session_scope
-    from common.keys import create_key
+    from spruce.common.db import session_scope
+    from spruce.common.keys import create_key
 
     with session_scope(stack.database_url) as s:
         secret = create_key(s, "acme", f"rl-{secrets.token_hex(3)}").secret
@@ -125,8 +125,8 @@ def test_rate_budget_is_shared_through_redis_by_api_processes(stack: Stack) -> N
 
 
 def test_cli_revocation_is_seen_by_the_running_api_at_once(stack: Stack) -> None:
-    from common.db import session_scope
-    from common.keys import create_key
+    from spruce.common.db import session_scope
+    from spruce.common.keys import create_key
 
     with session_scope(stack.database_url) as s:
         new = create_key(s, "acme", f"leaked-{secrets.token_hex(3)}")
@@ -136,7 +136,7 @@ def test_cli_revocation_is_seen_by_the_running_api_at_once(stack: Stack) -> None
         assert api.get("/v1/me", headers=headers).status_code == 200
         env = {**stack.env, "SPRUCE_STORAGE": "local"}  # the CLI needs only the database
         done = subprocess.run(
-            [sys.executable, "-m", "cli.main", "keys", "revoke", new.row.prefix],
+            [sys.executable, "-m", "spruce.cli.main", "keys", "revoke", new.row.prefix],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -158,7 +158,9 @@ def test_every_route_is_team_checked_on_postgres(stack: Stack, models: dict[str,
     job_id = _job_with_report(stack)
     with stack.client() as mine, stack.client("rival") as theirs:
         ds = mine.post("/v1/datasets", files={"file": ("calib.txt", b"text of acme\n")}).json()["id"]
-        sweep = mine.post("/v1/sweeps", json={"spec": {**TINY_SPEC, "model": str(models["tiny"])}, "targets": [0.5]})
+        sweep = mine.post(
+            "/v1/sweeps", json={"spec": {**TINY_SPEC, "model": str(models["tiny"])}, "targets": [0.5]}
+        )
         assert sweep.status_code == 201, sweep.text
         values = {"job_id": job_id, "dataset_id": ds, "name": "report.json", "relative": "index.html",
                   "sweep_id": sweep.json()["id"]}  # fmt: skip
@@ -171,7 +173,12 @@ def test_every_route_is_team_checked_on_postgres(stack: Stack, models: dict[str,
             path = route.path_format.format(**{p: values[p] for p in params})
             for method in sorted((getattr(route, "methods", None) or {"GET"}) - {"HEAD"}):
                 r = theirs.request(method, path)
-                if isinstance(route.original_route, APIRoute) and params & {"job_id", "dataset_id", "name", "sweep_id"}:
+                if isinstance(route.original_route, APIRoute) and params & {
+                    "job_id",
+                    "dataset_id",
+                    "name",
+                    "sweep_id",
+                }:
                     assert r.status_code in (403, 404), (method, path, r.status_code)
                 else:
                     assert r.status_code < 500 and job_id not in r.text and ds not in r.text, (method, path)
@@ -252,7 +259,9 @@ def test_a_signed_link_is_logged_without_its_signature(stack: Stack, tmp_path: P
     finally:
         stop(api)
     lines = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
-    access = [x for x in lines if x["logger"] == "api.access" and x["path"].startswith("/v1/downloads/")]
+    access = [
+        x for x in lines if x["logger"] == "spruce.api.access" and x["path"].startswith("/v1/downloads/")
+    ]
     assert len(access) == 1 and access[0]["status"] == 200
     assert access[0]["request_id"] == got.headers["x-request-id"]
     assert "signature=[redacted]" in access[0]["path"]

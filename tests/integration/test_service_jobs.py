@@ -166,7 +166,7 @@ def test_broker_down(stack: Stack, models: dict[str, Path]) -> None:
     """A dead Redis: /readyz names it; a submission answers 503 and the row stays, marked failed."""
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
+    from spruce.api.app import create_app
 
     dead = stack.settings(broker_url="redis://127.0.0.1:1/0", broker_timeout=1.0)
     client = TestClient(create_app(dead), headers={"Authorization": f"Bearer {stack.keys['acme']}"})
@@ -185,8 +185,8 @@ def test_postgres_migrations_match_models(stack: Stack) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from common.db import get_engine
-    from common.models import Base
+    from spruce.common.db import get_engine
+    from spruce.common.models import Base
 
     with get_engine(stack.database_url).connect() as conn:
         assert (

@@ -29,7 +29,7 @@ from tests.tiny import tiny_model_dir
 
 pytestmark = pytest.mark.integration
 
-SPRUCE = [sys.executable, "-m", "cli.main"]  # the `spruce` command, run from the checkout
+SPRUCE = [sys.executable, "-m", "spruce.cli.main"]  # the `spruce` command, run from the checkout
 LAYERS = 6
 
 
@@ -46,7 +46,9 @@ class Served:
         return self.data / "logs" / "worker.log"
 
     def worker_pids(self) -> list[int]:
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
+        out = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True
+        )
         return [int(p) for p in out.stdout.split()]
 
     def worker(self) -> int:
@@ -85,8 +87,8 @@ class Served:
 @contextmanager
 def serving(tmp: Path, models: dict[str, Path]) -> Iterator[Served]:
     """`spruce serve` on a fresh data folder, fast failure detection, a key for team acme."""
-    from common.db import session_scope, upgrade
-    from common.keys import create_key
+    from spruce.common.db import session_scope, upgrade
+    from spruce.common.keys import create_key
 
     data = tmp / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPRUCE_")}
@@ -177,7 +179,10 @@ def test_killed_worker_is_restarted_and_its_job_resumes(tmp_path: Path, models: 
     spec["calibration"] = {**spec["calibration"], "samples": 8}  # quicker; still six layers to kill in
     with serving(tmp_path, models) as served:
         reference = served.submit(spec)
-        assert served.wait(reference, lambda j: j["status"] in TERMINAL, "the reference run")["status"] == "succeeded"
+        assert (
+            served.wait(reference, lambda j: j["status"] in TERMINAL, "the reference run")["status"]
+            == "succeeded"
+        )
 
         job_id = served.submit(spec)
         with Poller(served.url) as health:
@@ -218,7 +223,10 @@ def test_killed_worker_is_restarted_and_its_job_resumes(tmp_path: Path, models: 
         wait_until(lambda: httpx.get(f"{served.url}/readyz", timeout=5).status_code == 200, 10, "readiness")
         print(f"/readyz with the queue folder missing: 503 in {took * 1000:.0f} ms")
         after = served.submit({**TINY_SPEC, "model": str(models["tiny"])})
-        assert served.wait(after, lambda j: j["status"] in TERMINAL, "a job after the outage")["status"] == "succeeded"
+        assert (
+            served.wait(after, lambda j: j["status"] in TERMINAL, "a job after the outage")["status"]
+            == "succeeded"
+        )
 
         # serve killed outright: its worker notices and exits.
         os.kill(served.proc.pid, signal.SIGKILL)

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from common.db import session_scope
-from common.models import Team
+from spruce.common.db import session_scope
+from spruce.common.models import Team
 from tests.integration.conftest import TINY_SPEC, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -66,7 +66,9 @@ def test_a_sweep_of_three_targets_runs_to_completion(stack: Stack, models: dict[
             assert (row["job"] in front) == (not beaten)
         # best_within: the sparsest row within 10 times dense (generous: the tiny model is random)
         within = c.get(f"/v1/sweeps/{created['id']}", params={"within": 10.0}).json()["best_within"]
-        fits = [r for r in table if r["perplexity"]["sparse"]["pydoc"] <= 11 * r["perplexity"]["dense"]["pydoc"]]
+        fits = [
+            r for r in table if r["perplexity"]["sparse"]["pydoc"] <= 11 * r["perplexity"]["dense"]["pydoc"]
+        ]
         assert within == (max(fits, key=lambda r: r["sparsity"]) if fits else None)
         # children are ordinary jobs of the team, and they read one calibration set
         jobs = {j["id"]: j for j in c.get("/v1/jobs", params={"limit": 100}).json()["data"]}

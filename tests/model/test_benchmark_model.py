@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from core.compress import compress
-from core.spec import CompressionSpec
+from spruce.core.compress import compress
+from spruce.core.spec import CompressionSpec
 
 pytestmark = pytest.mark.model
 

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from core.fortunes import fortunes_text
+from spruce.core.fortunes import fortunes_text
 
 pytestmark = pytest.mark.model
 

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from core.builtins import SMOLLM2, fetch_gguf
-from core.evaluate import perplexity
-from core.models import load_model
+from spruce.core.builtins import SMOLLM2, fetch_gguf
+from spruce.core.evaluate import perplexity
+from spruce.core.models import load_model
 
 pytestmark = pytest.mark.model
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.arch import decoder_layers
-from core.data import batched, calibration_ids
-from core.models import load_model
-from core.passes import collect_stats
-from core.pruners import reconstruction_error, sparsegpt
-from core.sparsity import LayerTarget
-from core.spec import TextSpec
-from core.walker import capture_inputs
+from spruce.core.arch import decoder_layers
+from spruce.core.data import batched, calibration_ids
+from spruce.core.models import load_model
+from spruce.core.passes import collect_stats
+from spruce.core.pruners import reconstruction_error, sparsegpt
+from spruce.core.sparsity import LayerTarget
+from spruce.core.spec import TextSpec
+from spruce.core.walker import capture_inputs
 
 pytestmark = pytest.mark.model
 

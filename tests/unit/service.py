@@ -9,10 +9,10 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from api.app import create_app
-from common.db import session_scope, upgrade
-from common.keys import create_key
-from common.settings import Settings
+from spruce.api.app import create_app
+from spruce.common.db import session_scope, upgrade
+from spruce.common.keys import create_key
+from spruce.common.settings import Settings
 
 
 class Service:

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from cli.main import main as cli
-from common.db import session_scope
-from common.jobs import set_status
-from common.models import Artifact, Job, JobEvent, Team, utcnow
-from common.retention import housekeeping
-from common.states import JobStatus
-from common.storage import LocalStorage
+from spruce.cli.main import main as cli
+from spruce.common.db import session_scope
+from spruce.common.jobs import set_status
+from spruce.common.models import Artifact, Job, JobEvent, Team, utcnow
+from spruce.common.retention import housekeeping
+from spruce.common.states import JobStatus
+from spruce.common.storage import LocalStorage
 from tests.unit.service import Service
 
 pytestmark = pytest.mark.unit
@@ -178,7 +178,7 @@ def test_delete_a_dataset_unless_a_waiting_job_reads_it(tmp_path: Path) -> None:
 def test_admin_commands_set_and_show_limits(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from common.settings import get_settings
+    from spruce.common.settings import get_settings
 
     monkeypatch.setenv("SPRUCE_DATA_DIR", str(tmp_path))  # restored after the test (the CLI sets it)
     get_settings.cache_clear()
@@ -189,7 +189,10 @@ def test_admin_commands_set_and_show_limits(
         assert "queued        0 of 3 (max_queued, override)" in capsys.readouterr().out
         assert cli(["teams", "show", "acme", "--json", *args]) == 0
         shown = capsys.readouterr().out
-        assert '"queued": {"used": 0, "limit": 3}' in shown and '"stored_bytes": {"used": 0, "limit": null}' in shown
+        assert (
+            '"queued": {"used": 0, "limit": 3}' in shown
+            and '"stored_bytes": {"used": 0, "limit": null}' in shown
+        )
         assert [submit(svc).status_code for _ in range(4)] == [201, 201, 201, 429]
         assert cli(["teams", "limits", "acme", "--max-queued", "default", *args]) == 0
         assert "(max_queued, default)" in capsys.readouterr().out

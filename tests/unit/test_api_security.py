@@ -18,12 +18,12 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from api.limits import MemoryLimiter, Rate
-from api.links import signature, signing_key
-from common.db import session_scope
-from common.keys import create_key, hash_secret
-from common.models import ApiKey, Artifact, Job
-from common.settings import Settings, get_settings
+from spruce.api.limits import MemoryLimiter, Rate
+from spruce.api.links import signature, signing_key
+from spruce.common.db import session_scope
+from spruce.common.keys import create_key, hash_secret
+from spruce.common.models import ApiKey, Artifact, Job
+from spruce.common.settings import Settings, get_settings
 from tests.unit.service import Service
 
 pytestmark = pytest.mark.unit
@@ -78,16 +78,16 @@ def test_keys_are_stored_as_hashes_only(svc: Svc) -> None:
 
 
 def test_the_hash_is_compared_in_constant_time(svc: Svc, monkeypatch: pytest.MonkeyPatch) -> None:
-    import common.keys
+    import spruce.common.keys as keys_module
 
     calls: list[tuple[str, str]] = []
-    real = common.keys.hmac.compare_digest
+    real = keys_module.hmac.compare_digest
 
     def spy(a: Any, b: Any) -> bool:
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(common.keys.hmac, "compare_digest", spy)
+    monkeypatch.setattr(keys_module.hmac, "compare_digest", spy)
     assert svc.client.get("/v1/me", headers=svc.h()).status_code == 200
     assert (hash_secret(svc.key), hash_secret(svc.key)) in calls
     # A key with a known prefix and a wrong tail is refused through the same comparison.
@@ -101,7 +101,7 @@ def test_the_hash_is_compared_in_constant_time(svc: Svc, monkeypatch: pytest.Mon
 def test_cli_revoke_takes_effect_on_the_next_request(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], form: str
 ) -> None:
-    from cli.main import main
+    from spruce.cli.main import main
 
     monkeypatch.setenv("SPRUCE_DATA_DIR", str(tmp_path))  # restored after the test (the CLI sets it)
     get_settings.cache_clear()

@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from api.app import create_app
-from common.db import session_scope
-from common.models import Job
+from spruce.api.app import create_app
+from spruce.common.db import session_scope
+from spruce.common.models import Job
 from tests.unit.service import Service
 
 pytestmark = pytest.mark.unit

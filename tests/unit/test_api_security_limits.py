@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from api.jobs import safe_name
-from common.models import Dataset, Job
-from common.refs import check_model_ref
-from common.settings import Settings
-from core.errors import SpecError
+from spruce.api.jobs import safe_name
+from spruce.common.models import Dataset, Job
+from spruce.common.refs import check_model_ref
+from spruce.common.settings import Settings
+from spruce.core.errors import SpecError
 from tests.unit.service import Service, with_field
 
 pytestmark = pytest.mark.unit
@@ -267,7 +267,7 @@ def test_traversal_in_artifact_names_reads_nothing(svc: Svc, path: str) -> None:
 
 
 def test_local_storage_keys_cannot_escape_the_root(tmp_path: Path) -> None:
-    from common.storage import LocalStorage, StorageError
+    from spruce.common.storage import LocalStorage, StorageError
 
     store = LocalStorage(tmp_path / "store")
     for key in ("../x", "/etc/passwd", "a/../../x", "a\\b", ""):

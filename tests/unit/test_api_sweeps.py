@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from common.db import session_scope
-from common.jobs import set_status
-from common.models import Job, Sweep
-from common.states import JobStatus
+from spruce.common.db import session_scope
+from spruce.common.jobs import set_status
+from spruce.common.models import Job, Sweep
+from spruce.common.states import JobStatus
 from tests.unit.service import Service
 
 pytestmark = pytest.mark.unit
@@ -89,7 +89,12 @@ def test_pruners_multiply_the_grid(svc: Service) -> None:
     cells = [(row["target"], row["pruner"]) for row in r.json()["table"]]
     assert cells == [(0.5, "wanda"), (0.5, "magnitude"), (0.6, "wanda"), (0.6, "magnitude")]
     specs = {j["id"]: j["spec"] for j in svc.client.get("/v1/jobs", headers=svc.h()).json()["data"]}
-    assert [specs[j]["method"]["pruner"] for j in r.json()["jobs"]] == ["wanda", "magnitude", "wanda", "magnitude"]
+    assert [specs[j]["method"]["pruner"] for j in r.json()["jobs"]] == [
+        "wanda",
+        "magnitude",
+        "wanda",
+        "magnitude",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -112,7 +117,9 @@ def test_pruners_multiply_the_grid(svc: Service) -> None:
         ({**BODY, "spec": {**SPEC, "method": "wanda"}, "pruners": ["wanda"]}, "spec.method"),
     ],
 )
-def test_invalid_sweeps_name_the_field_and_create_nothing(svc: Service, body: dict[str, Any], param: str) -> None:
+def test_invalid_sweeps_name_the_field_and_create_nothing(
+    svc: Service, body: dict[str, Any], param: str
+) -> None:
     r = post(svc, body)
     assert r.status_code == 422, r.text
     assert r.json()["error"]["param"] == param, r.json()
@@ -157,7 +164,10 @@ def test_status_table_pareto_and_best_within_follow_the_children(svc: Service) -
     assert (got["table"][2]["hf_bytes"], got["table"][2]["compact_bytes"]) == (1000, 600)
     assert [row["job"] for row in got["pareto"]] == [a, c]
     assert got["within"] == 0.1 and got["best_within"]["job"] == a
-    assert svc.client.get(f"/v1/sweeps/{sweep['id']}?within=0.5", headers=svc.h()).json()["best_within"]["job"] == c
+    assert (
+        svc.client.get(f"/v1/sweeps/{sweep['id']}?within=0.5", headers=svc.h()).json()["best_within"]["job"]
+        == c
+    )
     bad = svc.client.get(f"/v1/sweeps/{sweep['id']}?within=-1", headers=svc.h())
     assert bad.status_code == 422 and bad.json()["error"]["param"] == "within"
     assert svc.client.post(f"/v1/sweeps/{sweep['id']}/cancel", headers=svc.h()).status_code == 409
@@ -226,9 +236,17 @@ def test_messages_read_as_post_v1_jobs_answers_them(svc: Service) -> None:
 
 
 def test_presets_multiply_the_grid_and_reach_each_job(svc: Service) -> None:
-    r = post(svc, {**BODY, "targets": [0.5], "pruners": ["wanda", "sparsegpt"], "presets": ["default", "reference"]})
+    r = post(
+        svc,
+        {**BODY, "targets": [0.5], "pruners": ["wanda", "sparsegpt"], "presets": ["default", "reference"]},
+    )
     assert r.status_code == 201, r.text
     cells = [(row["pruner"], row["preset"]) for row in r.json()["table"]]
-    assert cells == [("wanda", "default"), ("wanda", "reference"), ("sparsegpt", "default"), ("sparsegpt", "reference")]
+    assert cells == [
+        ("wanda", "default"),
+        ("wanda", "reference"),
+        ("sparsegpt", "default"),
+        ("sparsegpt", "reference"),
+    ]
     specs = {j["id"]: j["spec"] for j in svc.client.get("/v1/jobs", headers=svc.h()).json()["data"]}
     assert [specs[j]["method"]["preset"] for j in r.json()["jobs"]] == ["default", "reference"] * 2

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from api.validation import MAX_JSON_DEPTH, json_depth
-from common.models import Dataset, Job
-from common.refs import check_model_ref, is_hub_id
-from common.settings import Settings
-from core.errors import ModelNotFound, SpecError
+from spruce.api.validation import MAX_JSON_DEPTH, json_depth
+from spruce.common.models import Dataset, Job
+from spruce.common.refs import check_model_ref, is_hub_id
+from spruce.common.settings import Settings
+from spruce.core.errors import ModelNotFound, SpecError
 from tests.unit.service import Service, with_field
 
 pytestmark = pytest.mark.unit
@@ -79,9 +79,10 @@ def test_a_deeply_nested_jsonl_line_is_a_422(svc: Service) -> None:
     assert err["param"] == "file" and f"deeper than {MAX_JSON_DEPTH}" in err["message"]
     assert svc.count(Dataset) == 0
     ok = '{"text": "x", "n": ' + "[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1) + "}\n"
-    assert json.loads(ok) and svc.client.post(
-        "/v1/datasets", files={"file": ("ok.jsonl", ok.encode())}
-    ).status_code == 201
+    assert (
+        json.loads(ok)
+        and svc.client.post("/v1/datasets", files={"file": ("ok.jsonl", ok.encode())}).status_code == 201
+    )
 
 
 def test_hub_ids_are_told_apart_from_paths() -> None:
@@ -108,7 +109,7 @@ def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_a_hub_id_never_reads_the_workers_directory(offline_hub: Path) -> None:
-    from worker.hub import hub_folder
+    from spruce.worker.hub import hub_folder
 
     answers = {}
     for ref in ("data/signing.key", "owner/model", "nosuch/model"):
@@ -120,7 +121,7 @@ def test_a_hub_id_never_reads_the_workers_directory(offline_hub: Path) -> None:
 
 
 def test_a_cached_hub_model_resolves_to_its_snapshot(offline_hub: Path) -> None:
-    from worker.hub import hub_folder
+    from spruce.worker.hub import hub_folder
 
     repo = offline_hub / "models--owner--model"
     snapshot = repo / "snapshots" / ("a" * 40)

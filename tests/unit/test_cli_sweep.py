@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from cli import sweep as cli_sweep
-from cli.main import main
-from common.db import session_scope
-from common.jobs import set_status
-from common.models import Job
-from common.states import JobStatus
+from spruce.cli import sweep as cli_sweep
+from spruce.cli.main import main
 from spruce.client import Client
+from spruce.common.db import session_scope
+from spruce.common.jobs import set_status
+from spruce.common.models import Job
+from spruce.common.states import JobStatus
 from tests.unit.service import Service
 
 pytestmark = pytest.mark.unit
@@ -35,7 +35,9 @@ def svc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Service:
     return svc
 
 
-def test_sweep_submits_one_job_per_target_and_pruner(svc: Service, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sweep_submits_one_job_per_target_and_pruner(
+    svc: Service, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = ["sweep", "--model", "smollm2-135m", "--targets", "0.5, 2:4", "--pruners", "wanda,magnitude",
             "--calib", "pydoc", "--samples", "8", "--eval", "pydoc", "--json"]  # fmt: skip
     assert main(argv) == 0
@@ -61,7 +63,10 @@ def test_errors_name_the_field(svc: Service, capsys: pytest.CaptureFixture[str])
 def test_report_prints_the_table_the_front_and_best_within(svc: Service) -> None:
     created = svc.client.post(
         "/v1/sweeps",
-        json={"spec": {"model": "smollm2-135m", "evaluation": {"sources": ["pydoc"]}}, "targets": [0.5, 0.6, 0.7]},
+        json={
+            "spec": {"model": "smollm2-135m", "evaluation": {"sources": ["pydoc"]}},
+            "targets": [0.5, 0.6, 0.7],
+        },
         headers=svc.h(),
     ).json()
     figures = {0: (0.5, 10.5), 1: (0.6, 13.0), 2: (0.7, 12.0)}  # the 0.6 row is dominated
@@ -84,4 +89,6 @@ def test_report_prints_the_table_the_front_and_best_within(svc: Service) -> None
     assert lines[3].split()[:5] == ["0.5", "-", "-", "succeeded", "0.5000"] and "10.500" in lines[3]
     front = lines[lines.index("Pareto front (sparsity up, perplexity on pydoc down):") + 2 :][:2]
     assert [line.split()[0] for line in front] == ["0.5", "0.7"]
-    assert lines[-1] == f"sparsest within 10% of dense: target 0.5 (sparsity 0.5000, job {created['jobs'][0]})"
+    assert (
+        lines[-1] == f"sparsest within 10% of dense: target 0.5 (sparsity 0.5000, job {created['jobs'][0]})"
+    )

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import torch
 
-from core import data
-from core.data import batched, calibration_ids, evaluation_ids, load_text
-from core.errors import DatasetUnavailable, SpecError, UserError
-from core.spec import TextSpec
+from spruce.core import data
+from spruce.core.data import batched, calibration_ids, evaluation_ids, load_text
+from spruce.core.errors import DatasetUnavailable, SpecError, UserError
+from spruce.core.spec import TextSpec
 from tests.tiny import tiny_tokenizer
 
 pytestmark = pytest.mark.unit

@@ -37,11 +37,11 @@ def _stage(dockerfile: str, name: str) -> str:
 def test_compose_runs_what_the_integration_tests_run(compose: dict[str, Any]) -> None:
     services = compose["services"]
     api = services["api"]["command"]
-    assert api[:2] == ["sh", "-c"] and api[2].startswith("alembic upgrade head && exec ")
+    assert api[:2] == ["sh", "-c"] and api[2].startswith("spruce migrate && exec ")
     uvicorn = shlex.split(api[2].split("exec ", 1)[1])
-    tested = API_CMD[1:]  # after "-m": uvicorn api.app:create_app --factory --host ...
+    tested = API_CMD[1:]  # after "-m": uvicorn spruce.api.app:create_app --factory --host ...
     assert uvicorn[: len(tested) - 1] == tested[:-1] and uvicorn[-2:] == ["--port", "8000"]
-    assert services["worker"]["command"] == WORKER_CMD[1:]  # celery -A worker.app worker ...
+    assert services["worker"]["command"] == WORKER_CMD[1:]  # celery -A spruce.worker.app worker ...
     dockerfile = (ROOT / "Dockerfile").read_text()
     for target, command in (("api", api), ("worker", services["worker"]["command"])):
         assert services[target]["build"]["target"] == target
@@ -67,7 +67,7 @@ def test_the_worker_has_its_cache_token_and_healthcheck(compose: dict[str, Any])
     assert env["HF_HOME"].startswith("/cache/") and env["SPRUCE_CACHE_DIR"] == "/cache"
     assert env["HF_TOKEN"] == "${HF_TOKEN:-}" and env["SPRUCE_LOG_FORMAT"] == "json"
     assert "modelcache:/cache" in worker["volumes"]
-    assert worker["healthcheck"]["test"] == ["CMD", "python", "-m", "worker.healthcheck"]
+    assert worker["healthcheck"]["test"] == ["CMD", "python", "-m", "spruce.worker.healthcheck"]
     base = _stage((ROOT / "Dockerfile").read_text(), "base")
     # The named volume copies the image's /cache, owner included: it must exist, owned by uid 1000.
     assert "--uid 1000 spruce" in base and re.search(r"chown spruce:spruce [^\n]*/cache", base)
@@ -102,10 +102,62 @@ def test_the_api_and_the_cli_start_without_the_worker_extra(tmp_path: Path) -> N
         "import sys\n"
         f"for m in {blocked!r}: sys.modules[m] = None\n"
         "from pathlib import Path\n"
-        "import api.app, cli.main, migrations\n"
-        "from common.settings import Settings\n"
-        f"api.app.create_app(Settings(data_dir=Path({str(tmp_path)!r}))).openapi()\n"
+        "import spruce.api.app, spruce.cli.main, spruce.migrations\n"
+        "from spruce.common.settings import Settings\n"
+        f"spruce.api.app.create_app(Settings(data_dir=Path({str(tmp_path)!r}))).openapi()\n"
         "print('ok')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+GENERIC = {"core", "api", "common", "cli", "worker", "migrations"}
+
+
+def test_the_wheel_installs_one_import_name(tmp_path: Path) -> None:
+    """The built distribution holds ``spruce`` and nothing else at the top level: the engine and
+    service folders go in as spruce.core, spruce.api, ... (no generic names in site-packages)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    build = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        str(tmp_path),
+    ]
+    done = subprocess.run([*build, str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = tmp_path.glob("spruce-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"spruce"}
+    assert {
+        "spruce/core/compress.py",
+        "spruce/api/app.py",
+        "spruce/migrations/versions/0005_job_queue.py",
+    } <= set(names)
+    assert "spruce/api/static/index.html" in names
+
+
+def test_no_module_is_imported_under_a_generic_name() -> None:
+    """Every entry point imports the code as spruce.*: a stray ``import core...`` would load a
+    second copy of the module (its own settings, its own registries) beside spruce.core."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import spruce.api.app, spruce.worker.app, spruce.cli.main, spruce.core.compress, spruce\n"
+        "spruce.cli.main.build_parser()\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(GENERIC)!r})))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -10,9 +10,9 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from core.compress import compress
-from core.export import folder_size
-from core.models import load_model
+from spruce.core.compress import compress
+from spruce.core.export import folder_size
+from spruce.core.models import load_model
 from tests.tiny import tiny_job, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.unit

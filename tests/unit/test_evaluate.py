@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from core.arch import arch_for
-from core.errors import SpecError
-from core.evaluate import ModelEvaluation, Perplexity, count_bytes, count_words, perplexity
-from core.lmeval import TaskResults
+from spruce.core.arch import arch_for
+from spruce.core.errors import SpecError
+from spruce.core.evaluate import ModelEvaluation, Perplexity, count_bytes, count_words, perplexity
+from spruce.core.lmeval import TaskResults
 from tests.tiny import ARCHES, VOCAB, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.unit
@@ -145,7 +145,9 @@ def test_a_checkpoint_keeps_the_dense_figures():
     dense = ModelEvaluation(
         perplexity={"pydoc": 12.5},
         metrics={"pydoc": {"token_perplexity": 12.5, "bits_per_byte": 0.9}},
-        tasks=TaskResults(metrics={"mc": {"acc": 0.4, "acc_stderr": None}}, samples={"mc": 10}, shots={"mc": 0}),
+        tasks=TaskResults(
+            metrics={"mc": {"acc": 0.4, "acc_stderr": None}}, samples={"mc": 10}, shots={"mc": 0}
+        ),
     )
     assert ModelEvaluation.from_dict(json.loads(json.dumps(dense.to_dict()))) == dense
     # a checkpoint of a run that measured only token perplexity

@@ -10,9 +10,9 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from core.arch import arch_for, decoder_layers, layer_linears
-from core.errors import UserError
-from core.export import (
+from spruce.core.arch import arch_for, decoder_layers, layer_linears
+from spruce.core.errors import UserError
+from spruce.core.export import (
     bitmask_compress,
     bitmask_decompress,
     dense_bytes,
@@ -152,7 +152,9 @@ def test_plain_transformers_refuses_the_compact_folder_and_spruce_reads_it(tmp_p
     rebuilds exactly the model the hf/ folder holds."""
     model = _prune(tiny_model(arch), structure)
     save_hf(model, tiny_tokenizer(), tmp_path / "hf")
-    save_compact(model, arch_for(model), tmp_path / "compact", structure=structure, tokenizer=tiny_tokenizer())
+    save_compact(
+        model, arch_for(model), tmp_path / "compact", structure=structure, tokenizer=tiny_tokenizer()
+    )
     with pytest.raises(ValueError, match="spruce_compact"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "compact")
     rebuilt = load_compact_model(tmp_path / "compact")

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from common.queue import BrokerUnavailable, check_broker, enqueue, make_celery
-from common.settings import Settings
-from common.storage import LocalStorage, StorageNotFound, StorageUnavailable
+from spruce.common.queue import BrokerUnavailable, check_broker, enqueue, make_celery
+from spruce.common.settings import Settings
+from spruce.common.storage import LocalStorage, StorageNotFound, StorageUnavailable
 
 
 def _break(folder: Path) -> None:
@@ -94,7 +94,7 @@ def test_filesystem_broker_waits_out_a_missing_folder(tmp_path: Path) -> None:
 
 
 def test_healthcheck_sees_a_fresh_beat_of_a_live_process(tmp_path: Path) -> None:
-    from worker.healthcheck import AliveFile, alive, main
+    from spruce.worker.healthcheck import AliveFile, alive, main
 
     folder = tmp_path / "alive"
     assert main(["--dir", str(folder)]) == 1
@@ -106,7 +106,9 @@ def test_healthcheck_sees_a_fresh_beat_of_a_live_process(tmp_path: Path) -> None
     finally:
         beat.stop()
     assert main(["--dir", str(folder)]) == 1  # removed at shutdown
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     (folder / "x.json").write_text(f'{{"pid": {int(dead.stdout)}}}')
     assert alive(folder) == []  # a fresh file of a process that is gone
 
@@ -116,7 +118,7 @@ def test_a_supervised_process_dies_with_its_parent(tmp_path: Path) -> None:
     child = tmp_path / "child.pid"
     (tmp_path / "child.py").write_text(
         "import os, pathlib, sys, time\n"
-        "from worker.supervised import watch_parent\n"
+        "from spruce.worker.supervised import watch_parent\n"
         "watch_parent()\n"
         "pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))\n"
         "time.sleep(120)\n"
@@ -156,7 +158,7 @@ def test_transient_faults_on_any_route_are_503_with_retry_after(tmp_path: Path) 
     from fastapi.testclient import TestClient
     from sqlalchemy.exc import OperationalError
 
-    from api.app import create_app
+    from spruce.api.app import create_app
 
     app = create_app(Settings(data_dir=tmp_path))
     faults = {

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.data import evaluation_ids, load_text
-from core.errors import SpecError
-from core.fortunes import fortunes_text, join_fortunes
-from core.spec import TextSpec
+from spruce.core.data import evaluation_ids, load_text
+from spruce.core.errors import SpecError
+from spruce.core.fortunes import fortunes_text, join_fortunes
+from spruce.core.spec import TextSpec
 from tests.tiny import tiny_tokenizer
 
 
@@ -50,6 +50,6 @@ def test_fortunes_is_refused_as_calibration():
         load_text("fortunes", role="calibration")
     assert err.value.param == "calibration.source"
     with pytest.raises(SpecError):
-        from core.data import calibration_ids
+        from spruce.core.data import calibration_ids
 
         calibration_ids(tiny_tokenizer(), TextSpec(source="fortunes"))

@@ -6,11 +6,11 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-import core.data as data
-from core.data import calibration_ids, evaluation_ids
-from core.errors import DatasetUnavailable, SpecError, UserError
-from core.hfdata import DatasetRef, is_dataset_source, render_chat
-from core.spec import TextSpec
+import spruce.core.data as data
+from spruce.core.data import calibration_ids, evaluation_ids
+from spruce.core.errors import DatasetUnavailable, SpecError, UserError
+from spruce.core.hfdata import DatasetRef, is_dataset_source, render_chat
+from spruce.core.spec import TextSpec
 from tests.tiny import tiny_tokenizer
 
 TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
@@ -18,7 +18,10 @@ WORDS = " ".join(f"word{i}" for i in range(200))
 
 
 def _chats(n: int = 6) -> list[list[dict[str, str]]]:
-    return [[{"role": "user", "content": f"question {i} {WORDS}"}, {"role": "assistant", "content": "answer"}] for i in range(n)]
+    return [
+        [{"role": "user", "content": f"question {i} {WORDS}"}, {"role": "assistant", "content": "answer"}]
+        for i in range(n)
+    ]
 
 
 def _calib(source: str, tokenizer=None):
@@ -28,7 +31,12 @@ def _calib(source: str, tokenizer=None):
 
 def test_refs_parse_their_options():
     ref = DatasetRef.parse("HuggingFaceH4/ultrachat_200k?split=train_sft&config=default", param="p")
-    assert (ref.path, ref.split, ref.config, ref.field) == ("HuggingFaceH4/ultrachat_200k", "train_sft", "default", None)
+    assert (ref.path, ref.split, ref.config, ref.field) == (
+        "HuggingFaceH4/ultrachat_200k",
+        "train_sft",
+        "default",
+        None,
+    )
     with pytest.raises(SpecError, match="unknown dataset option 'splt'") as err:
         DatasetRef.parse("a/b?splt=x", param="calibration.source")
     assert err.value.param == "calibration.source"
@@ -77,7 +85,7 @@ def test_bad_sources_fail_clearly(tmp_path, monkeypatch):
         _calib(str(tmp_path / "missing.parquet"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", False)
-    monkeypatch.setattr("core.hfdata.hub_endpoint", lambda: "http://127.0.0.1:9")
+    monkeypatch.setattr("spruce.core.hfdata.hub_endpoint", lambda: "http://127.0.0.1:9")
     with pytest.raises(DatasetUnavailable, match="cannot be reached") as err:
         _calib("someone/some_set?split=train")
     assert err.value.param == "calibration.source"

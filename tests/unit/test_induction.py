@@ -10,22 +10,22 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from core.arch import arch_for, decoder_layers, layer_linears
-from core.errors import SpecError
-from core.induction import fold_, induce_layer, plan_layer
-from core.induction.batches import first_sequences, split_minibatches, target_pieces, targets_for
-from core.induction.init import init_transform
-from core.induction.masks import hard_and_threshold, keep_mask
-from core.induction.train import dense_pass
-from core.induction.trainer import Trainer
-from core.induction.transform import Transform
-from core.nested import cut_batch
-from core.passes import collect_stats
-from core.pruners import prune_weight
-from core.sparsity import LayerTarget, mask_for, nm_ok
-from core.spec import CompressionSpec, InductionSpec
-from core.stats import InputStats
-from core.walker import LayerBatch, capture_inputs, run_layer
+from spruce.core.arch import arch_for, decoder_layers, layer_linears
+from spruce.core.errors import SpecError
+from spruce.core.induction import fold_, induce_layer, plan_layer
+from spruce.core.induction.batches import first_sequences, split_minibatches, target_pieces, targets_for
+from spruce.core.induction.init import init_transform
+from spruce.core.induction.masks import hard_and_threshold, keep_mask
+from spruce.core.induction.train import dense_pass
+from spruce.core.induction.trainer import Trainer
+from spruce.core.induction.transform import Transform
+from spruce.core.nested import cut_batch
+from spruce.core.passes import collect_stats
+from spruce.core.pruners import prune_weight
+from spruce.core.sparsity import LayerTarget, mask_for, nm_ok
+from spruce.core.spec import CompressionSpec, InductionSpec
+from spruce.core.stats import InputStats
+from spruce.core.walker import LayerBatch, capture_inputs, run_layer
 from tests.tiny import ARCHES, VOCAB, tiny_config, tiny_job, tiny_model
 
 pytestmark = pytest.mark.unit
@@ -336,7 +336,7 @@ def test_a_shared_dense_pass_gives_the_same_induction(pruner: str, samples: int,
     """``dense``: the walk's own dense forward over every batch, run with ``recorder_for``'s hooks
     (which read only the first ``samples`` sequences, across batches), stands in for induction's
     dense pass: the same statistics, targets, guard and folded layer, in float32."""
-    from core.induction import recorder_for
+    from spruce.core.induction import recorder_for
 
     model = tiny_model("llama")
     arch = arch_for(model)
@@ -367,7 +367,7 @@ def test_a_shared_dense_pass_gives_the_same_induction(pruner: str, samples: int,
 
 def test_a_shared_dense_pass_must_cover_what_induction_reads() -> None:
     """Statistics over other sequences than induction trains and checks on are refused."""
-    from core.induction import recorder_for
+    from spruce.core.induction import recorder_for
 
     model = tiny_model("llama")
     arch = arch_for(model)
@@ -406,8 +406,8 @@ def test_magnitude_induction_shares_the_walks_dense_pass(tmp_path, monkeypatch) 
     or before Wanda (whose statistics pass follows the fold), it still runs its own. In float32
     the shared pass gives the job induction's own pass would: the same choices, losses, layer
     errors."""
-    import core.induction.train as train
-    from core.compress import compress
+    import spruce.core.induction.train as train
+    from spruce.core.compress import compress
     from tests.tiny import tiny_model_dir
 
     model = tiny_model_dir(tmp_path / "models", "llama", layers=2, hidden=64)
@@ -446,7 +446,7 @@ def test_magnitude_induction_shares_the_walks_dense_pass(tmp_path, monkeypatch) 
     assert counts(run("wanda")) == {"own passes": 2, "layers": 2, "reported": {"own"}}
 
     shared = run("magnitude", "model", samples=3)["report"]
-    import core.induction as pkg
+    import spruce.core.induction as pkg
 
     with_shared = pkg.induce_layer
     monkeypatch.setattr(pkg, "induce_layer", lambda *a, **kw: with_shared(*a, **{**kw, "dense": None}))
@@ -514,7 +514,9 @@ def test_magnitude_col_weights_hold_only_the_per_linear_part() -> None:
 def test_input_stats_centre_from_moments() -> None:
     X = torch.randn(100, 6, generator=torch.Generator().manual_seed(0)) + 3.0
     d = torch.randn(6)
-    st = InputStats(n=100, sq_sum=X.square().sum(0), H=X.T @ X, sum=X.sum(0), abs_sum=X.abs().sum(0), sample=X.abs())
+    st = InputStats(
+        n=100, sq_sum=X.square().sum(0), H=X.T @ X, sum=X.sum(0), abs_sum=X.abs().sum(0), sample=X.abs()
+    )
     torch.testing.assert_close(st.centred_sq(d), (X - d).square().sum(0), rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(st.centred_H(d), (X - d).T @ (X - d), rtol=1e-4, atol=1e-2)
 
@@ -555,7 +557,7 @@ def test_induction_scales_are_skipped_only_where_they_cannot_help(
 ) -> None:
     from safetensors.torch import load_file
 
-    from core.compress import compress
+    from spruce.core.compress import compress
     from tests.tiny import tiny_model_dir
 
     model = tiny_model_dir(tmp_path / "models", "llama", layers=2, hidden=64)
@@ -602,7 +604,7 @@ def test_model_targets_differ_from_layer_targets_only_after_the_first_layer(tmp_
     train it alike; from the second layer on, "model" aims at the dense model's activations,
     which the pruned first layer has drifted from. (The walk's forwards in float32: magnitude's
     "layer" targets come from the walk's own dense pass, in its precision, bfloat16 where native.)"""
-    from core.compress import compress
+    from spruce.core.compress import compress
     from tests.tiny import tiny_model_dir
 
     model = tiny_model_dir(tmp_path / "models", "llama", layers=2, hidden=64)

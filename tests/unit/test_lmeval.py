@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import lmeval
-from core.arch import arch_for
-from core.errors import DatasetUnavailable, SpecError
-from core.evaluate import count_bytes, count_words, perplexity
+from spruce.core import lmeval
+from spruce.core.arch import arch_for
+from spruce.core.errors import DatasetUnavailable, SpecError
+from spruce.core.evaluate import count_bytes, count_words, perplexity
 from tests.tiny import tiny_model, tiny_model_dir, tiny_tokenizer
 
 pytestmark = pytest.mark.unit
@@ -111,7 +111,9 @@ def test_a_folder_limit_and_the_report(tmp_path):
     tasks = lmeval.resolve([str(folder)])
     assert tasks.names == ("spruce_mc_a", "spruce_mc_b")
     seen: list[tuple[int, int]] = []
-    got = lmeval.run(tiny_model("qwen2"), tiny_tokenizer(), tasks, limit=4, on_task=lambda k, n: seen.append((k, n)))
+    got = lmeval.run(
+        tiny_model("qwen2"), tiny_tokenizer(), tasks, limit=4, on_task=lambda k, n: seen.append((k, n))
+    )
     assert got.samples == {"spruce_mc_a": 4, "spruce_mc_b": 4} and seen == [(1, 2), (2, 2)]
 
     rep = lmeval.report(None, got, limit=4)
@@ -122,7 +124,7 @@ def test_a_folder_limit_and_the_report(tmp_path):
 
 
 def test_cancelled_between_tasks(tmp_path):
-    from core.errors import Cancelled
+    from spruce.core.errors import Cancelled
 
     tasks = lmeval.resolve([str(_mc_task(tmp_path / "t"))])
     model = tiny_model("llama")
@@ -146,7 +148,9 @@ def test_word_perplexity_and_bits_per_byte_are_lm_eval_s_own(tmp_path):
 
     assert theirs["word_perplexity"] == pytest.approx(math.exp(ours.total_nll / count_words(text)), rel=1e-4)
     assert theirs["byte_perplexity"] == pytest.approx(math.exp(ours.total_nll / count_bytes(text)), rel=1e-4)
-    assert theirs["bits_per_byte"] == pytest.approx(ours.total_nll / count_bytes(text) / math.log(2), rel=1e-4)
+    assert theirs["bits_per_byte"] == pytest.approx(
+        ours.total_nll / count_bytes(text) / math.log(2), rel=1e-4
+    )
 
 
 def test_counts_match_lm_eval_s_task_counts():
@@ -211,8 +215,8 @@ def test_importing_the_engine_does_not_import_lm_eval():
 
 @pytest.mark.engine
 def test_a_job_reports_word_and_byte_figures_and_its_tasks_before_and_after_pruning(tmp_path):
-    from core.compress import compress
-    from core.spec import CompressionSpec
+    from spruce.core.compress import compress
+    from spruce.core.spec import CompressionSpec
 
     spec = CompressionSpec.from_dict(
         {
@@ -240,9 +244,13 @@ def test_a_job_reports_word_and_byte_figures_and_its_tasks_before_and_after_prun
         assert data["tasks"]["samples"] == {"spruce_tiny_mc": QUESTIONS}
     # pruning changed the model: its per-byte figure moved with its perplexity
     dense, sparse = (report.to_dict()["evaluation_metrics"][m]["pydoc"] for m in ("dense", "sparse"))
-    assert (sparse["bits_per_byte"] > dense["bits_per_byte"]) == (sparse["token_perplexity"] > dense["token_perplexity"])
+    assert (sparse["bits_per_byte"] > dense["bits_per_byte"]) == (
+        sparse["token_perplexity"] > dense["token_perplexity"]
+    )
     # lm-eval's pad token stayed on its copy of the tokenizer
-    assert json.loads((tmp_path / "out" / "hf" / "tokenizer_config.json").read_text()).get("pad_token") is None
+    assert (
+        json.loads((tmp_path / "out" / "hf" / "tokenizer_config.json").read_text()).get("pad_token") is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -266,4 +274,8 @@ def test_the_service_runs_tasks_by_name_only(tmp_path, tasks, bad):
     body["experimental"]["evaluation"]["tasks"] = ["hellaswag", "arc_*", "longproc_countdown_0.5k"]
     r = svc.client.post("/v1/jobs", json=body, headers=svc.h())
     assert r.status_code == 201, r.text
-    assert r.json()["spec"]["experimental"]["evaluation"]["tasks"] == ["hellaswag", "arc_*", "longproc_countdown_0.5k"]
+    assert r.json()["spec"]["experimental"]["evaluation"]["tasks"] == [
+        "hellaswag",
+        "arc_*",
+        "longproc_countdown_0.5k",
+    ]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.pruners import prune_weight
-from core.sparsity import LayerTarget, layer_mask
-from core.spec import CompressionSpec
+from spruce.core.pruners import prune_weight
+from spruce.core.sparsity import LayerTarget, layer_mask
+from spruce.core.spec import CompressionSpec
 
 pytestmark = pytest.mark.unit
 
@@ -39,7 +39,9 @@ def test_prune_weight_follows_the_scope_at_unstructured_targets_only() -> None:
     assert torch.equal(layer.keep, _llmcompressor_mask(W.abs(), 0.5))
     assert (~row.keep).sum(dim=1).unique().tolist() == [32]  # each row loses half
     assert not torch.equal(row.keep, layer.keep)
-    nm = LayerTarget.from_sparsity(CompressionSpec.from_dict({"model": "m", "sparsity": "2:4"}).sparsity, None)
+    nm = LayerTarget.from_sparsity(
+        CompressionSpec.from_dict({"model": "m", "sparsity": "2:4"}).sparsity, None
+    )
     same = prune_weight(W, "magnitude", nm, None, magnitude_scope="layer")
     assert torch.equal(same.keep, prune_weight(W, "magnitude", nm, None).keep)  # N:M groups are per row
 
@@ -57,7 +59,7 @@ def test_the_plan_records_the_scope_where_it_applies() -> None:
 def test_sparsegpt_selection_reaches_the_pruner() -> None:
     """``selection: block`` (the reference preset's) is SparseGPT's paper selection: each block's
     lowest scores; prune_weight hands it to ``sparsegpt``, and it differs from the default."""
-    from core.pruners import sparsegpt
+    from spruce.core.pruners import sparsegpt
 
     g = torch.Generator().manual_seed(2)
     X = torch.randn(256, 64, generator=g) * torch.linspace(0.2, 3.0, 64)
@@ -85,7 +87,7 @@ def test_sparsegpt_selection_reaches_the_pruner() -> None:
 def test_the_textbook_inverse_hessian_is_the_same_factor_by_another_route() -> None:
     """``hinv: textbook`` (the reference preset's, llm-compressor's cholesky_inverse route) gives
     the same upper factor U of (H + lambda I)^-1 = U^T U, up to rounding."""
-    from core.pruners import inverse_hessian_factor
+    from spruce.core.pruners import inverse_hessian_factor
 
     g = torch.Generator().manual_seed(3)
     X = torch.randn(300, 48, generator=g) * torch.linspace(0.2, 3.0, 48)

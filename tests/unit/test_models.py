@@ -11,12 +11,12 @@ import pytest
 import torch
 from transformers import GPT2Config, MixtralConfig, Qwen3MoeConfig
 
-import core.builtins as builtins
-import core.models as models
-from core.arch import REGISTRY
-from core.builtins import Builtin
-from core.errors import ModelNotFound, SystemFault, UnsupportedArchitecture
-from core.models import load_model, resolve_cache_dir
+import spruce.core.builtins as builtins
+import spruce.core.models as models
+from spruce.core.arch import REGISTRY
+from spruce.core.builtins import Builtin
+from spruce.core.errors import ModelNotFound, SystemFault, UnsupportedArchitecture
+from spruce.core.models import load_model, resolve_cache_dir
 from tests.tiny import ARCHES, tiny_config, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.unit

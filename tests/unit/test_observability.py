@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.db import session_scope
-from common.jobs import add_event, set_status
-from common.logging import JsonFormatter, RedactFilter, configure_logging, job_id, redact
-from common.models import Job, JobEvent, Team
-from common.states import JobStatus
+from spruce.common.db import session_scope
+from spruce.common.jobs import add_event, set_status
+from spruce.common.logging import JsonFormatter, RedactFilter, configure_logging, job_id, redact
+from spruce.common.models import Job, JobEvent, Team
+from spruce.common.states import JobStatus
 from tests.unit.service import Service
 
 pytestmark = pytest.mark.unit
@@ -85,10 +85,12 @@ def test_requests_get_an_id_echoed_in_the_header_and_the_log(svc: Service, lines
     assert r.headers["x-request-id"] == "trace-42"
     bad = svc.client.get(f"/v1/jobs/{job}", headers={"X-Request-ID": "no spaces\tor tabs"})
     assert bad.headers["x-request-id"] != "no spaces\tor tabs"  # replaced, not echoed
-    access = [r for r in _records(lines) if r["logger"] == "api.access"]
+    access = [r for r in _records(lines) if r["logger"] == "spruce.api.access"]
     assert {"trace-42", generated} <= {r.get("request_id") for r in access}
     mine = next(r for r in access if r.get("request_id") == "trace-42")
-    assert mine["route"] == "/v1/jobs/{job_id}" and mine["status"] == 200 and mine["path"] == f"/v1/jobs/{job}"
+    assert (
+        mine["route"] == "/v1/jobs/{job_id}" and mine["status"] == 200 and mine["path"] == f"/v1/jobs/{job}"
+    )
 
 
 def test_signed_links_and_keys_never_reach_the_log(svc: Service, lines: io.StringIO) -> None:
@@ -206,9 +208,11 @@ def test_a_500_traceback_carries_the_request_id(svc: Service, lines: io.StringIO
 
     from fastapi.testclient import TestClient
 
-    r = TestClient(svc.client.app, raise_server_exceptions=False).get("/boom", headers={"X-Request-ID": "r-500"})
+    r = TestClient(svc.client.app, raise_server_exceptions=False).get(
+        "/boom", headers={"X-Request-ID": "r-500"}
+    )
     assert r.status_code == 500
     records = _records(lines)
     crash = next(x for x in records if "unhandled error" in x["message"])
     assert crash["request_id"] == "r-500" and "kaput" in crash["exception"]
-    assert any(x["logger"] == "api.access" and x["status"] == 500 for x in records)
+    assert any(x["logger"] == "spruce.api.access" and x["status"] == 500 for x in records)

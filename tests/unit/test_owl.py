@@ -8,8 +8,8 @@ import random
 import pytest
 import torch
 
-from core.errors import SpecError, SystemFault
-from core.owl import outlier_ratio, owl_ratios
+from spruce.core.errors import SpecError, SystemFault
+from spruce.core.owl import outlier_ratio, owl_ratios
 
 pytestmark = pytest.mark.unit
 

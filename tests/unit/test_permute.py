@@ -10,9 +10,9 @@ import json
 import pytest
 import torch
 
-from core.arch import arch_for, decoder_layers
-from core.errors import SpecError
-from core.induction.permute import (
+from spruce.core.arch import arch_for, decoder_layers
+from spruce.core.errors import SpecError
+from spruce.core.induction.permute import (
     LayerPermutation,
     choose_permutations,
     fold_permutation_,
@@ -21,11 +21,11 @@ from core.induction.permute import (
     pruned_cost,
     tied_head_permutation,
 )
-from core.induction.transform import plan_layer
-from core.passes import collect_stats
-from core.sparsity import LayerTarget
-from core.spec import CompressionSpec
-from core.walker import capture_inputs
+from spruce.core.induction.transform import plan_layer
+from spruce.core.passes import collect_stats
+from spruce.core.sparsity import LayerTarget
+from spruce.core.spec import CompressionSpec
+from spruce.core.walker import capture_inputs
 from tests.tiny import ARCHES, VOCAB, tiny_model
 
 pytestmark = pytest.mark.unit
@@ -155,7 +155,7 @@ def test_unstructured_targets_are_not_permuted() -> None:
 
 
 def _run(tmp_path, folder, **induction) -> dict:
-    from core.compress import compress
+    from spruce.core.compress import compress
 
     spec = CompressionSpec.from_dict(
         {
@@ -206,7 +206,7 @@ def test_a_run_with_permutation_keeps_two_four_and_reports_the_gain(tmp_path, ti
 def test_the_walk_permutes_after_its_statistics_where_the_scales_are_skipped(
     tmp_path, tiny_dirs, sequential: str, pruner: str
 ) -> None:
-    from core.compress import compress
+    from spruce.core.compress import compress
 
     def run(permute: bool) -> dict:
         spec = CompressionSpec.from_dict(
@@ -272,8 +272,8 @@ def test_spec_checks_permute_settings() -> None:
 
 
 def test_the_cli_setting_turns_the_permutation_off() -> None:
-    from cli.main import build_parser
-    from cli.prune import spec_body
+    from spruce.cli.main import build_parser
+    from spruce.cli.prune import spec_body
 
     base = ["prune", "--model", "m", "--sparsity", "2:4", "--induction"]
     on = spec_body(build_parser().parse_args(base))

@@ -10,13 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core import precision
-from core.arch import arch_for, decoder_layers
-from core.compress import compress
-from core.passes import collect_stats
-from core.precision import ForwardPrecision, forward_precision, resolve_precision
-from core.spec import CompressionSpec
-from core.walker import capture_inputs, run_layer
+from spruce.core import precision
+from spruce.core.arch import arch_for, decoder_layers
+from spruce.core.compress import compress
+from spruce.core.passes import collect_stats
+from spruce.core.precision import ForwardPrecision, forward_precision, resolve_precision
+from spruce.core.spec import CompressionSpec
+from spruce.core.walker import capture_inputs, run_layer
 from tests.tiny import ARCHES, VOCAB, tiny_model, tiny_model_dir
 
 pytestmark = pytest.mark.unit
@@ -177,9 +177,9 @@ def test_a_bfloat16_walk_prunes_exactly_and_close_to_the_float32_one(tmp_path, p
 def test_induction_trains_in_the_walks_precision_and_checks_in_float32():
     """Induction's training steps only steer the masks: they take the walk's bfloat16; the dense
     targets, the statistics and the guard's comparison of candidates stay float32."""
-    from core.induction import induce_layer
-    from core.sparsity import LayerTarget
-    from core.spec import InductionSpec
+    from spruce.core.induction import induce_layer
+    from spruce.core.sparsity import LayerTarget
+    from spruce.core.spec import InductionSpec
 
     arch, batches, layer = _first_layer("llama")
     seen: list[torch.dtype] = []

@@ -7,10 +7,10 @@ import argparse
 
 import pytest
 
-from cli.main import build_parser
-from cli.prune import _flag, spec_body
-from core.spec import CompressionSpec
-from core.spec.schema import leaves
+from spruce.cli.main import build_parser
+from spruce.cli.prune import _flag, spec_body
+from spruce.core.spec import CompressionSpec
+from spruce.core.spec.schema import leaves
 
 pytestmark = pytest.mark.unit
 

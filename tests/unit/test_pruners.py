@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.errors import FactorizationError, SpecError, SystemFault
-from core.pruners import (
+from spruce.core.errors import FactorizationError, SpecError, SystemFault
+from spruce.core.pruners import (
     inverse_hessian_factor,
     magnitude_scores,
     prune_weight,
@@ -14,8 +14,8 @@ from core.pruners import (
     sparsegpt,
     wanda_scores,
 )
-from core.sparsity import LayerTarget, nm_ok, sparsity_of, unstructured_mask
-from core.stats import InputStats
+from spruce.core.sparsity import LayerTarget, nm_ok, sparsity_of, unstructured_mask
+from spruce.core.stats import InputStats
 
 pytestmark = pytest.mark.unit
 
@@ -389,7 +389,7 @@ def test_cross_statistics_need_the_dense_input() -> None:
 
 
 def test_sweep_order_sorts_columns_or_whole_groups() -> None:
-    from core.pruners import sweep_order
+    from spruce.core.pruners import sweep_order
 
     H = torch.diag(torch.tensor([5.0, 1.0, 3.0, 2.0, 9.0, 0.5, 0.1, 4.0]))
     assert sweep_order(H, LayerTarget(0.5), "natural") is None
@@ -406,7 +406,7 @@ def test_sweep_order_sorts_columns_or_whole_groups() -> None:
 @pytest.mark.parametrize("order", ["auto", "ascending", "descending"])
 def test_a_swept_order_is_the_stored_order_run_on_permuted_columns(target: LayerTarget, order: str) -> None:
     """Exact ratio, pattern in W's own order, and the same weights as permuting by hand."""
-    from core.pruners import sweep_order
+    from spruce.core.pruners import sweep_order
 
     W, stats = layer()
     H = stats.hessian()
@@ -436,7 +436,7 @@ def test_the_auto_order_reconstructs_better_than_the_stored_one(target: LayerTar
 
 
 def test_the_spec_checks_the_order() -> None:
-    from core.spec import CompressionSpec
+    from spruce.core.spec import CompressionSpec
 
     base = {"model": "m", "sparsity": 0.5, "method": {"pruner": "sparsegpt"}}
     assert CompressionSpec.from_dict(base).order == "auto"
@@ -446,9 +446,9 @@ def test_the_spec_checks_the_order() -> None:
 
 
 def test_the_cli_passes_the_order() -> None:
-    from cli.main import build_parser
-    from cli.prune import spec_body
-    from core.spec import CompressionSpec
+    from spruce.cli.main import build_parser
+    from spruce.cli.prune import spec_body
+    from spruce.core.spec import CompressionSpec
 
     args = build_parser().parse_args(["prune", "--model", "m", "--sparsity", "0.5", "--method", "sparsegpt"])
     assert CompressionSpec.from_dict(spec_body(args)).order == "auto"
@@ -526,8 +526,8 @@ def test_prune_weight_passes_the_row_weight_to_sparsegpt_only() -> None:
 
 
 def test_mlp_row_weights_by_hand() -> None:
-    from core.pruners import mlp_row_weights
-    from core.stats import OutputSensitivity
+    from spruce.core.pruners import mlp_row_weights
+    from spruce.core.stats import OutputSensitivity
 
     g = torch.Generator().manual_seed(0)
     W_out = torch.randn(16, 6, generator=g)  # [hidden, mlp hidden]
@@ -544,9 +544,9 @@ def test_mlp_row_weights_by_hand() -> None:
 
 
 def test_the_spec_and_the_cli_carry_the_row_weight() -> None:
-    from cli.main import build_parser
-    from cli.prune import spec_body
-    from core.spec import CompressionSpec
+    from spruce.cli.main import build_parser
+    from spruce.cli.prune import spec_body
+    from spruce.core.spec import CompressionSpec
 
     base = {"model": "m", "sparsity": 0.5, "method": {"pruner": "sparsegpt"}}
     spec = CompressionSpec.from_dict(base)
@@ -555,7 +555,9 @@ def test_the_spec_and_the_cli_carry_the_row_weight() -> None:
     with pytest.raises(SpecError) as err:
         CompressionSpec.from_dict({**base, "experimental": {"row_weight": "columns"}})
     assert err.value.param == "experimental.row_weight"
-    args = build_parser().parse_args(["prune", "--model", "m", "--sparsity", "0.5", "--set", "row_weight=none"])
+    args = build_parser().parse_args(
+        ["prune", "--model", "m", "--sparsity", "0.5", "--set", "row_weight=none"]
+    )
     assert CompressionSpec.from_dict(spec_body(args)).row_weight == "none"
 
 
@@ -566,7 +568,7 @@ def test_compress_weighs_only_the_mlp_input_rows(tmp_path, sparsity: float) -> N
     statistics, so q/k/v/o/down do not see the difference), exactly as sparse, and it is reported."""
     from safetensors.torch import load_file
 
-    from core.compress import compress
+    from spruce.core.compress import compress
     from tests.tiny import tiny_job, tiny_model_dir
 
     model = tiny_model_dir(tmp_path / "models", "llama", layers=2, hidden=64)

@@ -9,13 +9,13 @@ import copy
 import pytest
 import torch
 
-from core.arch import arch_for, decoder_layers, layer_linears
-from core.errors import SpecError
-from core.induction.recover import recover_layer
-from core.nested import cut_batch
-from core.sparsity import nm_ok
-from core.spec import CompressionSpec
-from core.walker import LayerBatch, run_layer
+from spruce.core.arch import arch_for, decoder_layers, layer_linears
+from spruce.core.errors import SpecError
+from spruce.core.induction.recover import recover_layer
+from spruce.core.nested import cut_batch
+from spruce.core.sparsity import nm_ok
+from spruce.core.spec import CompressionSpec
+from spruce.core.walker import LayerBatch, run_layer
 from tests.tiny import tiny_job, tiny_model, tiny_tokenizer
 from tests.unit.test_induction import TARGETS, batches_for, prune_layer, rel_mse
 
@@ -164,7 +164,9 @@ def test_recovery_defaults() -> None:
     assert spec(enabled=True).recovers and spec(enabled=True).induction.recover_epochs_for("wanda") == 1
     assert not spec(enabled=True, recover_epochs=0).recovers and not spec(enabled=False).recovers
     # magnitude's budget (3x a data-free step) pays for neither training nor recovery by default
-    assert not spec("magnitude", enabled=True).recovers and spec("magnitude", enabled=True).induction_epochs == 0
+    assert (
+        not spec("magnitude", enabled=True).recovers and spec("magnitude", enabled=True).induction_epochs == 0
+    )
     assert spec("magnitude", enabled=True, recover_epochs=1).recovers
     # auto: the dense model's outputs where the walk carries them anyway, else the dense layer's
     assert not spec(enabled=True).recovery_fits_model  # Wanda with swaps: no scales trained, no fit
@@ -173,7 +175,9 @@ def test_recovery_defaults() -> None:
     assert spec("magnitude", enabled=True, epochs=1, recover_epochs=1).recovery_fits_model
     assert not spec("magnitude", enabled=True, recover_epochs=1).recovery_fits_model  # statistics start only
     assert spec("sparsegpt", "2:4", enabled=True).recovery_fits_model  # SparseGPT fits the dense model
-    assert not spec("magnitude", enabled=True, epochs=1, recover_epochs=1, targets="layer").recovery_fits_model
+    assert not spec(
+        "magnitude", enabled=True, epochs=1, recover_epochs=1, targets="layer"
+    ).recovery_fits_model
     # samples: all but for magnitude (one sequence); 0 is every sequence
     assert spec(enabled=True).induction.samples_for("wanda") == 0
     assert spec("magnitude", enabled=True).induction.samples_for("magnitude") == 1
@@ -222,9 +226,9 @@ def test_jobs_recover_every_layer_and_keep_the_sparsity(
     groups, the walk hands the recovered layer's outputs on, the report records each layer."""
     from safetensors.torch import load_file
 
-    from core.compress import compress
+    from spruce.core.compress import compress
 
-    monkeypatch.setattr("core.induction.recover._MARGIN", float("-inf"))
+    monkeypatch.setattr("spruce.core.induction.recover._MARGIN", float("-inf"))
     model = _structured_model_dir(tmp_path / "model")
 
     def run(recover_epochs: int) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -261,8 +265,8 @@ def test_jobs_recover_every_layer_and_keep_the_sparsity(
 
 
 def test_the_cli_flags_reach_the_spec() -> None:
-    from cli.main import build_parser
-    from cli.prune import spec_body
+    from spruce.cli.main import build_parser
+    from spruce.cli.prune import spec_body
 
     args = ["prune", "--model", "m", "--sparsity", "2:4", "--induction", "--set", "induction.recover_epochs=2",
             "--set", "induction.recover_lr=0.02", "--experimental", '{"induction": {"samples": 4}}',

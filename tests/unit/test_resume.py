@@ -12,12 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from common.storage import LocalStorage
-from core.checkpoint import LayerCheckpoint
-from core.compress import compress
-from core.spec import CompressionSpec
+from spruce.common.storage import LocalStorage
+from spruce.core.checkpoint import LayerCheckpoint
+from spruce.core.compress import compress
+from spruce.core.spec import CompressionSpec
+from spruce.worker.checkpoint import StorageCheckpoint, fingerprint
 from tests.tiny import tiny_model_dir
-from worker.checkpoint import StorageCheckpoint, fingerprint
 
 pytestmark = pytest.mark.unit
 
@@ -79,7 +79,14 @@ def assert_same_run(resumed: dict[str, Any], reference: dict[str, Any], out: Pat
     assert got.keys() == want.keys()
     differing = [k for k in want if not torch.equal(got[k], want[k])]
     assert differing == []  # identical, not merely close
-    for key in ("perplexity", "evaluation_metrics", "sparsity", "allocation", "factorization_retries", "induction"):
+    for key in (
+        "perplexity",
+        "evaluation_metrics",
+        "sparsity",
+        "allocation",
+        "factorization_retries",
+        "induction",
+    ):
         assert without_timings(resumed[key]) == without_timings(reference[key]), key
     assert without_timings(resumed["layers"]) == without_timings(reference["layers"])
 
@@ -122,9 +129,14 @@ CASES = [
     ),
     pytest.param("gemma3", {"pruner": "sparsegpt", "allocation": "owl"}, [0], id="gemma3-sparsegpt-owl"),
     pytest.param(
-        "gemma2", {"pruner": "wanda", "induction": {"enabled": True, "epochs": 1}}, [1], id="gemma2-wanda-induction"
+        "gemma2",
+        {"pruner": "wanda", "induction": {"enabled": True, "epochs": 1}},
+        [1],
+        id="gemma2-wanda-induction",
     ),
-    pytest.param("gemma3_text", {"pruner": "sparsegpt", "fit_to": "model"}, [1], id="gemma3_text-sparsegpt-fit"),
+    pytest.param(
+        "gemma3_text", {"pruner": "sparsegpt", "fit_to": "model"}, [1], id="gemma3_text-sparsegpt-fit"
+    ),
     pytest.param("qwen3", {"pruner": "magnitude"}, [1], id="qwen3-magnitude"),
     pytest.param("llama3", {"pruner": "wanda"}, [0], id="llama3-wanda"),
 ]
@@ -263,7 +275,7 @@ def test_storage_down_while_saving_is_a_system_fault(tmp_path: Path) -> None:
         def put_stream(self, key: str, stream: BinaryIO) -> None:
             raise ConnectionError("bucket unreachable")
 
-    from core.errors import SystemFault
+    from spruce.core.errors import SystemFault
 
     state = LayerCheckpoint(0, 1, {}, [], torch.Generator().get_state(), {})
     with pytest.raises(SystemFault, match="could not save the checkpoint of layer 0: bucket unreachable"):

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.compress import compress
-from core.spec import CompressionSpec
+from spruce.core.compress import compress
+from spruce.core.spec import CompressionSpec
 from tests.tiny import tiny_job, tiny_model_dir
 
 pytestmark = [pytest.mark.unit, pytest.mark.engine]  # every test runs a whole compress
@@ -50,10 +50,7 @@ CASES = [
         for arch in ("llama", "qwen2", "opt")
         for sp in ("2:4", 0.7)
     ],
-    *[
-        pytest.param("auto", "sparsegpt", sp, arch, id=f"{arch}-sparsegpt-{sp}")
-        for arch, sp in NEW_FAMILIES
-    ],
+    *[pytest.param("auto", "sparsegpt", sp, arch, id=f"{arch}-sparsegpt-{sp}") for arch, sp in NEW_FAMILIES],
     pytest.param("linear", "sparsegpt", 0.4, "llama", id="llama-sparsegpt-0.4-fits-the-layer"),
     pytest.param("linear", "wanda", 0.5, "qwen2", id="qwen2-wanda-0.5"),
     pytest.param("linear", "wanda", "4:8", "opt", id="opt-wanda-4:8"),
@@ -97,7 +94,10 @@ def test_fit_share_moves_the_writers_only(tmp_path: Path, sequential: str) -> No
     half, half_w = _run(tmp_path, "llama", "2:4", sequential, fit_share=0.5)
     whole, whole_w = _run(tmp_path, "llama", "2:4", sequential, fit_share=1.0)
     default, default_w = _run(tmp_path, "llama", "2:4", sequential)
-    assert half["spec"]["experimental"]["fit_share"] == 0.5 and "fit_share" not in default["spec"]["experimental"]
+    assert (
+        half["spec"]["experimental"]["fit_share"] == 0.5
+        and "fit_share" not in default["spec"]["experimental"]
+    )
     assert half["plan"]["fit_weight"] == 0.5 and whole["plan"]["fit_weight"] == 1.0
     assert CompressionSpec.from_dict(default["spec"]).fit_weight == 0.5  # SparseGPT's default share
     assert half_w.keys() == default_w.keys() and all(torch.equal(half_w[k], default_w[k]) for k in half_w)
@@ -109,9 +109,9 @@ def test_fit_share_moves_the_writers_only(tmp_path: Path, sequential: str) -> No
 
 
 def test_auto_streams_when_one_forward_would_not_fit(tmp_path: Path, monkeypatch) -> None:
-    import core.compress
+    import spruce.core.compress as compress_module
 
-    monkeypatch.setattr(core.compress, "IN_FORWARD_BYTES", 0)
+    monkeypatch.setattr(compress_module, "IN_FORWARD_BYTES", 0)
     report, _ = _run(tmp_path, "llama", "2:4", "auto")
     assert report["sequential"] == "layer"
     assert "sequential" not in report["spec"]["experimental"]  # the preset's: auto

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from common.db import session_scope
-from common.jobs import set_status
-from common.keys import create_key, revoke
-from common.models import Artifact, Job
-from common.settings import Settings
-from common.states import JobStatus
+from spruce.api.app import create_app
+from spruce.common.db import session_scope
+from spruce.common.jobs import set_status
+from spruce.common.keys import create_key, revoke
+from spruce.common.models import Artifact, Job
+from spruce.common.settings import Settings
+from spruce.common.states import JobStatus
 from tests.unit.service import Service, with_field
 
 pytestmark = pytest.mark.unit
@@ -155,7 +155,9 @@ def test_local_models_only_under_roots(svc: Svc, tmp_path: Path) -> None:
     r = svc.submit(with_field(BODY, "model", "s3://bucket/models/tiny"))
     assert r.status_code == 422 and r.json()["error"]["param"] == "model"
     with_s3 = Service(tmp_path / "s3", max_samples=256, model_s3_roots=["s3://bucket/models"])
-    r = with_s3.client.post("/v1/jobs", json=with_field(BODY, "model", "s3://bucket/models/tiny"), headers=with_s3.h())
+    r = with_s3.client.post(
+        "/v1/jobs", json=with_field(BODY, "model", "s3://bucket/models/tiny"), headers=with_s3.h()
+    )
     assert r.status_code == 201, r.text
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.client import ClientError, bar, build_body
-from cli.main import build_parser
+from spruce.cli.client import ClientError, bar, build_body
+from spruce.cli.main import build_parser
 
 pytestmark = pytest.mark.unit
 

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from common.db import session_scope, upgrade
-from common.jobs import set_status
-from common.keys import create_key
-from common.models import Job, Team, utcnow
-from common.settings import Settings
-from common.states import JobStatus
+from spruce.common.db import session_scope, upgrade
+from spruce.common.jobs import set_status
+from spruce.common.keys import create_key
+from spruce.common.models import Job, Team, utcnow
+from spruce.common.settings import Settings
+from spruce.common.states import JobStatus
+from spruce.worker.claim import claim_next
+from spruce.worker.runner import RetryLater, run
 from tests.unit.test_service_worker import good_run, stub
-from worker.claim import claim_next
-from worker.runner import RetryLater, run
 
 pytestmark = pytest.mark.unit
 
@@ -151,7 +151,9 @@ def test_one_message_per_job_runs_every_job_once_alternating_teams(
     for message in a + b:  # the queue's order: every a job was sent before any b job
         assert run(message, settings) == "succeeded"
         with session_scope(settings.resolved_database_url) as s:
-            started.append(s.scalar(select(Job.id).where(Job.worker.is_not(None)).order_by(Job.started_at.desc())))
+            started.append(
+                s.scalar(select(Job.id).where(Job.worker.is_not(None)).order_by(Job.started_at.desc()))
+            )
     assert started == [a[0], b[0], a[1], b[1], a[2]]
     with session_scope(settings.resolved_database_url) as s:
         jobs = s.scalars(select(Job)).all()

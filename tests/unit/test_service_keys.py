@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from common.db import session_scope, upgrade
-from common.keys import (
+from spruce.common.db import session_scope, upgrade
+from spruce.common.keys import (
     KEY_PREFIX,
     authenticate,
     create_key,
@@ -18,8 +18,8 @@ from common.keys import (
     hash_secret,
     revoke,
 )
-from common.models import ApiKey, Team
-from common.settings import Settings
+from spruce.common.models import ApiKey, Team
+from spruce.common.settings import Settings
 
 pytestmark = pytest.mark.unit
 

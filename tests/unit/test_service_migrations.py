@@ -8,9 +8,9 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from common.db import get_engine, upgrade
-from common.models import Base
-from common.settings import Settings
+from spruce.common.db import get_engine, upgrade
+from spruce.common.models import Base
+from spruce.common.settings import Settings
 
 pytestmark = pytest.mark.unit
 

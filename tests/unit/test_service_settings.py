@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from common.settings import Settings, get_settings
+from spruce.common.settings import Settings, get_settings
 
 pytestmark = pytest.mark.unit
 

@@ -7,12 +7,19 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from common.db import session_scope, upgrade
-from common.jobs import StaleStatus, set_status
-from common.keys import create_key
-from common.models import Job, JobEvent
-from common.settings import Settings
-from common.states import TERMINAL, TRANSITIONS, IllegalTransition, JobStatus, check_transition, is_terminal
+from spruce.common.db import session_scope, upgrade
+from spruce.common.jobs import StaleStatus, set_status
+from spruce.common.keys import create_key
+from spruce.common.models import Job, JobEvent
+from spruce.common.settings import Settings
+from spruce.common.states import (
+    TERMINAL,
+    TRANSITIONS,
+    IllegalTransition,
+    JobStatus,
+    check_transition,
+    is_terminal,
+)
 
 pytestmark = pytest.mark.unit
 

@@ -11,8 +11,8 @@ import boto3
 import httpx
 import pytest
 
-from common.settings import Settings
-from common.storage import (
+from spruce.common.settings import Settings
+from spruce.common.storage import (
     LocalStorage,
     S3Storage,
     StorageError,

@@ -12,18 +12,18 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from common.db import session_scope, upgrade
-from common.jobs import set_status
-from common.keys import create_key
-from common.models import Artifact, Dataset, Job, JobEvent
-from common.settings import Settings
-from common.states import JobStatus
-from common.storage import LocalStorage
-from core.errors import Cancelled, DatasetUnavailable, SpecError, SystemFault
-from core.progress import Progress
-from worker import runner
-from worker.claim import claim
-from worker.runner import Reporter, RetryLater, backoff, resolve_inputs, run
+from spruce.common.db import session_scope, upgrade
+from spruce.common.jobs import set_status
+from spruce.common.keys import create_key
+from spruce.common.models import Artifact, Dataset, Job, JobEvent
+from spruce.common.settings import Settings
+from spruce.common.states import JobStatus
+from spruce.common.storage import LocalStorage
+from spruce.core.errors import Cancelled, DatasetUnavailable, SpecError, SystemFault
+from spruce.core.progress import Progress
+from spruce.worker import runner
+from spruce.worker.claim import claim
+from spruce.worker.runner import Reporter, RetryLater, backoff, resolve_inputs, run
 
 pytestmark = pytest.mark.unit
 
@@ -263,7 +263,7 @@ def set_running(settings: Settings, job_id: str, *, age: float, attempts: int = 
     """The row as a worker would leave it: running, ``attempts`` started, last heartbeat ``age`` s ago."""
     from datetime import timedelta
 
-    from common.models import utcnow
+    from spruce.common.models import utcnow
 
     with session_scope(settings.resolved_database_url) as s:
         job = s.get(Job, job_id)
@@ -322,7 +322,7 @@ def test_a_job_that_keeps_losing_its_worker_fails(
 
 
 def test_sweep_requeues_stale_jobs_once_and_fails_exhausted_ones(settings: Settings) -> None:
-    from worker.liveness import sweep
+    from spruce.worker.liveness import sweep
 
     stale, exhausted, fresh = make_job(settings), make_job(settings), make_job(settings)
     set_running(settings, stale, age=settings.heartbeat_timeout + 1)
@@ -343,7 +343,7 @@ def test_sweep_requeues_stale_jobs_once_and_fails_exhausted_ones(settings: Setti
 
 
 def test_sweep_loses_the_race_to_a_worker_that_took_over(settings: Settings) -> None:
-    from worker.liveness import sweep
+    from spruce.worker.liveness import sweep
 
     job_id = make_job(settings)
     set_running(settings, job_id, age=settings.heartbeat_timeout + 1)
@@ -357,7 +357,7 @@ def test_sweep_loses_the_race_to_a_worker_that_took_over(settings: Settings) -> 
 
 
 def test_heartbeat_refreshes_and_notices_a_takeover(settings: Settings) -> None:
-    from worker.liveness import Heartbeat
+    from spruce.worker.liveness import Heartbeat
 
     job_id = make_job(settings)
     set_running(settings, job_id, age=60.0)
@@ -420,7 +420,7 @@ def test_checkpoint_is_counted_on_resume_kept_for_a_retry_and_deleted_at_the_end
 ) -> None:
     import torch
 
-    from core.checkpoint import LayerCheckpoint
+    from spruce.core.checkpoint import LayerCheckpoint
 
     store = LocalStorage(settings.resolved_artifacts_dir)
     calls: list[str] = []

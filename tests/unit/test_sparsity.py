@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.errors import SpecError, SystemFault
-from core.sparsity import LayerTarget, mask_for, nm_mask, nm_ok, sparsity_of, unstructured_mask
-from core.spec import Sparsity
-from core.stats import InputStats
+from spruce.core.errors import SpecError, SystemFault
+from spruce.core.sparsity import LayerTarget, mask_for, nm_mask, nm_ok, sparsity_of, unstructured_mask
+from spruce.core.spec import Sparsity
+from spruce.core.stats import InputStats
 
 pytestmark = pytest.mark.unit
 

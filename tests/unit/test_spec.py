@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import SpecError
-from core.spec import FIT_SHARES, PRESETS, SEED_MAX, CompressionSpec, Sparsity
-from core.spec.schema import leaves, moved
+from spruce.core.errors import SpecError
+from spruce.core.spec import FIT_SHARES, PRESETS, SEED_MAX, CompressionSpec, Sparsity
+from spruce.core.spec.schema import leaves, moved
 from tests.unit.data.make_default_plan import values
 
 pytestmark = pytest.mark.unit
@@ -74,11 +74,17 @@ def test_body_round_trips():
 
 
 def test_experimental_settings_round_trip_as_the_difference_from_the_preset():
-    body = _exp(_with("method.preset", "reference"), swap_rounds=3, induction__epochs=2, evaluation__max_windows=9)
+    body = _exp(
+        _with("method.preset", "reference"), swap_rounds=3, induction__epochs=2, evaluation__max_windows=9
+    )
     spec = CompressionSpec.from_dict(body)
     assert (spec.swap_rounds, spec.induction.epochs, spec.evaluation.max_windows) == (3, 2, 9)
     assert spec.order == "natural"  # the preset's, not overridden
-    assert spec.to_dict()["experimental"] == {"swap_rounds": 3, "induction": {"epochs": 2}, "evaluation": {"max_windows": 9}}
+    assert spec.to_dict()["experimental"] == {
+        "swap_rounds": 3,
+        "induction": {"epochs": 2},
+        "evaluation": {"max_windows": 9},
+    }
     assert CompressionSpec.from_dict(spec.to_dict()) == spec
     # the default preset's own value is no override: it round-trips as nothing
     same = CompressionSpec.from_dict(_exp(_with("sparsity", 0.5), swap_rounds=-1))
@@ -111,7 +117,11 @@ def test_at_most_twelve_public_options():
         ("experimental.induction.lr", -1.0, "experimental.induction.lr"),
         ("experimental.induction.lr", 0.0, "experimental.induction.lr"),
         ("experimental.induction.mask", "foo", "experimental.induction.mask"),
-        ("experimental.induction.enabled", True, "experimental.induction.enabled"),  # public: method.induction
+        (
+            "experimental.induction.enabled",
+            True,
+            "experimental.induction.enabled",
+        ),  # public: method.induction
         ("experimental.dampening", -1, "experimental.dampening"),
         ("experimental.fit_to", "everything", "experimental.fit_to"),
         ("experimental.row_weight", "columns", "experimental.row_weight"),
@@ -219,9 +229,15 @@ def test_the_plan_agrees_with_the_spec_views():
         spec = CompressionSpec.from_dict({"model": "m", "sparsity": sparsity,
                                           "method": {"pruner": pruner, "induction": induction}})  # fmt: skip
         plan = spec.resolve()
-        assert (plan.swaps, plan.fits_dense_model, plan.fit_weight) == (spec.swaps, spec.fits_dense_model, spec.fit_weight)
+        assert (plan.swaps, plan.fits_dense_model, plan.fit_weight) == (
+            spec.swaps,
+            spec.fits_dense_model,
+            spec.fit_weight,
+        )
         assert (plan.wants_hessian, plan.hessian_every, plan.walks_in_turn) == (
-            spec.wants_hessian, spec.hessian_every, spec.walks_in_turn
+            spec.wants_hessian,
+            spec.hessian_every,
+            spec.walks_in_turn,
         )
         if induction:
             assert plan.induction is not None and plan.induction.epochs == spec.induction_epochs
@@ -289,7 +305,9 @@ def test_auto_fit_follows_the_measured_rule(pruner, sparsity, fit_to, fits):
 @pytest.mark.parametrize("pruner", ["sparsegpt", "wanda"])
 def test_fit_to_model_is_a_setting_of_the_pruners_that_read_statistics(pruner):
     spec = CompressionSpec.from_dict(_exp(_with("method.pruner", pruner), fit_to="model"))
-    assert spec.fit_to == "model" and spec.fits_dense_model and CompressionSpec.from_dict(spec.to_dict()) == spec
+    assert (
+        spec.fit_to == "model" and spec.fits_dense_model and CompressionSpec.from_dict(spec.to_dict()) == spec
+    )
 
 
 def test_wanda_fits_only_through_its_swaps_and_not_beside_trained_scales():

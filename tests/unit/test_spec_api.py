@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from core.spec import CompressionSpec
-from core.spec.schema import describe, leaves, moved
+from spruce.core.spec import CompressionSpec
+from spruce.core.spec.schema import describe, leaves, moved
 from tests.unit.service import Service, with_field
 
 pytestmark = pytest.mark.unit
@@ -82,7 +82,12 @@ def test_experimental_settings_are_accepted_and_stored_as_sent(svc: Service) -> 
     r = _submit(svc, body)
     assert r.status_code == 201, r.text
     spec = CompressionSpec.from_dict(r.json()["spec"])
-    assert (spec.preset, spec.swaps, spec.induction.epochs, spec.fits_dense_model) == ("reference", 3, 2, True)
+    assert (spec.preset, spec.swaps, spec.induction.epochs, spec.fits_dense_model) == (
+        "reference",
+        3,
+        2,
+        True,
+    )
     # combinations are the engine's: Wanda fitting the dense model needs swaps
     r = _submit(svc, with_field(body, "experimental.swap_rounds", 0))
     assert r.status_code == 422 and r.json()["error"]["param"] == "experimental.fit_to"

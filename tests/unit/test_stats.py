@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.errors import SystemFault
-from core.stats import InputStats, gram
+from spruce.core.errors import SystemFault
+from spruce.core.stats import InputStats, gram
 
 pytestmark = pytest.mark.unit
 

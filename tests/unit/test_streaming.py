@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from core.arch import arch_for, decoder_layers, layer_linears
-from core.models import load_model
-from core.streaming import LayerStream, ShardReader, ShardWriter, empty_model
-from core.walker import capture_inputs, walk
+from spruce.core.arch import arch_for, decoder_layers, layer_linears
+from spruce.core.models import load_model
+from spruce.core.streaming import LayerStream, ShardReader, ShardWriter, empty_model
+from spruce.core.walker import capture_inputs, walk
 from tests.tiny import VOCAB, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.unit

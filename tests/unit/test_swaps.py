@@ -7,12 +7,12 @@ import itertools
 import pytest
 import torch
 
-from core.errors import SystemFault
-from core.pruners import prune_weight, wanda_scores
-from core.sparsity import LayerTarget, mask_for, nm_ok
-from core.spec import FIT_SHARES
-from core.stats import InputStats
-from core.swaps import swap_refine
+from spruce.core.errors import SystemFault
+from spruce.core.pruners import prune_weight, wanda_scores
+from spruce.core.sparsity import LayerTarget, mask_for, nm_ok
+from spruce.core.spec import FIT_SHARES
+from spruce.core.stats import InputStats
+from spruce.core.swaps import swap_refine
 
 WANDA_FIT_SHARE = FIT_SHARES["wanda"]
 
@@ -132,13 +132,13 @@ def test_dropping_stuck_rows_from_the_search_changes_nothing(
 ) -> None:
     """Rows that can no longer gain leave the working set (``_COMPACT``); the result must be the
     one of searching every row every round."""
-    import core.swaps
+    import spruce.core.swaps as swaps_module
 
     X = correlated_inputs(300, 32, seed=5)
     W = torch.randn(64, 32, generator=torch.Generator().manual_seed(6))
     H, keep0 = X.T @ X, wanda_keep(W, X, target)
     compacted = swap_refine(W, keep0, H, target, rounds=40)
-    monkeypatch.setattr(core.swaps, "_COMPACT", 0.0)  # never compact
+    monkeypatch.setattr(swaps_module, "_COMPACT", 0.0)  # never compact
     full = swap_refine(W, keep0, H, target, rounds=40)
     assert compacted.swaps == full.swaps > 0
     assert compacted.rounds == full.rounds
@@ -170,7 +170,9 @@ def test_wanda_with_cross_statistics_fits_the_dense_models_output(target: LayerT
     const = WANDA_FIT_SHARE**2 * float(((X_dense - X) @ W.T).square().sum(dtype=torch.float64))
     layer_stats = InputStats.new(32, device="cpu", want_hessian=True)
     layer_stats.update(X)
-    fit = prune_weight(W, "wanda", target, fit_stats(W, X, X_dense), swap_rounds=50, fit_share=WANDA_FIT_SHARE)
+    fit = prune_weight(
+        W, "wanda", target, fit_stats(W, X, X_dense), swap_rounds=50, fit_share=WANDA_FIT_SHARE
+    )
     plain = prune_weight(W, "wanda", target, layer_stats, swap_rounds=50)
     assert fit.swaps is not None and fit.swaps.swaps > 0
     assert torch.equal(fit.keep.sum(dim=1), plain.keep.sum(dim=1))

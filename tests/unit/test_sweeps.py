@@ -7,14 +7,16 @@ from typing import Any
 
 import pytest
 
-from common import sweeps
+from spruce.common import sweeps
 
 pytestmark = pytest.mark.unit
 
 SPEC: dict[str, Any] = {"model": "m", "sparsity": 0.3, "method": {"pruner": "wanda", "allocation": "uniform"}}
 
 
-def row(job: str, sparsity: float | None, sparse: float | None, dense: float = 10.0, status: str = "succeeded") -> dict[str, Any]:
+def row(
+    job: str, sparsity: float | None, sparse: float | None, dense: float = 10.0, status: str = "succeeded"
+) -> dict[str, Any]:
     child = {"job": job, "target": sparsity, "pruner": "wanda", "preset": None}
     results = None
     if sparsity is not None:

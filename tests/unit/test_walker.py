@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from core.arch import arch_for, decoder_layers, input_groups, layer_linears
-from core.errors import Cancelled
-from core.evaluate import output_head
-from core.passes import _SENSITIVITY_EVERY, collect_paired_stats, collect_stats, prune_in_forward
-from core.stats import InputStats
-from core.walker import LayerBatch, capture_inputs, run_layer, walk
+from spruce.core.arch import arch_for, decoder_layers, input_groups, layer_linears
+from spruce.core.errors import Cancelled
+from spruce.core.evaluate import output_head
+from spruce.core.passes import _SENSITIVITY_EVERY, collect_paired_stats, collect_stats, prune_in_forward
+from spruce.core.stats import InputStats
+from spruce.core.walker import LayerBatch, capture_inputs, run_layer, walk
 from tests.tiny import ARCHES, VOCAB, tiny_model
 
 pytestmark = pytest.mark.unit
@@ -382,7 +382,7 @@ def test_paired_sensitivity_comes_from_the_pruned_stream_only(name):
 
 
 def test_an_mlp_of_another_form_fails_loudly_and_leaves_no_hooks(monkeypatch):
-    from core.errors import SystemFault
+    from spruce.core.errors import SystemFault
 
     arch, batches, layer = _first_layer("llama")
     mlp = layer.mlp

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.errors import SpecError
+from spruce.core.errors import SpecError
 
 PRUNERS = ("magnitude", "wanda", "sparsegpt")
 SPARSITIES: tuple[float | str, ...] = (0.3, 0.5, 0.7, "2:4", "4:8")
