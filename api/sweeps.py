@@ -352,3 +352,21 @@ def cancel_sweep(sweep_id: str, session: SessionDep, caller: CallerDep) -> Sweep
             except ApiError as exc:  # it ended (or was deleted) since we looked: nothing to cancel
                 log.info("sweep %s: job %s not cancelled: %s", sweep.id, job.id, exc.message)
     return sweep_out(session, sweep, caller.team_name)
+
+
+@router.delete("/{sweep_id}", status_code=204, response_class=Response, responses={**ERRORS, 409: {}})
+def delete_sweep(sweep_id: str, session: SessionDep, ctx: CtxDep, caller: CallerDep) -> Response:
+    """Delete the sweep and every child job as DELETE /v1/jobs/{id} deletes one: queued children
+    are cancelled, running ones asked to stop, their artifacts and checkpoints removed. The sweep
+    and its children are gone from the API at once; a running child's row and files are removed
+    when its worker stops, at the next layer."""
+    sweep = team_sweep(session, sweep_id, caller.team_id)
+    try:
+        running = sweeps.delete_sweep(session, ctx.storage, sweep, caller.key_name)
+    except StaleStatus as exc:
+        session.rollback()
+        raise ApiError(
+            409, "sweep_busy", f"a job of sweep {sweep_id} kept changing while being deleted; retry"
+        ) from exc
+    log.info("sweep %s: deleted by %s (%d jobs still stopping)", sweep_id, caller.key_name, len(running))
+    return Response(status_code=204)

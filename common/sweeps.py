@@ -4,7 +4,7 @@ A sweep is a row that lists its child jobs (``sweeps.children``); the children a
 (``jobs.sweep_id``) that share the sweep's calibration settings. Everything else a sweep reports
 is derived from its children when read: its status, progress, table, Pareto front and the
 sparsest row within a perplexity budget. The functions here are pure (plain dicts in and out),
-except ``child_jobs`` which reads the children's rows.
+except ``child_jobs`` which reads the children's rows and ``delete_sweep`` which removes them.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from spruce.common import quotas
+from spruce.common import quotas, retention
 from spruce.common.models import Job, Sweep, Team
 from spruce.common.settings import Settings
 from spruce.common.states import JobStatus
+from spruce.common.storage import Storage
 
 MAX_CHILDREN = 32
 DELETED = "deleted"  # a child job deleted through DELETE /v1/jobs/{id}: it ends the child too
@@ -206,3 +207,24 @@ def rows_of(sweep: Sweep, jobs: Mapping[str, Job]) -> list[dict[str, Any]]:
         status = job.status if job is not None else DELETED
         out.append(table_row(child, status, job.results if job is not None else None))
     return out
+
+
+# -- deleting --------------------------------------------------------------------------------------
+
+
+def delete_sweep(session: Session, storage: Storage, sweep: Sweep, by: str) -> list[str]:
+    """Delete the sweep: each child as DELETE /v1/jobs/{id} deletes a job (``retention.delete_job``:
+    queued ones cancelled, running ones asked to stop and removed when their worker stops), then
+    the sweep's row (its Idempotency-Key freed with it). Returns the children still running.
+
+    Children first: a failure midway leaves the sweep listing the children not yet deleted, and
+    deleting it again finishes. Raises ``StaleStatus`` if a child kept changing. Commits.
+    """
+    running = [
+        job.id
+        for job in child_jobs(session, sweep).values()
+        if not retention.delete_job(session, storage, job, by)
+    ]
+    session.delete(sweep)
+    session.commit()
+    return running

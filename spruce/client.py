@@ -107,12 +107,17 @@ class Client:
         self.url = (url or os.environ.get("SPRUCE_URL") or "http://127.0.0.1:8000").rstrip("/")
         key = key or os.environ.get("SPRUCE_API_KEY")
         if not key:
-            raise SpruceError("no API key: pass key= or set SPRUCE_API_KEY (create one with `spruce keys create`)")
+            raise SpruceError(
+                "no API key: pass key= or set SPRUCE_API_KEY (create one with `spruce keys create`)"
+            )
         self.retries = retries
         # follow_redirects: downloads may answer 307 to a presigned S3 URL; httpx drops the
         # Authorization header when the redirect leaves this origin.
         self.http = httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout, follow_redirects=True
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=timeout,
+            follow_redirects=True,
         )
 
     def close(self) -> None:
@@ -126,7 +131,9 @@ class Client:
 
     # -- jobs -------------------------------------------------------------------------------------
 
-    def submit(self, body: dict[str, Any] | None = None, /, *, idempotency_key: str | None = None, **fields: Any) -> Job:
+    def submit(
+        self, body: dict[str, Any] | None = None, /, *, idempotency_key: str | None = None, **fields: Any
+    ) -> Job:
         """Submit a job: a whole job body, or its fields (``model=``, ``sparsity=``, ``method=``, ...)."""
         payload = {**(body or {}), **fields}
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
@@ -223,6 +230,10 @@ class Client:
 
     def get_sweep(self, sweep_id: str) -> Sweep:
         return Sweep.of(self.request("GET", f"/v1/sweeps/{sweep_id}"))
+
+    def delete_sweep(self, sweep_id: str) -> None:
+        """Delete a sweep and every child job, as ``delete`` deletes one (running ones are stopped)."""
+        self.request("DELETE", f"/v1/sweeps/{sweep_id}")
 
     def wait_sweep(
         self, sweep_id: str, *, on_progress: Callable[[Sweep], None] | None = None, interval: float = 2.0

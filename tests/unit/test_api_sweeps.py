@@ -1,9 +1,10 @@
 """/v1/sweeps in-process (SQLite, filesystem broker, no worker): children recorded as ordinary
 jobs sharing one calibration, validation naming the sweep's field, the team's queued limit,
-Idempotency-Key, the status and table derived from the children, cancel, pagination."""
+Idempotency-Key, the status and table derived from the children, cancel, delete, pagination."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from spruce.common import retention
 from spruce.common.db import session_scope
-from spruce.common.jobs import set_status
-from spruce.common.models import Job, Sweep
+from spruce.common.jobs import StaleStatus, set_status
+from spruce.common.models import Artifact, Job, Sweep
 from spruce.common.states import JobStatus
 from tests.unit.service import Service
 
@@ -211,6 +213,71 @@ def test_a_deleted_child_ends_its_row(svc: Service) -> None:
     got = svc.client.get(f"/v1/sweeps/{sweep['id']}", headers=svc.h()).json()
     assert [r["status"] for r in got["table"]] == ["succeeded", "deleted"]
     assert got["status"] == "cancelled" and got["progress"] == {"done": 2, "total": 2}
+
+
+def test_delete_removes_the_sweep_and_every_child(svc: Service) -> None:
+    sweep = post(svc, BODY).json()
+    done, running, queued = sweep["jobs"]
+    finish(svc, done, JobStatus.SUCCEEDED)
+    store = svc.client.app.state.ctx.storage  # type: ignore[attr-defined]
+    store.put_stream(f"jobs/{done}/hf/config.json", io.BytesIO(b"{}"))
+    with session_scope(svc.url) as s:
+        s.add(Artifact(job_id=done, name="hf/config.json", size=2, sha256="ab" * 32,
+                       storage_key=f"jobs/{done}/hf/config.json"))  # fmt: skip
+        job = s.get(Job, running)
+        assert job is not None
+        set_status(s, job, JobStatus.RUNNING, "started")
+    url = f"/v1/sweeps/{sweep['id']}"
+    assert svc.client.delete(url, headers=svc.h(svc.other)).status_code == 404  # another team's
+    assert svc.client.get(url, headers=svc.h()).status_code == 200
+
+    r = svc.client.delete(url, headers=svc.h())
+    assert r.status_code == 204 and r.content == b""
+    assert svc.client.get(url, headers=svc.h()).status_code == 404
+    assert svc.client.get("/v1/sweeps", headers=svc.h()).json()["data"] == []
+    assert svc.client.get("/v1/jobs", headers=svc.h()).json()["data"] == []
+    for job_id in sweep["jobs"]:
+        assert svc.client.get(f"/v1/jobs/{job_id}", headers=svc.h()).status_code == 404
+    assert store.list(f"jobs/{done}/") == []
+    with session_scope(svc.url) as s:
+        assert s.get(Job, done) is None and s.get(Job, queued) is None and s.get(Sweep, sweep["id"]) is None
+        stopping = s.get(Job, running)  # kept, hidden, until its worker stops
+        assert stopping is not None and stopping.deleted_at is not None and stopping.cancel_requested
+        set_status(s, stopping, JobStatus.CANCELLED, "stopped")
+    assert retention.purge(svc.url, store) == [running]
+    assert svc.count(Job) == 0
+    # As for a job: a second DELETE finds nothing.
+    assert svc.client.delete(url, headers=svc.h()).status_code == 404
+
+
+def test_deleting_a_sweep_frees_its_idempotency_key(svc: Service) -> None:
+    first = post(svc, BODY, **{"Idempotency-Key": "k1"}).json()
+    assert svc.client.delete(f"/v1/sweeps/{first['id']}", headers=svc.h()).status_code == 204
+    again = post(svc, BODY, **{"Idempotency-Key": "k1"})
+    assert again.status_code == 201 and "Idempotent-Replayed" not in again.headers
+    assert again.json()["id"] != first["id"] and svc.count(Sweep) == 1 and svc.count(Job) == 3
+
+
+def test_a_child_that_keeps_changing_is_a_409_and_a_retry_finishes(
+    svc: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sweep = post(svc, BODY).json()
+    real, calls = retention.delete_job, []
+
+    def flaky(session: Any, storage: Any, job: Job, by: str) -> bool:
+        calls.append(job.id)
+        if len(calls) == 2:  # the second child moves under every attempt
+            raise StaleStatus(f"job {job.id} kept changing while being deleted")
+        return real(session, storage, job, by)
+
+    monkeypatch.setattr(retention, "delete_job", flaky)
+    url = f"/v1/sweeps/{sweep['id']}"
+    r = svc.client.delete(url, headers=svc.h())
+    assert r.status_code == 409 and r.json()["error"]["code"] == "sweep_busy"
+    left = svc.client.get(url, headers=svc.h()).json()  # the children not deleted are still listed
+    assert sorted(r["status"] for r in left["table"]) == ["deleted", "queued", "queued"]
+    assert svc.client.delete(url, headers=svc.h()).status_code == 204
+    assert svc.count(Sweep) == 0 and svc.count(Job) == 0
 
 
 def test_list_pages_newest_first(svc: Service) -> None:

@@ -1,4 +1,5 @@
-"""The SDK's transport: transient answers are retried (with the same Idempotency-Key), others are not."""
+"""The SDK's transport: transient answers are retried (with the same Idempotency-Key), others are
+not; delete_sweep sends DELETE /v1/sweeps/{id}."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ JOB = {"id": "job_1", "status": "queued", "progress": 0.0, "spec": {}}
 def test_503_and_429_are_retried_with_the_same_idempotency_key(monkeypatch):
     seen: list[httpx.Request] = []
     answers = [
-        httpx.Response(503, headers={"Retry-After": "1"}, json={"error": {"code": "unavailable", "message": "x"}}),
+        httpx.Response(
+            503, headers={"Retry-After": "1"}, json={"error": {"code": "unavailable", "message": "x"}}
+        ),
         httpx.Response(429, json={"error": {"code": "rate_limited", "message": "x"}}),
         httpx.Response(201, json=JOB),
     ]
@@ -38,7 +41,9 @@ def test_503_and_429_are_retried_with_the_same_idempotency_key(monkeypatch):
 
 def test_a_client_error_is_raised_at_once_with_its_field(monkeypatch):
     seen: list[httpx.Request] = []
-    answers = [httpx.Response(422, json={"error": {"code": "invalid_spec", "message": "bad", "param": "sparsity"}})]
+    answers = [
+        httpx.Response(422, json={"error": {"code": "invalid_spec", "message": "bad", "param": "sparsity"}})
+    ]
     with pytest.raises(spruce.ApiError) as err:
         _client(monkeypatch, answers, seen).submit({"model": "m", "sparsity": 2})
     assert (err.value.status, err.value.param, len(seen)) == (422, "sparsity", 1)
@@ -56,3 +61,17 @@ def test_backoff_follows_retry_after_within_bounds():
     assert sdk._backoff(0, "2") == 2.0
     assert sdk._backoff(5, None) == 16.0 and sdk._backoff(10, None) == 30.0
     assert sdk._backoff(0, "soon") == 0.5
+
+
+def test_delete_sweep_sends_delete_and_raises_a_404(monkeypatch):
+    seen: list[httpx.Request] = []
+    answers = [
+        httpx.Response(204),
+        httpx.Response(404, json={"error": {"code": "sweep_not_found", "message": "no such sweep"}}),
+    ]
+    client = _client(monkeypatch, answers, seen)
+    assert client.delete_sweep("sw_1") is None
+    with pytest.raises(spruce.ApiError) as err:
+        client.delete_sweep("sw_1")
+    assert err.value.status == 404 and len(seen) == 2  # a 404 is not retried
+    assert [(r.method, r.url.path) for r in seen] == [("DELETE", "/v1/sweeps/sw_1")] * 2
