@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 
 from spruce.api import datasets, errors, health, idempotency, jobs, metrics, spec, sweeps, usage
 from spruce.api.deps import ServiceContext
@@ -33,7 +34,13 @@ Errors are `{"error": {"code", "message", "param"}}`.
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app bound to ``settings`` (default: the environment's ``SPRUCE_*`` settings)."""
-    app = FastAPI(title="Spruce", version="0.1.0", description=DESCRIPTION, docs_url="/docs")
+    app = FastAPI(
+        title="Spruce",
+        version="0.1.0",
+        description=DESCRIPTION,
+        docs_url="/docs",
+        generate_unique_id_function=operation_id,
+    )
     ctx = app.state.ctx = ServiceContext(settings or get_settings())
     configure_logging(ctx.settings.log_format)
     registry, app.state.http_metrics, app.state.metrics_service = metrics.build_registry(
@@ -52,6 +59,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _include_dashboard(app)
     _add_middleware(app, app.state.ctx.settings)
     return app
+
+
+def operation_id(route: APIRoute) -> str:
+    """The OpenAPI operationId of ``route``: its name (the function's, or ``name=``), e.g.
+    ``create_job``. Generated clients name their methods after it, so it must not follow the
+    path or the method (FastAPI's default, ``create_job_v1_jobs_post``)."""
+    return route.name
 
 
 def _add_middleware(app: FastAPI, settings: Settings) -> None:

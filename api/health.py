@@ -50,7 +50,7 @@ def readyz(ctx: CtxDep) -> Any:
     return JSONResponse({"status": "ready", "checks": checks})
 
 
-@router.get("/v1/me", response_model=Me, responses=COMMON)
+@router.get("/v1/me", response_model=Me, responses=COMMON, name="read_me")
 def me(caller: CallerDep) -> Me:
     """Who the key belongs to: the dashboard signs in by calling this."""
     return Me(
@@ -62,7 +62,7 @@ def me(caller: CallerDep) -> Me:
     )
 
 
-@router.get("/v1/models", response_model=ModelList, responses=COMMON)
+@router.get("/v1/models", response_model=ModelList, responses=COMMON, name="list_models")
 def models(ctx: CtxDep, caller: CallerDep, session: SessionDep) -> ModelList:
     """Suggested models: the built-in alias and model folders under the allowed roots.
 

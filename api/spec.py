@@ -22,7 +22,7 @@ def _document() -> dict[str, Any]:
     return describe(CompressionSpec)
 
 
-@router.get("/v1/spec")
+@router.get("/v1/spec", name="read_spec")
 def spec_schema() -> dict[str, Any]:
     """Every public option of a job (``param``, ``default``, ``choices``, ``min``/``max``, ``help``),
     every experimental one with its value under each preset, and the presets' tables. Needs no
