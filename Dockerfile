@@ -1,6 +1,7 @@
 # One Dockerfile, two images: `api` (FastAPI; the torch-free base install) and `worker` (Celery +
-# the engine: the `worker` extra). torch goes into the worker only, installed first from the
-# index that matches the hardware (CUDA wheels by default;
+# the engine: the `worker` extra, and the `eval` extra for jobs that name lm-eval tasks). torch
+# goes into the worker only, installed first from the index that matches the hardware (CUDA
+# wheels by default;
 # --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu for a CPU-only build).
 #   docker build --target api -t spruce-api .
 #   docker build --target worker -t spruce-worker .
@@ -50,7 +51,7 @@ COPY api ./api
 COPY worker ./worker
 COPY cli ./cli
 COPY migrations ./migrations
-RUN pip install ".[worker]"
+RUN pip install ".[worker,eval]"
 USER spruce
 ENV SPRUCE_CACHE_DIR=/cache HF_HOME=/cache/huggingface
 CMD ["celery", "-A", "spruce.worker.app", "worker", "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO"]

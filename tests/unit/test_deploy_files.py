@@ -1,6 +1,6 @@
 """docker-compose.yml, the Dockerfile, .dockerignore and pyproject's dependency split, read as
 data: the production stack runs the commands the integration tests run, restarts what dies,
-pins its images, and the API image installs no torch."""
+pins its images, the API image installs no torch and the worker image can run lm-eval tasks."""
 
 from __future__ import annotations
 
@@ -77,12 +77,14 @@ def test_the_api_image_and_the_base_install_carry_no_torch() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     api, worker = _stage(dockerfile, "api"), _stage(dockerfile, "worker")
     assert "torch" not in api and "RUN pip install .\n" in api
-    assert 'pip install ".[worker]"' in worker and "torch==" in worker
+    # The eval extra too: a job naming evaluation tasks runs them with lm-eval in the worker.
+    assert 'pip install ".[worker,eval]"' in worker and "torch==" in worker
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     base = [re.split(r"[<>=\[ ;]", d)[0] for d in project["dependencies"]]
     assert not set(base) & set(TORCH_SIDE), base
     extras = project["optional-dependencies"]
     assert {re.split(r"[<>=\[ ;]", d)[0] for d in extras["worker"]} >= {"torch", "transformers"}
+    assert {re.split(r"[<>=\[ ;]", d)[0] for d in extras["eval"]} == {"lm-eval"}
     assert "spruce[worker]" in extras["dev"]  # make install / .ci/run still install everything
     assert "prometheus-client" in base
 
