@@ -1,5 +1,6 @@
 """`spruce sweep` against the in-process API: the body it sends, its errors, and the table and
-Pareto front it prints once the children ended."""
+Pareto front it prints once the children ended; and `spruce submit --json`, which prints the
+created job."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from spruce.cli import client as cli_client
 from spruce.cli import sweep as cli_sweep
 from spruce.cli.main import main
 from spruce.client import Client
@@ -32,6 +34,7 @@ def svc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Service:
         return c
 
     monkeypatch.setattr(cli_sweep, "Client", client)
+    monkeypatch.setattr(cli_client, "Client", client)
     return svc
 
 
@@ -92,3 +95,15 @@ def test_report_prints_the_table_the_front_and_best_within(svc: Service) -> None
     assert (
         lines[-1] == f"sparsest within 10% of dense: target 0.5 (sparsity 0.5000, job {created['jobs'][0]})"
     )
+
+
+def test_submit_json_prints_the_created_job(svc: Service, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["submit", "--model", "smollm2-135m", "--sparsity", "2:4", "--calib", "pydoc", "--samples", "8"]
+    assert main([*argv, "--json"]) == 0
+    job = json.loads(capsys.readouterr().out)
+    assert job["object"] == "job" and job["status"] == "queued" and job["id"].startswith("job_")
+    assert job["spec"]["sparsity"] == "2:4" and job["spec"]["calibration"]["samples"] == 8
+    listed = svc.client.get(f"/v1/jobs/{job['id']}", headers=svc.h()).json()
+    assert listed["spec"] == job["spec"]
+    assert main(argv) == 0  # without --json: the id alone
+    assert capsys.readouterr().out.strip().startswith("job_")
