@@ -272,14 +272,13 @@ def _calib_batch_size(spec: CompressionSpec, calib: torch.Tensor, in_forward: bo
 
 def _prunes_in_forward(spec: CompressionSpec, loaded: LoadedModel, calib: torch.Tensor) -> bool:
     """Whether the walk prunes each layer's linears in turn inside one forward (``method.sequential``)."""
-    if spec.sequential == "layer" or not spec.walks_in_turn:
-        return False  # ("linear" where it cannot is refused by spec.validate)
-    if spec.sequential == "linear":
-        return True
-    # Wanda with swaps: one forward prunes and propagates (the dense pass only measures), the
-    # same perplexity as the layer walk on the benchmark (docs/pruners.md, "Swaps").
-    in_turn = spec.fits_dense_model or (spec.pruner == "wanda" and spec.swaps > 0)
-    return in_turn and _forward_bytes(loaded, calib) <= IN_FORWARD_BYTES
+    # The plan's walk (core.spec.plan): "linear_if_fits" where the pruner fits the dense model or
+    # swaps, as one forward prunes and propagates there at the layer walk's perplexity
+    # (docs/pruners.md, "Swaps"); "linear" where it cannot is refused by spec.validate.
+    walk = spec.resolve().sequential
+    if walk != "linear_if_fits":
+        return walk == "linear"
+    return _forward_bytes(loaded, calib) <= IN_FORWARD_BYTES
 
 
 def _forward_bytes(loaded: LoadedModel, calib: torch.Tensor) -> int:

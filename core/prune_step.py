@@ -21,7 +21,7 @@ from spruce.core.dense_stream import DenseStream
 from spruce.core.pruners import PruneResult, prune_weight, reconstruction_error
 from spruce.core.report import LayerRecord
 from spruce.core.sparsity import LayerTarget, sparsity_of
-from spruce.core.spec import CompressionSpec
+from spruce.core.spec import CompressionSpec, traits
 from spruce.core.stats import InputStats, OutputSensitivity
 from spruce.core.walker import LayerBatch
 
@@ -50,7 +50,7 @@ class LayerPruning:
         self.ratios, self.stream, self.save = ratios, stream, save
         self.records = [LayerRecord.from_dict(r) for r in prior.get("rows", [])]
         self.fact: list[dict[str, Any]] = list(prior.get("fact", []))
-        self.needs_stats = spec.pruner != "magnitude"
+        self.needs_stats = traits(spec.pruner).reads_data
         self._dense_out: list[list[Tensor]] = []  # the layer's dense outputs, to measure its error
         self._visit_end = 0.0
 
@@ -85,7 +85,7 @@ class LayerPruning:
         """An empty dict to fill when SparseGPT's unstructured selection weighs rows against each
         other (method.row_weight), else None."""
         spec = self.spec
-        if spec.pruner == "sparsegpt" and spec.row_weight == "output" and not target.is_nm:
+        if spec.resolve().row_weight == "output" and not target.is_nm:
             return {}
         return None
 

@@ -27,12 +27,6 @@ from spruce.core.precision import exact
 MEDIAN_ROWS = 4096
 
 
-def wants_hessian(pruner: str, swap_rounds: int) -> bool:
-    """Whether the statistics need each input's Gram matrix X^T X: SparseGPT's scores and update
-    read it, and so do Wanda's swaps (``swap_rounds`` > 0)."""
-    return pruner == "sparsegpt" or (pruner == "wanda" and swap_rounds > 0)
-
-
 @dataclass
 class InputStats:
     """Statistics of one linear layer's input X (rows are tokens), float32 sums."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from spruce.core.induction.transform import LayerPlan, Transform
-from spruce.core.spec import InductionSpec
+from spruce.core.spec import InductionSpec, traits
 from spruce.core.stats import InputStats
 
 
@@ -37,19 +37,10 @@ def init_transform(
     return T
 
 
-# Measured defaults (docs/induction.md, "Initialisation"): which statistic and exponent start the
-# scales, per pruner, when spec.init is "auto".
-AUTO_INIT: dict[str, tuple[str, float]] = {
-    "magnitude": ("rms", 1.0),
-    "wanda": ("one", 0.0),
-    "sparsegpt": ("one", 0.0),
-}
-
-
 def init_choice(spec: InductionSpec, pruner: str) -> tuple[str, float]:
     kind = getattr(spec, "init", "auto")
-    if kind == "auto":
-        return AUTO_INIT[pruner]
+    if kind == "auto":  # the measured default per pruner (docs/induction.md, "Initialisation")
+        return traits(pruner).induction_init
     return kind, float(getattr(spec, "init_alpha", 1.0))
 
 

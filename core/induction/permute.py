@@ -38,15 +38,10 @@ import torch
 from torch import nn
 
 from spruce.core.induction.transform import LayerPlan
-from spruce.core.pruners import (
-    PruneResult,
-    dense_target,
-    fit_cross,
-    inverse_hessian_factor,
-    prune_weight,
-    reconstruction_error,
-)
+from spruce.core.pruners import PruneResult, fit_cross, prune_weight, reconstruction_error
+from spruce.core.sparsegpt import dense_target, inverse_hessian_factor
 from spruce.core.sparsity import LayerTarget
+from spruce.core.spec import traits
 from spruce.core.stats import InputStats
 
 if TYPE_CHECKING:
@@ -228,10 +223,11 @@ def weight_costs(
     C = W.detach().to(torch.float32).square()
     if col_weight is not None:
         C = C * col_weight.to(device=C.device, dtype=torch.float32).square()
-    if pruner == "wanda":
+    score = traits(pruner).score
+    if score == "norm":
         assert stats is not None
         C = C * stats.sq_sum.to(C.device)
-    elif pruner == "sparsegpt":
+    elif score == "obs":
         assert stats is not None and stats.H is not None and stats.n > 0  # (SparseGPT: H of every token)
         U = inverse_hessian_factor(stats.H * (2.0 / stats.n), dampening=dampening).Hinv  # H^-1 = U^T U
         C = C / U.square().sum(dim=0).clamp_min(1e-30).to(C.device)

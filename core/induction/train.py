@@ -49,8 +49,8 @@ from spruce.core.induction.transform import (
     plan_layer,
 )
 from spruce.core.sparsity import LayerTarget
-from spruce.core.spec import InductionSpec, SweepOrder
-from spruce.core.stats import InputStats, StatsRecorder, wants_hessian
+from spruce.core.spec import InductionSpec, SweepOrder, traits
+from spruce.core.stats import InputStats, StatsRecorder
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +114,14 @@ def induce_layer(
     plan = plan_layer(layer, arch)
     params = {n: p.detach().to(device=device, dtype=torch.float32) for n, p in layer.named_parameters()}
     minibatches = first_sequences(list(split_minibatches(batches, spec.batch_size)), spec.samples_for(pruner))
-    swaps = swap_rounds if pruner == "wanda" else 0
+    swaps = swap_rounds if traits(pruner).swaps else 0
     if dense is None:
-        want_H = wants_hessian(pruner, swaps)
+        want_H = traits(pruner).wants_hessian(swaps)
         targets, stats = dense_pass(layer, plan, params, minibatches, device=device, want_H=want_H)
     else:
         pieces = targets_for(target_pieces(dense[0], spec.batch_size), minibatches)
         targets, stats = [Y.to(torch.float32) for Y in pieces], dense[1].stats
-        _check_recorded(stats, minibatches, want_H=wants_hessian(pruner, swaps))
+        _check_recorded(stats, minibatches, want_H=traits(pruner).wants_hessian(swaps))
     reference_outputs = None
     if reference is not None:
         # the dense model's outputs of this layer: what the pruned block must reproduce, drift
@@ -226,7 +226,7 @@ def col_weights_for(plan: LayerPlan, T: Transform, pruner: str) -> dict[str, tor
     nothing to add. Wanda (|W_ij| ||X_j||) and SparseGPT (w^2 / [Hinv]_jj^2) are invariant under
     the exact rescaling, so the same s must be handed to them as ``col_weight``.
     """
-    if pruner != "magnitude":
+    if traits(pruner).rescaling_invariant:
         return {path: c.detach() for path, c in importance(plan, T).items()}
     if T.linear_log_c is None:
         return {}
@@ -258,7 +258,7 @@ def recorder_for(
 ) -> StatsRecorder:
     """The ``StatsRecorder`` whose statistics ``induce_layer(dense=...)`` takes: over the sequences
     induction reads, with H where the pruner needs it."""
-    want_H = wants_hessian(pruner, swap_rounds)
+    want_H = traits(pruner).wants_hessian(swap_rounds)
     return StatsRecorder(layer, arch, want_H=want_H, sequences=spec.samples_for(pruner))
 
 

@@ -22,9 +22,9 @@ from spruce.core.induction.transform import (
     qk_row_scales,
 )
 from spruce.core.precision import layer_precision
-from spruce.core.pruners import HinvFactor, inverse_hessian_factor, sparsegpt
+from spruce.core.sparsegpt import HinvFactor, inverse_hessian_factor, sparsegpt
 from spruce.core.sparsity import LayerTarget
-from spruce.core.spec import InductionSpec, SweepOrder
+from spruce.core.spec import InductionSpec, SweepOrder, traits
 from spruce.core.stats import InputStats
 from spruce.core.swaps import swap_refine
 
@@ -53,11 +53,12 @@ class Trainer:
         self.swap_rounds = swap_rounds
         self.device = device
         self.target, self.pruner, self.spec, self.dampening = target, pruner, spec, dampening
+        self.traits = traits(pruner)
         self.blocksize = blocksize
         self.order = order
         self.tau = float(spec.temperature)
         # SparseGPT selects per block of columns (same share of each row in each block).
-        self.segment = blocksize if pruner == "sparsegpt" and not target.is_nm else None
+        self.segment = blocksize if self.traits.selects_per_block and not target.is_nm else None
         self.linears = plan.arch.linears
         self._fixed_cols: dict[str, torch.Tensor | None] = {}
         self._chain: dict[str, torch.Tensor] = {}  # SparseGPT: the update chain A per input group
@@ -69,8 +70,9 @@ class Trainer:
 
     def refresh(self, T: Transform) -> None:
         """Recompute the per-channel score factors that do not change within an epoch: SparseGPT's
-        1/[Hinv]_jj of the shifted H (a Cholesky per group; only the shifts change it)."""
-        if self.pruner != "sparsegpt":
+        1/[Hinv]_jj of the shifted H (a Cholesky per group; only the shifts change it), and the
+        chain of its update."""
+        if not self.traits.needs_hessian:
             return
         shifts = input_shifts(self.plan, T)
         if self._fixed_cols and all(d is None for d in shifts.values()):
@@ -83,16 +85,18 @@ class Trainer:
         self._L0.clear()
 
     def base_col(self, group: str, d: torch.Tensor | None) -> torch.Tensor | None:
-        """[in] the pruner's per-channel factor of its score in |w| units, or None (magnitude)."""
-        if self.pruner == "magnitude":
+        """[in] the pruner's per-channel factor of its score in |w| units (``Traits.score``), or
+        None (data-free)."""
+        score = self.traits.score
+        if score == "weight":
             return None
-        if self.pruner == "wanda":
+        if score == "norm":
             return self.stats[group].centred_sq(d).sqrt()  # ||X_j - d_j||
-        return self._fixed_cols[group]
+        return self._fixed_cols[group]  # "obs": 1/[Hinv]_jj (``refresh``)
 
     def _log_scores(self, path: str, group: str, d: torch.Tensor | None) -> torch.Tensor:
         """[out, in] log of the pruner's score before the scale; cached unless a shift moves it."""
-        if d is not None and self.pruner == "wanda":
+        if d is not None and self.traits.score == "norm":  # the shift moves ||X_j - d_j||
             return log_base_scores(self.params[f"{path}.weight"], self.base_col(group, d))
         key = (path, self.pruner)
         if key not in self._L0:
@@ -114,7 +118,7 @@ class Trainer:
             W = self.params[f"{path}.weight"]  # [out, in]
             L = self._log_scores(path, group, d[group]) + c[path].log()  # [out, in]
             M = keep_mask(L, self.target, mode=mode or self.spec.mask, tau=self.tau, segment=self.segment)
-            if self.pruner == "sparsegpt":  # the compensating update, differentiable in M
+            if not self.traits.keeps_weights:  # the compensating update, differentiable in M
                 W_eff = sparsegpt_weights(W, M, self._chain[group], SPARSEGPT_HOPS)
             elif swaps and self.swap_rounds > 0:
                 H = self.stats[group].centred_H(d[group])  # (detaches the shift itself)
@@ -233,8 +237,8 @@ class Trainer:
 
         Magnitude and Wanda: the hard mask of training is the pruner's mask (exact). SparseGPT:
         its mask and update depend on the sweep, so the folded weights are pruned by
-        ``core.pruners.sparsegpt`` itself, with the folded Hessian S^-1 H S^-1 and ``col_weight``."""
-        if self.pruner == "sparsegpt":
+        ``core.sparsegpt.sparsegpt`` itself, with the folded Hessian S^-1 H S^-1 and ``col_weight``."""
+        if not self.traits.keeps_weights:
             params = self._sparsegpt_folded(T)
         else:
             self.refresh(T)

@@ -30,10 +30,10 @@ from spruce.core.spec.traits import (
     FIT_SHARES,
     PRUNER_TRAITS,
     PRUNERS,
-    WANDA_HESSIAN_EVERY,
-    WANDA_SWAP_ROUNDS,
     Pruner,
+    Score,
     Traits,
+    traits,
 )
 
 __all__ = [
@@ -52,8 +52,6 @@ __all__ = [
     "SEED_MAX",
     "SEQUENTIALS",
     "SWEEP_ORDERS",
-    "WANDA_HESSIAN_EVERY",
-    "WANDA_SWAP_ROUNDS",
     "Allocation",
     "CompressionSpec",
     "EvalSpec",
@@ -63,9 +61,11 @@ __all__ = [
     "Preset",
     "Pruner",
     "RowWeight",
+    "Score",
     "Sequential",
     "Sparsity",
     "SweepOrder",
     "TextSpec",
     "Traits",
+    "traits",
 ]

@@ -96,7 +96,7 @@ def resolve(spec: CompressionSpec) -> Plan:
         swaps=swaps,
         fits_dense_model=fits,
         fit_weight=share,
-        wants_hessian=t.needs_hessian or swaps > 0,
+        wants_hessian=t.wants_hessian(swaps),
         hessian_every=t.hessian_every,
         walks_in_turn=in_turn,
         sequential=_sequential(spec.sequential, in_turn, fits or (t.swaps and swaps > 0)),

@@ -9,15 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Pruner = Literal["magnitude", "wanda", "sparsegpt"]
-PRUNERS: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt")
+Pruner = Literal["magnitude", "wanda", "sparsegpt"]  # the table's keys, for type checkers
+
+# What each weight's score multiplies |w_ij| by, a factor of its input channel j: nothing
+# ("weight": data-free), ||X_j|| ("norm": Wanda's), or 1/[H^-1]_jj ("obs": the optimal brain
+# surgeon's, read off X^T X). Pruning (core.pruners), the permutation's costs
+# (core.induction.permute) and induction's trainer each compute it by this kind.
+Score = Literal["weight", "norm", "obs"]
 
 
 @dataclass(frozen=True)
 class Traits:
-    reads_data: bool  # its step reads calibration statistics (magnitude is data-free)
+    score: Score  # what its score reads beside |w| (``Score``)
     keeps_weights: bool  # it only chooses a mask (SparseGPT also updates the weights it keeps)
-    needs_hessian: bool  # its own step reads each linear's full X^T X
+    selects_per_block: bool  # unstructured: the mask is chosen per block of ``blocksize`` columns
     swap_rounds: int  # default rounds of mask swaps (core.swaps); only data-reading mask pruners swap
     fits_model_auto: bool  # fit_to "auto" fits the dense model at N:M and ratios >= AUTO_FIT_MIN_RATIO
     fit_share: float  # default share of the dense model's drift the writers fit (core.pruners.fit_cross)
@@ -30,9 +35,31 @@ class Traits:
     induction_init: tuple[str, float]  # induction's "auto" start: (statistic, exponent)
 
     @property
+    def reads_data(self) -> bool:
+        """Its step reads calibration statistics (magnitude is data-free)."""
+        return self.score != "weight"
+
+    @property
+    def needs_hessian(self) -> bool:
+        """Its own step reads each linear's full X^T X."""
+        return self.score == "obs"
+
+    @property
     def swaps(self) -> bool:
         """It can refine its mask by swaps: a mask pruner that reads statistics (Wanda)."""
         return self.reads_data and self.keeps_weights
+
+    def wants_hessian(self, swap_rounds: int) -> bool:
+        """Whether the statistics carry each input's Gram matrix X^T X: its own step reads it, or
+        its swaps do (``swap_rounds`` > 0). The one rule; ``Plan.wants_hessian`` records it."""
+        return self.needs_hessian or (self.swaps and swap_rounds > 0)
+
+    @property
+    def rescaling_invariant(self) -> bool:
+        """Its score does not change under an exact rescaling of the input channels (the channel
+        factor absorbs it), so induction hands it the scales as ``col_weight``; magnitude's |w|
+        reads the folded weight, which already carries them."""
+        return self.reads_data
 
 
 # docs/pruners.md ("Swaps", "Fitting the dense model", "How much of the drift to fit") and
@@ -40,29 +67,28 @@ class Traits:
 # "Recovery", "N:M channel permutation", "Initialisation").
 PRUNER_TRAITS: dict[str, Traits] = {
     "magnitude": Traits(
-        reads_data=False, keeps_weights=True, needs_hessian=False, swap_rounds=0,
+        score="weight", keeps_weights=True, selects_per_block=False, swap_rounds=0,
         fits_model_auto=False, fit_share=0.0, hessian_every=2, induction_epochs=0,
         scales_skip_unstructured=False, induction_samples=1, recover_epochs=0,
         permute_rounds=(10, 0), induction_init=("rms", 1.0),
     ),
     "wanda": Traits(
-        reads_data=True, keeps_weights=True, needs_hessian=False, swap_rounds=20,
+        score="norm", keeps_weights=True, selects_per_block=False, swap_rounds=20,
         fits_model_auto=False, fit_share=0.25, hessian_every=2, induction_epochs=1,
         scales_skip_unstructured=False, induction_samples=0, recover_epochs=1,
         permute_rounds=(10, 50), induction_init=("one", 0.0),
     ),
     "sparsegpt": Traits(
-        reads_data=True, keeps_weights=False, needs_hessian=True, swap_rounds=0,
+        score="obs", keeps_weights=False, selects_per_block=True, swap_rounds=0,
         fits_model_auto=True, fit_share=0.5, hessian_every=1, induction_epochs=1,
         scales_skip_unstructured=True, induction_samples=0, recover_epochs=1,
         permute_rounds=(100, 100), induction_init=("one", 0.0),
     ),
 }  # fmt: skip
+PRUNERS: tuple[str, ...] = tuple(PRUNER_TRAITS)
 
 # The fit shares per pruner that fits the dense model (the traits' values, for readers of the old name).
 FIT_SHARES: dict[str, float] = {p: t.fit_share for p, t in PRUNER_TRAITS.items() if t.fit_share > 0}
-WANDA_SWAP_ROUNDS = PRUNER_TRAITS["wanda"].swap_rounds
-WANDA_HESSIAN_EVERY = PRUNER_TRAITS["wanda"].hessian_every
 
 
 def traits(pruner: str) -> Traits:

@@ -7,6 +7,7 @@ import torch
 
 from spruce.core.errors import FactorizationError, SpecError, SystemFault
 from spruce.core.pruners import (
+    PRUNE_STEPS,
     inverse_hessian_factor,
     magnitude_scores,
     prune_weight,
@@ -15,11 +16,11 @@ from spruce.core.pruners import (
     wanda_scores,
 )
 from spruce.core.sparsity import LayerTarget, nm_ok, sparsity_of, unstructured_mask
+from spruce.core.spec import PRUNER_TRAITS, PRUNERS, traits
 from spruce.core.stats import InputStats
 
 pytestmark = pytest.mark.unit
 
-PRUNERS = ("magnitude", "wanda", "sparsegpt")
 OUT, IN = 24, 80  # 0.5 * 80 and 0.7 * 80 are integers; 80 is a multiple of 4 and 8
 BLOCK = 32  # several SparseGPT blocks, the last one partial
 
@@ -41,7 +42,8 @@ def layer(out: int = OUT, inp: int = IN, tokens: int = 512, seed: int = 0) -> tu
 
 
 def run(W: torch.Tensor, pruner: str, target: LayerTarget, stats: InputStats, **kw):
-    return prune_weight(W, pruner, target, None if pruner == "magnitude" else stats, blocksize=BLOCK, **kw)
+    st = stats if traits(pruner).reads_data else None
+    return prune_weight(W, pruner, target, st, blocksize=BLOCK, **kw)
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.7])
@@ -587,3 +589,34 @@ def test_compress_weighs_only_the_mlp_input_rows(tmp_path, sparsity: float) -> N
             assert sparsity_of(weighted[key]) == pytest.approx(sparsity_of(W), abs=1e-6)
         elif "layers.1." not in key:  # layer 1 reads layer 0's (different) outputs
             assert torch.equal(weighted[key], W), key
+
+
+def test_every_pruner_of_the_traits_table_has_one_step() -> None:
+    assert list(PRUNE_STEPS) == list(PRUNER_TRAITS) == list(PRUNERS)
+
+
+@pytest.mark.parametrize("pruner", PRUNERS)
+def test_a_pruner_that_reads_data_refuses_to_run_without_statistics(pruner: str) -> None:
+    W, _ = layer()
+    if traits(pruner).reads_data:
+        with pytest.raises(SystemFault, match=pruner):
+            prune_weight(W, pruner, LayerTarget(0.5), None)
+    else:
+        assert sparsity_of(prune_weight(W, pruner, LayerTarget(0.5), None).W) == 0.5
+
+
+@pytest.mark.parametrize("pruner", PRUNERS)
+def test_only_a_pruner_that_swaps_reads_swap_rounds(pruner: str) -> None:
+    W, stats = layer()
+    plain = run(W, pruner, LayerTarget(0.5), stats)
+    swapped = run(W, pruner, LayerTarget(0.5), stats, swap_rounds=5)
+    assert (swapped.swaps is not None) is traits(pruner).swaps
+    if not traits(pruner).swaps:
+        assert torch.equal(plain.W, swapped.W)
+
+
+def test_an_unknown_pruner_is_refused_as_the_spec_field() -> None:
+    W, stats = layer()
+    with pytest.raises(SpecError, match="'obc'") as err:
+        prune_weight(W, "obc", LayerTarget(0.5), stats)
+    assert err.value.param == "method.pruner"

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 
 import pytest
 
 from spruce.core.errors import SpecError
-from spruce.core.spec import FIT_SHARES, PRESETS, SEED_MAX, CompressionSpec, Sparsity
+from spruce.core.spec import (
+    FIT_SHARES,
+    PRESETS,
+    PRUNER_TRAITS,
+    PRUNERS,
+    SEED_MAX,
+    CompressionSpec,
+    Pruner,
+    Sparsity,
+)
 from spruce.core.spec.schema import leaves, moved
 from tests.unit.data.make_default_plan import values
 
@@ -441,3 +451,19 @@ def test_every_number_that_reaches_torch_or_numpy_is_bounded():
         if isinstance(leaf.default, (int, float)) and not isinstance(leaf.default, bool):
             assert leaf.meta.lo is not None and leaf.meta.hi is not None, leaf.path
             assert leaf.meta.hi <= SEED_MAX, leaf.path
+
+
+def test_the_traits_table_is_the_one_list_of_pruners():
+    assert PRUNERS == tuple(PRUNER_TRAITS) == typing.get_args(Pruner)
+
+
+@pytest.mark.parametrize(
+    ("pruner", "without_swaps", "with_swaps"),
+    [("magnitude", False, False), ("wanda", False, True), ("sparsegpt", True, True)],
+)
+def test_the_hessian_is_wanted_by_the_pruners_step_or_its_swaps(pruner, without_swaps, with_swaps):
+    t = PRUNER_TRAITS[pruner]
+    assert (t.wants_hessian(0), t.wants_hessian(20)) == (without_swaps, with_swaps)
+    swaps = 20 if t.swaps else -1
+    spec = CompressionSpec.from_dict(_exp(_with("method.pruner", pruner), swap_rounds=swaps))
+    assert spec.resolve().wants_hessian is with_swaps
