@@ -60,6 +60,11 @@ def register(sub: Any) -> None:
     c.add_argument("job_id", metavar="ID")
     c.set_defaults(func=run_cancel)
 
+    rm = sub.add_parser("delete", help="delete a job: stops it if running, removes its artifacts and row")
+    _common(rm)
+    rm.add_argument("job_id", metavar="ID")
+    rm.set_defaults(func=run_delete)
+
     d = sub.add_parser("download", help="download a job's artifacts (checked against their sha256)")
     _common(d)
     d.add_argument("job_id", metavar="ID")
@@ -235,6 +240,15 @@ def run_cancel(args: argparse.Namespace) -> int:
         return _fail(exc)
     note = " (stops at the next layer)" if job["status"] == "running" else ""
     print(f"{job['id']} {job['status']}{note}")
+    return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    try:
+        _client(args).request("DELETE", f"/v1/jobs/{args.job_id}")
+    except ClientError as exc:
+        return _fail(exc)
+    print(f"{args.job_id} deleted")
     return 0
 
 

@@ -107,3 +107,13 @@ def test_submit_json_prints_the_created_job(svc: Service, capsys: pytest.Capture
     assert listed["spec"] == job["spec"]
     assert main(argv) == 0  # without --json: the id alone
     assert capsys.readouterr().out.strip().startswith("job_")
+
+
+def test_delete_removes_the_job(svc: Service, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["submit", "--model", "smollm2-135m", "--sparsity", "0.5", "--calib", "pydoc"]) == 0
+    job_id = capsys.readouterr().out.strip()
+    assert main(["delete", job_id]) == 0
+    assert capsys.readouterr().out.strip() == f"{job_id} deleted"
+    assert svc.client.get(f"/v1/jobs/{job_id}", headers=svc.h()).status_code == 404
+    assert main(["delete", job_id]) == 2  # gone: the API's 404, as an error line
+    assert capsys.readouterr().err.startswith("error: ")
