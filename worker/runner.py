@@ -16,6 +16,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -34,7 +35,7 @@ from spruce.common.states import JobStatus, is_terminal
 from spruce.common.storage import Storage, build_storage, download_s3_uri, sha256_file
 from spruce.core.checkpoint import ResumeState
 from spruce.core.errors import Cancelled, DatasetUnavailable, ModelNotFound, SystemFault, UserError
-from spruce.core.progress import Progress
+from spruce.core.progress import Eta, Progress
 from spruce.worker.checkpoint import StorageCheckpoint, discard, fingerprint
 from spruce.worker.claim import claim_next
 from spruce.worker.hub import hub_folder
@@ -96,26 +97,16 @@ class Reporter:
     _last_write: float = 0.0
     _last_check: float = 0.0
     _cancel: bool = False
-    _t0: float = field(default_factory=time.monotonic)
-    _f0: float | None = None
-
-    def eta(self, fraction: float) -> int | None:
-        """Seconds left, from the rate since this attempt's first report (None until it means something)."""
-        if self._f0 is None:
-            self._f0 = fraction
-            return None
-        done = fraction - self._f0
-        elapsed = time.monotonic() - self._t0
-        if done < 0.01 or elapsed < 1.0:
-            return None
-        return max(0, round(elapsed * (1.0 - fraction) / done))
+    clock: Callable[[], float] = time.monotonic
+    # Seconds left, from this attempt's measured stages and layers (core/progress.py: ``Eta``).
+    _eta: Eta = field(default_factory=Eta)
 
     def __call__(self, p: Progress) -> None:
         fraction = max(self.floor, min(1.0, p.fraction))
         self.floor = fraction
         new_stage = p.stage != self.stage
-        now = time.monotonic()
-        eta = self.eta(fraction)
+        now = self.clock()
+        eta = self._eta.update(p, now)  # every report, written or not: it measures the stages
         if not new_stage and now - self._last_write < self.interval:
             return
         self._last_write = now
@@ -443,7 +434,8 @@ def dry_run(reporter: Reporter, *, attempt: int, worker: str) -> dict[str, Any]:
         steps = DRY_RUN_LAYERS if stage == "prune" else 1
         for i in range(1, steps + 1):
             layer = (i, DRY_RUN_LAYERS) if stage == "prune" else (None, None)
-            reporter(Progress(stage, overall_fraction(stage, i / steps), layer=layer[0], layers=layer[1]))
+            fraction = overall_fraction(stage, i / steps)
+            reporter(Progress(stage, fraction, layer=layer[0], layers=layer[1], within=i / steps))
     return {"dry_run": True, "stages": list(DRY_RUN_STAGES), "attempt": attempt, "worker": worker}
 
 
