@@ -83,6 +83,8 @@ class Snapshot:
     job_seconds: dict[str, list[float]]  # terminal status -> run durations
     stage_seconds: dict[str, list[float]]  # stage -> durations of finished stages
     busy_workers: set[str] = field(default_factory=set)  # hostnames with a running job
+    # (worker, its heartbeat's GPU reading) per running job on a CUDA worker (worker/liveness.py)
+    gpus: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 def _read(conn: Connection) -> Snapshot:
@@ -115,6 +117,17 @@ def _read(conn: Connection) -> Snapshot:
     busy = conn.execute(
         select(Job.worker).where(Job.status == JobStatus.RUNNING.value, Job.worker.is_not(None)).distinct()
     )
+    # Only jobs whose current attempt runs on CUDA: a retry on a CPU worker has no GPU figure.
+    gpus = conn.execute(
+        select(Job.worker, Job.gpu_memory)
+        .where(
+            Job.status == JobStatus.RUNNING.value,
+            Job.worker.is_not(None),
+            Job.device.like("cuda%"),
+            Job.gpu_memory.is_not(None),
+        )
+        .order_by(Job.worker)
+    )
     return Snapshot(
         taken=time.monotonic(),
         jobs=jobs,
@@ -123,6 +136,7 @@ def _read(conn: Connection) -> Snapshot:
         job_seconds=dict(job_seconds),
         stage_seconds=_stage_seconds(conn),
         busy_workers={w for (w,) in busy if w},
+        gpus=[(w, g) for w, g in gpus if w and isinstance(g, dict)],
     )
 
 
@@ -231,6 +245,7 @@ class ServiceCollector(Collector):
         busy = GaugeMetricFamily("spruce_workers_busy", "Workers running a job")
         busy.add_metric([], len(snap.busy_workers))
         yield busy
+        yield from _gpu_gauges(snap.gpus)
         yield _histogram(
             "spruce_job_duration_seconds",
             "Run time of finished jobs (started to finished, retries included), by final status",
@@ -245,6 +260,24 @@ class ServiceCollector(Collector):
             snap.stage_seconds,
             STAGE_BUCKETS,
         )
+
+
+GPU_GAUGES = (
+    ("spruce_worker_gpu_memory_bytes", "allocated_bytes", "GPU memory the worker's running job holds now (torch allocations)"),
+    ("spruce_worker_gpu_memory_peak_bytes", "peak_bytes", "Peak GPU memory of the worker's running job so far"),
+    ("spruce_worker_gpu_memory_total_bytes", "total_bytes", "Memory of the worker's GPU"),
+)  # fmt: skip
+
+
+def _gpu_gauges(gpus: list[tuple[str, dict[str, Any]]]) -> Iterator[Metric]:
+    """Per worker on a CUDA device, from its last heartbeat; a CPU worker has no series."""
+    for name, key, doc in GPU_GAUGES:
+        gauge = GaugeMetricFamily(name, doc + ", from its last heartbeat", labels=["worker", "device"])
+        for worker, reading in gpus:
+            value = reading.get(key)
+            if isinstance(value, int | float):
+                gauge.add_metric([worker, str(reading.get("device") or "cuda")], float(value))
+        yield gauge
 
 
 def build_registry(

@@ -147,6 +147,9 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     request_hash: Mapped[str | None] = mapped_column(String(64), default=None)  # sha256 of the body
     device: Mapped[str | None] = mapped_column(String(32), default=None)
+    # A CUDA worker's last heartbeat reading of the job's GPU memory (worker/liveness.py:
+    # gpu_memory); None on a CPU. GET /metrics serves it for running jobs.
+    gpu_memory: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     # The sweep that made this job (POST /v1/sweeps), None for a job submitted alone.
     sweep_id: Mapped[str | None] = mapped_column(
         ForeignKey("sweeps.id", ondelete="SET NULL"), default=None, index=True

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, func, null, select, update
 
 from spruce.common.db import session_scope
 from spruce.common.jobs import StaleStatus, set_status
@@ -71,12 +71,54 @@ def stale(now: datetime, timeout: float) -> ColumnElement[bool]:
 # -- heartbeat --------------------------------------------------------------------------------------
 
 
+def gpu_memory(device: str | None) -> dict[str, Any] | None:
+    """This process's CUDA memory on ``device``: what the running job holds now and its peak since
+    ``reset_gpu_peak``, in bytes, with the GPU's name; None on a CPU (or when CUDA cannot say).
+
+    The one place that reads ``torch.cuda`` for the heartbeat (``jobs.gpu_memory``, served by
+    ``GET /metrics``)."""
+    if not device or not device.startswith("cuda"):
+        return None
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        return {
+            "device": torch.cuda.get_device_name(device),
+            "allocated_bytes": int(torch.cuda.memory_allocated(device)),
+            "peak_bytes": int(torch.cuda.max_memory_allocated(device)),
+            "total_bytes": int(torch.cuda.get_device_properties(device).total_memory),
+        }
+    except Exception as exc:  # a reading is worth a line in the log, never the job
+        log.warning("could not read the memory of %s: %s", device, exc)
+        return None
+
+
+def reset_gpu_peak(device: str | None) -> None:
+    """Start the peak of ``gpu_memory`` afresh: the peak it reports is then the running job's."""
+    if not device or not device.startswith("cuda"):
+        return
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats(device)
+    except Exception as exc:
+        log.warning("could not reset the memory peak of %s: %s", device, exc)
+
+
 class Heartbeat:
     """Refreshes ``heartbeat_at`` of a running attempt until ``stop()``; ``lost`` is set once the
-    row is no longer this attempt's (taken over after a false alarm, or failed by a sweep)."""
+    row is no longer this attempt's (taken over after a false alarm, or failed by a sweep).
 
-    def __init__(self, url: str, job_id: str, attempt: int, interval: float) -> None:
+    On a CUDA ``device`` each beat also records the GPU memory the job holds (``gpu_memory``)."""
+
+    def __init__(
+        self, url: str, job_id: str, attempt: int, interval: float, device: str | None = None
+    ) -> None:
         self.url, self.job_id, self.attempt, self.interval = url, job_id, attempt, interval
+        self.device = device
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job_id}", daemon=True)
@@ -91,12 +133,18 @@ class Heartbeat:
 
     def beat(self) -> bool:
         """One write; False once the job is no longer this attempt's."""
+        # None on a CPU: a reading left by an earlier attempt on a GPU is not this attempt's.
+        reading = gpu_memory(self.device)
+        values: dict[str, Any] = {
+            "heartbeat_at": utcnow(),
+            "gpu_memory": null() if reading is None else reading,
+        }
         with session_scope(self.url) as session:
             result: Any = session.execute(
                 update(Job)
                 .where(Job.id == self.job_id, Job.status == JobStatus.RUNNING, Job.attempts == self.attempt)
                 # updated_at stays: a heartbeat is not a change of the job a client should see.
-                .values(heartbeat_at=utcnow(), updated_at=Job.updated_at)
+                .values(**values, updated_at=Job.updated_at)
                 .execution_options(synchronize_session=False)
             )
         return bool(result.rowcount == 1)

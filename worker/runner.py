@@ -39,7 +39,7 @@ from spruce.core.progress import Eta, Progress
 from spruce.worker.checkpoint import StorageCheckpoint, discard, fingerprint
 from spruce.worker.claim import claim_next
 from spruce.worker.hub import hub_folder
-from spruce.worker.liveness import Heartbeat
+from spruce.worker.liveness import Heartbeat, reset_gpu_peak
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,8 @@ def run(job_id: str, settings: Settings, *, worker: str | None = None) -> str:
     if job.id != job_id:
         log.info("message for job %s: the fair turn goes to job %s", job_id, job.id)
     log.info("job %s: attempt %d of at most %d on %s", job.id, job.attempts, settings.max_attempts, device)
-    heartbeat = Heartbeat(url, job.id, job.attempts, settings.heartbeat_interval).start()
+    reset_gpu_peak(device)  # the peak each heartbeat reports is this job's
+    heartbeat = Heartbeat(url, job.id, job.attempts, settings.heartbeat_interval, device).start()
     logged_as = log_job_id.set(job.id)  # every log line of the attempt names its job
     try:
         return _attempt(job, settings, worker, device, heartbeat)
