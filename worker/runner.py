@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 # evaluation_metrics: word/byte perplexity per text; tasks: lm-eval task figures (None: no tasks)
 RESULT_KEYS = (
     "perplexity", "evaluation_metrics", "tasks", "sparsity", "sizes", "timings", "layers", "resume", "induction",
+    "plan",  # every concrete value that ran (core.spec.plan): GET /v1/jobs/{id} shows it
 )  # fmt: skip
 
 

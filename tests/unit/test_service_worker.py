@@ -82,6 +82,7 @@ def good_run(spec: dict[str, Any], out: Path, rep: Reporter) -> None:
         "sizes": {},
         "timings": {"total": 1.0},
         "layers": [],
+        "plan": {"pruner": "wanda", "swaps": 20},
         "other": 1,
     }
     (out / "report.json").write_text(json.dumps(report))
@@ -103,8 +104,10 @@ def test_success_uploads_and_records(settings: Settings, monkeypatch: pytest.Mon
         "layers",
         "resume",
         "induction",
+        "plan",
     }
     assert job.results["perplexity"]["sparse"] == {"pydoc": 12.0} and job.results["resume"] is None
+    assert job.results["plan"] == {"pruner": "wanda", "swaps": 20}
     assert [a.name for a in arts] == ["hf/config.json", "report.json"]
     store = LocalStorage(settings.resolved_artifacts_dir)
     assert store.exists(f"jobs/{job_id}/report.json") and arts[0].size == 2
