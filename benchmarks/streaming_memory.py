@@ -6,8 +6,18 @@ model with Wanda at 50% on 64 random tokens (statistics, scores and masks in flo
 so that the weights, not the activations, dominate) and writes the pruned folder:
 
 - ``stream``: core/streaming.py, the layers read from the shards when reached, written and freed;
+- ``stream-untrimmed``: the same without ``malloc_trim`` after each layer (glibc keeps freed memory);
 - ``memory``: the whole model loaded (dtype auto, i.e. bfloat16), walked, saved with save_hf;
 - ``memory-fp32``: the same with dtype float32 (what every run did before dtype "auto").
+
+Each model is built in a child process of its own too, and a run's peak is the child's ``VmHWM``
+(/proc/self/status: the high-water mark of its own address space). Not ``getrusage``'s
+``ru_maxrss``: Linux folds the parent's high-water mark into it at ``execve``, so a child started
+after the parent built a 16-layer model reported that model's size whatever it did itself. Peak RSS
+counts the pages of the mapped safetensors shards that were touched (``safe_open`` maps a shard
+and its tensors are views of that map until copied or written); a sampling thread records the
+largest anonymous and file-backed parts separately (``RssAnon`` / ``RssFile``, every 2 ms; the
+file-backed part is printed above its value at the start, which holds the shared libraries).
 
 It prints each run's peak RSS, and per mode the least-squares slope of peak RSS in the number of
 layers next to one layer's size: streaming's slope should be about zero.
@@ -19,10 +29,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -61,6 +71,32 @@ def _wanda_visit(arch):
     return visit
 
 
+def _status() -> dict[str, int]:
+    """This process's memory counters from /proc/self/status, in bytes."""
+    out: dict[str, int] = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+                out[key] = int(value.split()[0]) * 1024  # kB
+    return out
+
+
+class _Sampler(threading.Thread):
+    """The largest RssAnon and RssFile seen, sampled every 2 ms (VmHWM has only their sum)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak = {"RssAnon": 0, "RssFile": 0}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.002):
+            now = _status()
+            for key in self.peak:
+                self.peak[key] = max(self.peak[key], now[key])
+
+
 def run_child(mode: str, folder: Path, out: Path) -> dict[str, float]:
     from spruce.core.arch import arch_for
     from spruce.core.export import save_hf
@@ -69,7 +105,14 @@ def run_child(mode: str, folder: Path, out: Path) -> dict[str, float]:
     from spruce.core.walker import capture_inputs, walk
 
     ids = [torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(0))]
-    if mode == "stream":
+    start = _status()  # the interpreter, torch and transformers imported
+    sampler = _Sampler()
+    sampler.start()
+    if mode == "stream-untrimmed":
+        import spruce.core.streaming
+
+        spruce.core.streaming._MALLOC_TRIM = None
+    if mode.startswith("stream"):
         from transformers import AutoTokenizer
 
         reader = ShardReader(folder)
@@ -86,51 +129,62 @@ def run_child(mode: str, folder: Path, out: Path) -> dict[str, float]:
         batches = capture_inputs(model, arch, ids, device="cpu")
         walk(model, arch, batches, device="cpu", visit=_wanda_visit(arch))
         save_hf(model, loaded.tokenizer, out)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
-    return {"peak_mb": peak / MB, "layer_mb": layer_bytes(model, arch) / MB}
+    sampler.done.set()
+    sampler.join()
+    return {
+        "peak_mb": _status()["VmHWM"] / MB,
+        "start_mb": start["VmRSS"] / MB,
+        "anon_mb": sampler.peak["RssAnon"] / MB,
+        "file_mb": (sampler.peak["RssFile"] - start["RssFile"]) / MB,
+        "layer_mb": layer_bytes(model, arch) / MB,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layers", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--modes", nargs="+", default=["stream", "memory", "memory-fp32"])
+    parser.add_argument("--modes", nargs="+", default=["stream", "memory", "memory-fp32"],
+                        choices=["stream", "stream-untrimmed", "memory", "memory-fp32"])  # fmt: skip
     parser.add_argument("--child", nargs=3, metavar=("MODE", "FOLDER", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--build", nargs=2, metavar=("FOLDER", "LAYERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         mode, folder, out = args.child
         print(json.dumps(run_child(mode, Path(folder), Path(out))))
+        return
+    if args.build:
+        build(Path(args.build[0]), int(args.build[1]), args.hidden)
         return
     rows: dict[str, list[tuple[int, float]]] = {m: [] for m in args.modes}
     layer_mb = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.layers:
             folder = Path(tmp) / f"l{n}"
-            build(folder, n, args.hidden)
+            # built in a child too: this process stays small (and so could not inflate a run's peak)
+            subprocess.run([*_me(), "--build", str(folder), str(n), "--hidden", str(args.hidden)],
+                           check=True, capture_output=True)  # fmt: skip
             size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / MB
             for mode in args.modes:
                 out = Path(tmp) / f"out-{mode}-{n}"
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "benchmarks.streaming_memory",
-                    "--child",
-                    mode,
-                    str(folder),
-                    str(out),
-                ]
+                cmd = [*_me(), "--child", mode, str(folder), str(out)]
                 got = json.loads(
                     subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
                 )
                 layer_mb = got["layer_mb"]
                 rows[mode].append((n, got["peak_mb"]))
-                print(f"{mode:12s} layers {n:3d}  checkpoint {size:7.1f} MB  peak RSS {got['peak_mb']:7.1f} MB",
-                      flush=True)  # fmt: skip
+                print(f"{mode:12s} layers {n:3d}  checkpoint {size:7.1f} MB  peak RSS {got['peak_mb']:7.1f} MB"
+                      f"  (at start {got['start_mb']:6.1f}; sampled peaks anon {got['anon_mb']:6.1f},"
+                      f" file-backed {got['file_mb']:+6.1f})", flush=True)  # fmt: skip
     print(f"\none layer: {layer_mb:.1f} MB (bfloat16)")
     print(f"{'mode':12s} {'slope MB/layer':>15s} {'slope / layer size':>19s}")
     for mode, points in rows.items():
         slope = _slope(points)
         print(f"{mode:12s} {slope:15.2f} {slope / layer_mb:19.1%}")
+
+
+def _me() -> list[str]:
+    return [sys.executable, "-m", "benchmarks.streaming_memory"]
 
 
 def _slope(points: list[tuple[int, float]]) -> float:

@@ -128,7 +128,8 @@ def walk(
     so that each layer's inputs are freed as soon as its outputs exist. ``start`` > 0 resumes a
     walk: layers before it are skipped and ``batches`` must be the inputs of layer ``start``.
     With ``layers`` (streaming, core/streaming.py) each layer is loaded just before it moves to
-    ``device`` and released (written, freed) once it has run: one layer is in memory at a time.
+    ``device`` and released (written, freed) once ``on_outputs`` has seen its outputs: one layer
+    is in memory at a time.
     """
     modules = decoder_layers(model, arch)
     n = len(modules)
@@ -148,10 +149,10 @@ def walk(
         finally:
             if home is not None:
                 move_module(layer, home)
+        if on_outputs is not None:
+            on_outputs(i, outputs)  # (before the release: a checkpoint saves the layer's weights)
         if layers is not None:
             layers.release(i, layer)
-        if on_outputs is not None:
-            on_outputs(i, outputs)
         batches = [batch.advance(out, i + 1) for batch, out in zip(batches, outputs, strict=True)]
         del outputs
         if on_layer is not None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -62,3 +65,30 @@ def test_a_streamed_walk_writes_what_the_in_memory_walk_computes(tmp_path, arch,
     out = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert next(out.parameters()).dtype == dtype
     torch.testing.assert_close(out.state_dict(), loaded.model.state_dict(), rtol=0, atol=0)
+
+
+def test_a_streamed_walk_frees_each_layer_after_its_outputs_are_seen(tmp_path):
+    """Nothing keeps a released layer's tensors alive (not the writer, the walker or a hook), and
+    ``on_outputs`` (a checkpoint's save) still sees the layer loaded."""
+    folder = _folder(tmp_path, "llama", torch.bfloat16)
+    reader = ShardReader(folder)
+    model = empty_model(folder, reader)
+    spec = arch_for(model)
+    arch_for_layer[:] = [spec]
+    loaded: list[weakref.ref] = []
+    seen: list[bool] = []
+
+    class Watched(LayerStream):
+        def load(self, i, layer, weights=None):
+            super().load(i, layer, weights)
+            loaded.extend(weakref.ref(p) for p in layer.parameters())
+
+    def on_outputs(i, outputs):
+        seen.append(not any(p.is_meta for p in decoder_layers(model, spec)[i].parameters()))
+
+    ids = [torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))]
+    walk(model, spec, capture_inputs(model, spec, ids, device="cpu"), device="cpu", visit=_prune_half,
+         on_outputs=on_outputs, layers=Watched(model, spec, reader, ShardWriter(tmp_path / "out")))  # fmt: skip
+    gc.collect()
+    assert seen == [True, True, True]
+    assert len(loaded) > 0 and [r for r in loaded if r() is not None] == []
