@@ -43,6 +43,7 @@ from spruce.core.pruners import wanda_scores
 from spruce.core.report import LayerRecord
 from spruce.core.sparsity import nm_ok
 from spruce.core.spec import IN_FORWARD_BYTES, CompressionSpec
+from spruce.core.stream_job import compress_streamed, stream_folder
 from spruce.core.walker import LayerBatch, capture_inputs, walk
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,11 @@ def compress(
     was never interrupted (see core/checkpoint.py); the report's ``resume`` says so.
     """
     spec.validate()
+    folder = stream_folder(spec)  # a model larger than memory: one layer at a time (core/stream_job.py)
+    if folder is not None:
+        data = compress_streamed(spec, folder, device=device, out_dir=out_dir, on_progress=on_progress,
+                                 should_stop=should_stop, checkpoint=checkpoint)  # fmt: skip
+        return Report(data)
     device = torch.device(device)
     run = Run(on_progress, should_stop)
     started = time.time()
