@@ -178,7 +178,7 @@ def compress_streamed(
         calib, calib_info = calibration_ids(tokenizer, spec.calibration)
     token_batches = batched(calib, spec.batch_size)
     with warnings.catch_warnings():  # its copy into the meta layers is a no-op: they are written below
-        warnings.filterwarnings("ignore", "copying from a non-meta parameter", UserWarning)
+        warnings.filterwarnings("ignore", ".*copying from a non-meta parameter", UserWarning)
         resume = load_resume(checkpoint, model, arch, generator, run, [tuple(t.shape) for t in token_batches])
     prior: dict[str, Any] = resume.last.meta if resume is not None else {}
     precision = resolve_precision(spec.compute_dtype, model_dtype=model_dtype, device=device, arch=arch,
