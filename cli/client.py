@@ -14,6 +14,7 @@ from typing import Any
 
 from spruce.client import TERMINAL, Client
 from spruce.client import SpruceError as ClientError
+from spruce.core.spec import ALLOCATIONS, PRUNERS, CompressionSpec  # torch-free: what the API accepts
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -27,8 +28,8 @@ def register(sub: Any) -> None:
     s.add_argument("--file", type=Path, help="a job.json body (flags below override its fields)")
     s.add_argument("--model")
     s.add_argument("--sparsity", help="a ratio such as 0.5, or N:M such as 2:4")
-    s.add_argument("--method", dest="pruner", choices=("magnitude", "wanda", "sparsegpt"))
-    s.add_argument("--allocation", choices=("uniform", "owl"))
+    s.add_argument("--method", dest="pruner", choices=PRUNERS)
+    s.add_argument("--allocation", choices=ALLOCATIONS)
     s.add_argument(
         "--induction", action=argparse.BooleanOptionalAction, default=None, help="Sparsity Induction"
     )
@@ -162,7 +163,7 @@ def run_jobs(args: argparse.Namespace) -> int:
         return 0
     for job in page["data"]:
         spec = job["spec"]
-        pruner = spec.get("method", {}).get("pruner", "wanda")
+        pruner = spec.get("method", {}).get("pruner", CompressionSpec.pruner)
         print(
             f"{job['id']}  {job['status']:<9}  {job['progress'] * 100:5.1f}%  {job['created_at'][:19]}  "
             f"{spec['model']}  {spec['sparsity']}  {pruner}"
