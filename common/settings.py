@@ -91,6 +91,9 @@ class Settings(BaseSettings):
 
     # Worker.
     device: str | None = None  # None: cuda when available, else cpu
+    # A job's CPU work yields to the API and the database where they share the machine
+    # (`spruce serve`, a small host): status polls stay fast while a job runs.
+    worker_nice: int = Field(default=10, ge=0, le=19, description="the worker process's niceness increment")
     work_dir: Path | None = None  # scratch space for a running job; None: the system temp folder
     cache_dir: Path | None = None  # the engine's model cache (core.models); None: ~/.cache/spruce
     task_time_limit: int = Field(

@@ -14,6 +14,7 @@ why each Celery setting is set.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery import Celery, Task
@@ -29,6 +30,12 @@ log = logging.getLogger(__name__)
 celery_app = Celery("spruce")
 # A promise: settings are read when Celery first needs its configuration, not at import.
 celery_app.add_defaults(lambda: celery_config(get_settings()))
+
+
+@worker_init.connect
+def _lower_priority(**_: Any) -> None:
+    # First of the worker_init handlers: the engine's import below already runs at this priority.
+    os.nice(get_settings().worker_nice)
 
 
 @worker_init.connect
