@@ -194,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     for pruner, sparsity, allocation in configs:
         for induction in modes:
-            key = f"{pruner}:{sparsity}" if allocation == "uniform" else ""
+            # anchors.md is SmolLM2's: another model's reference comes from --reference only
+            anchored = allocation == "uniform" and (args.model == "smollm2-135m" or args.reference)
+            key = f"{pruner}:{sparsity}" if anchored else ""
             body = _body(
                 pruner, sparsity, allocation, induction, args.samples, dense_wanted, args.seed,
                 args.experimental, args.model, texts, args.preset,
