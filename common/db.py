@@ -92,6 +92,8 @@ def alembic_config(url: str) -> Any:
 
 def upgrade(url: str) -> None:
     """``alembic upgrade head`` on ``url`` (idempotent)."""
+    # Alembic announces each of its plugins at INFO when imported: a dozen lines of noise.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     from alembic import command
 
     log.info("migrating %s", get_engine(url).url.render_as_string(hide_password=True))
