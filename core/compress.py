@@ -40,8 +40,8 @@ from spruce.core.passes import collect_stats
 from spruce.core.precision import forward_precision, resolve_precision
 from spruce.core.progress import ProgressFn, Run, StopFn
 from spruce.core.pruners import wanda_scores
-from spruce.core.report import LayerRecord
-from spruce.core.sparsity import nm_ok
+from spruce.core.report import RESULT_KEYS, LayerRecord
+from spruce.core.sparsity import sparsity_summary, weight_counts
 from spruce.core.spec import IN_FORWARD_BYTES, CompressionSpec
 from spruce.core.stream_job import compress_streamed, stream_folder
 from spruce.core.walker import LayerBatch, capture_inputs, walk
@@ -61,17 +61,7 @@ class Report:
     @property
     def summary(self) -> dict[str, Any]:
         """The results the service stores on the job row."""
-        keys = (
-            "perplexity",
-            "evaluation_metrics",
-            "tasks",
-            "sparsity",
-            "sizes",
-            "timings",
-            "layers",
-            "resume",
-        )
-        return {k: self.data.get(k) for k in keys}
+        return {k: self.data.get(k) for k in RESULT_KEYS}
 
 
 def compress(
@@ -330,24 +320,9 @@ def _outlier_ratios(
 
 
 def _sparsity_summary(model: nn.Module, arch: ArchSpec, spec: CompressionSpec) -> dict[str, Any]:
-    per_linear: list[float] = []
-    zeros = total = 0
-    pattern = True
-    for layer in decoder_layers(model, arch):
-        for lin in layer_linears(layer, arch).values():
-            W = lin.weight.data
-            z = int((W == 0).sum())
-            zeros, total = zeros + z, total + W.numel()
-            per_linear.append(z / W.numel())
-            if spec.sparsity.is_nm:
-                assert spec.sparsity.n is not None and spec.sparsity.m is not None
-                pattern = pattern and nm_ok(W, spec.sparsity.n, spec.sparsity.m)
-    return {
-        "target": spec.sparsity.to_json(),
-        "overall": round(zeros / max(total, 1), 6),
-        "mean": round(sum(per_linear) / max(len(per_linear), 1), 6),
-        "min": round(min(per_linear, default=0.0), 6),
-        "max": round(max(per_linear, default=0.0), 6),
-        "nm_ok": pattern if spec.sparsity.is_nm else None,
-        "pruned_params": total,
-    }
+    counts = [
+        weight_counts(lin.weight.data, spec.sparsity)
+        for layer in decoder_layers(model, arch)
+        for lin in layer_linears(layer, arch).values()
+    ]
+    return sparsity_summary(counts, spec.sparsity)

@@ -10,6 +10,7 @@ group of M consecutive inputs, so 2:4 keeps the 2 highest scores of each group o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -114,3 +115,27 @@ def nm_ok(W_or_keep: torch.Tensor, n: int, m: int) -> bool:
 def sparsity_of(W: torch.Tensor) -> float:
     """Fraction of exact zeros in ``W``."""
     return float((W == 0).sum().item()) / max(W.numel(), 1)
+
+
+def weight_counts(W: torch.Tensor, sparsity: Sparsity) -> tuple[int, int, bool]:
+    """One pruned matrix's zeros, size and whether it obeys the N:M pattern (True if not N:M)."""
+    ok = True
+    if sparsity.is_nm:
+        assert sparsity.n is not None and sparsity.m is not None
+        ok = nm_ok(W, sparsity.n, sparsity.m)
+    return int((W == 0).sum()), W.numel(), ok
+
+
+def sparsity_summary(counts: list[tuple[int, int, bool]], sparsity: Sparsity) -> dict[str, Any]:
+    """The report's sparsity block from every pruned linear's ``weight_counts``."""
+    zeros, total = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    ratios = [z / n for z, n, _ in counts]
+    return {
+        "target": sparsity.to_json(),
+        "overall": round(zeros / max(total, 1), 6),
+        "mean": round(sum(ratios) / max(len(ratios), 1), 6),
+        "min": round(min(ratios, default=0.0), 6),
+        "max": round(max(ratios, default=0.0), 6),
+        "nm_ok": all(c[2] for c in counts) if sparsity.is_nm else None,
+        "pruned_params": total,
+    }

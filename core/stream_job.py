@@ -36,7 +36,7 @@ from spruce.core.layer_walk import LayerWalk
 from spruce.core.models import LoadedModel, dtype_name
 from spruce.core.precision import forward_precision, resolve_precision
 from spruce.core.progress import ProgressFn, Run, StopFn
-from spruce.core.sparsity import nm_ok
+from spruce.core.sparsity import sparsity_summary, weight_counts
 from spruce.core.spec import CompressionSpec
 from spruce.core.streaming import LayerStream, ShardReader, ShardWriter, empty_model
 from spruce.core.walker import capture_inputs, walk
@@ -108,32 +108,10 @@ class _CountingStream(LayerStream):
 
     def release(self, i: int, layer: nn.Module) -> None:
         self.per_linear[i] = [
-            _count(lin.weight.data, self.spec) for lin in layer_linears(layer, self.arch).values()
+            weight_counts(lin.weight.data, self.spec.sparsity)
+            for lin in layer_linears(layer, self.arch).values()
         ]
         super().release(i, layer)
-
-
-def _count(W: torch.Tensor, spec: CompressionSpec) -> tuple[int, int, bool]:
-    ok = True
-    if spec.sparsity.is_nm:
-        assert spec.sparsity.n is not None and spec.sparsity.m is not None
-        ok = nm_ok(W, spec.sparsity.n, spec.sparsity.m)
-    return int((W == 0).sum()), W.numel(), ok
-
-
-def _sparsity_summary(counts: list[tuple[int, int, bool]], spec: CompressionSpec) -> dict[str, Any]:
-    """``compress``'s sparsity summary, from the counts of every layer's linears."""
-    zeros, total = sum(c[0] for c in counts), sum(c[1] for c in counts)
-    ratios = [z / n for z, n, _ in counts]
-    return {
-        "target": spec.sparsity.to_json(),
-        "overall": round(zeros / max(total, 1), 6),
-        "mean": round(sum(ratios) / max(len(ratios), 1), 6),
-        "min": round(min(ratios, default=0.0), 6),
-        "max": round(max(ratios, default=0.0), 6),
-        "nm_ok": all(c[2] for c in counts) if spec.sparsity.is_nm else None,
-        "pruned_params": total,
-    }
 
 
 def compress_streamed(
@@ -218,7 +196,7 @@ def compress_streamed(
     counts = [c for i in sorted(layers.per_linear) for c in layers.per_linear[i]]
     data = rep.build(
         spec=spec, loaded=loaded, calibration=calib_info, evaluation={}, dense_ppl={}, sparse_ppl={},
-        layers=[r.to_dict() for r in strategy.records], sparsity=_sparsity_summary(counts, spec),
+        layers=[r.to_dict() for r in strategy.records], sparsity=sparsity_summary(counts, spec.sparsity),
         outliers=None, factorization=strategy.fact, device=str(device),
     )  # fmt: skip
     data["streamed"] = {"skipped": ["evaluate_dense", "evaluate_sparse", "compact"]}
