@@ -19,6 +19,16 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 
 
+# The report's parts the service stores on the job row (GET /v1/jobs/{id} ``results``):
+# evaluation_metrics, word/byte perplexity per text; tasks, lm-eval figures (None: no tasks);
+# induction, its resolved settings and what it trained against (None when off); plan, every
+# concrete value that ran (core.spec.plan).
+RESULT_KEYS = (
+    "perplexity", "evaluation_metrics", "tasks", "sparsity", "sizes", "timings", "layers", "resume", "induction",
+    "plan",
+)  # fmt: skip
+
+
 @dataclass
 class LayerTimings:
     """Seconds of one layer's walk spent apart from the pruning step itself (None: none spent;

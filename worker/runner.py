@@ -36,19 +36,13 @@ from spruce.common.storage import Storage, build_storage, download_s3_uri, sha25
 from spruce.core.checkpoint import ResumeState
 from spruce.core.errors import Cancelled, DatasetUnavailable, ModelNotFound, SystemFault, UserError
 from spruce.core.progress import Eta, Progress
+from spruce.core.report import RESULT_KEYS
 from spruce.worker.checkpoint import StorageCheckpoint, discard, fingerprint
 from spruce.worker.claim import claim_next
 from spruce.worker.hub import hub_folder
 from spruce.worker.liveness import Heartbeat, reset_gpu_peak
 
 log = logging.getLogger(__name__)
-
-# (induction: its settings resolved, time, and what it trained against; None when it is off)
-# evaluation_metrics: word/byte perplexity per text; tasks: lm-eval task figures (None: no tasks)
-RESULT_KEYS = (
-    "perplexity", "evaluation_metrics", "tasks", "sparsity", "sizes", "timings", "layers", "resume", "induction",
-    "plan",  # every concrete value that ran (core.spec.plan): GET /v1/jobs/{id} shows it
-)  # fmt: skip
 
 
 class RetryLater(Exception):
