@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +78,7 @@ class Samples:
     """Latencies (seconds) of one request kind, and the status codes it got."""
 
     latencies: list[float] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)  # seconds into the window, per latency
     statuses: Counter[str] = field(default_factory=Counter)
 
 
@@ -85,6 +88,16 @@ def percentile(sorted_values: list[float], q: float) -> float:
         return float("nan")
     rank = max(1, -(-len(sorted_values) * q // 100))  # ceil(n q / 100), at least 1
     return sorted_values[int(rank) - 1]
+
+
+def p99_timeline(results: dict[str, Samples], step: float = 5.0) -> list[float]:
+    """p99 (ms) of the requests that ended in each ``step`` seconds of the window: whether the
+    tail is spread out or one stall."""
+    buckets: dict[int, list[float]] = {}
+    for s in results.values():
+        for end, latency in zip(s.ends, s.latencies, strict=True):
+            buckets.setdefault(int(end // step), []).append(latency)
+    return [round(1000 * percentile(sorted(buckets[b]), 99), 1) for b in sorted(buckets)]
 
 
 def summary_rows(results: dict[str, Samples], duration: float) -> list[dict[str, Any]]:
@@ -369,18 +382,13 @@ async def poll(
     window and the window closes when the last one answers.
     """
     results = {"GET /v1/jobs/{id}": Samples(), "GET /v1/jobs": Samples()}
-    # Idle connections are dropped by the client before uvicorn's 5 s keep-alive timeout closes
-    # them: a request sent on a connection the server is closing fails without an answer.
-    limits = httpx.Limits(
-        max_connections=args.pollers, max_keepalive_connections=args.pollers, keepalive_expiry=2.0
-    )
     headers = {"Authorization": f"Bearer {target.key}"}
     start = time.perf_counter()
     measure_from, stop_at = start + args.warmup, start + args.warmup + args.duration
     last_end = measure_from
     kills = 0
 
-    async def poller(client: httpx.AsyncClient, rng: random.Random) -> None:
+    async def poller(client: aiohttp.ClientSession, rng: random.Random) -> None:
         nonlocal last_end
         await asyncio.sleep(rng.random() * args.interval)  # pollers out of step, as real ones are
         while (began := time.perf_counter()) < stop_at:
@@ -389,13 +397,15 @@ async def poll(
             else:
                 kind, path = "GET /v1/jobs/{id}", f"/v1/jobs/{rng.choice(job_ids)}"
             try:
-                r = await client.get(path)
-                status = str(r.status_code)
-            except httpx.HTTPError as exc:  # a timeout is a result too
+                async with client.get(path) as r:
+                    await r.read()
+                    status = str(r.status)
+            except (aiohttp.ClientError, TimeoutError) as exc:  # a timeout is a result too
                 status = type(exc).__name__
             ended = time.perf_counter()
             if ended >= measure_from:
                 results[kind].latencies.append(ended - began)
+                results[kind].ends.append(ended - measure_from)
                 results[kind].statuses[status] += 1
                 last_end = max(last_end, ended)
             await asyncio.sleep(max(0.0, began + args.interval - time.perf_counter()))
@@ -408,8 +418,14 @@ async def poll(
             worker.start()  # what `restart: unless-stopped` does
             kills += 1
 
-    async with httpx.AsyncClient(
-        base_url=target.url, headers=headers, limits=limits, timeout=args.timeout
+    # aiohttp rather than httpx: the load generator shares the machine's cores with the service,
+    # and httpx's client spent about as much CPU per request as the API did.
+    # Idle connections are dropped by the client before uvicorn's 5 s keep-alive timeout closes
+    # them: a request sent on a connection the server is closing fails without an answer.
+    connector = aiohttp.TCPConnector(limit=args.pollers, keepalive_timeout=2.0)
+    timeout = aiohttp.ClientTimeout(total=args.timeout)
+    async with aiohttp.ClientSession(
+        base_url=target.url, headers=headers, connector=connector, timeout=timeout
     ) as client:
         tasks = [poller(client, random.Random(i)) for i in range(args.pollers)]
         if kill_every and target.worker is not None:
@@ -429,10 +445,15 @@ def run_scenario(name: str, target: Target, job_ids: list[str], args: argparse.N
     before = machine()
     polled = [*job_ids, busy] if busy else job_ids
     kill_every = args.kill_every if name == "kill" else 0.0
+    # The load generator's own full collections (it imports the service's modules) would stall
+    # every poller at once and count as the service's latency.
+    gc.collect()
+    gc.freeze()
     results, measured, kills = asyncio.run(poll(target, polled, args, kill_every))
     out: dict[str, Any] = {
         "scenario": name,
         "rows": summary_rows(results, measured),
+        "p99_per_5s": p99_timeline(results),
         "measured_s": measured,
         "machine_before": before,
         "machine_after": machine(),
@@ -462,6 +483,7 @@ def report(scenarios: list[dict[str, Any]], args: argparse.Namespace) -> None:
         if "job" in sc:
             print(f"compression job after the window: {sc['job']}")
         print(markdown_table(sc["rows"]))
+        print(f"p99 ms per 5 s of the window: {sc['p99_per_5s']}")
         odd = {r["request"]: r["statuses"] for r in sc["rows"] if r["non-200"] and r["request"] != "all"}
         if odd:
             print(f"non-200 answers: {odd}")
