@@ -4,7 +4,6 @@ own functions (core/ is read, never changed). Runs in the child process of one s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import time
@@ -16,8 +15,8 @@ import torch
 
 
 class Peak:
-    """Per stage peak memory: the resident high-water mark (VmHWM, reset through
-    /proc/self/clear_refs) on a CPU, ``max_memory_allocated`` on a GPU; MiB."""
+    """Per stage peak memory: the resident high-water mark on a CPU (core.report's, reset per
+    stage), ``max_memory_allocated`` on a GPU; MiB."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
@@ -27,19 +26,17 @@ class Peak:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             return
-        with contextlib.suppress(OSError):  # not Linux, or not allowed: the high-water mark so far
-            Path("/proc/self/clear_refs").write_text("5")
+        from spruce.core.report import reset_peak_rss
+
+        reset_peak_rss()
 
     def read(self) -> float:
         if self.cuda:
             torch.cuda.synchronize()
             return torch.cuda.max_memory_allocated() / 2**20
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        import resource
+        from spruce.core.report import peak_rss_bytes
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return peak_rss_bytes() / 2**20
 
 
 def build_layer(shape: dict[str, int], args: argparse.Namespace, device: torch.device) -> tuple[Any, ...]:

@@ -85,6 +85,7 @@ def compress(
     was never interrupted (see core/checkpoint.py); the report's ``resume`` says so.
     """
     spec.validate()
+    rep.reset_peak_rss()  # a worker runs job after job: the report's peak is this job's
     folder = stream_folder(spec)  # a model larger than memory: one layer at a time (core/stream_job.py)
     if folder is not None:
         data = compress_streamed(spec, folder, device=device, out_dir=out_dir, on_progress=on_progress,

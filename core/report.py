@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import platform
@@ -99,9 +100,20 @@ def versions() -> dict[str, str]:
     return out
 
 
+def reset_peak_rss() -> None:
+    """Start this process's peak resident memory afresh (Linux: VmHWM through clear_refs), so a
+    job's report counts its own peak, not that of the worker's earlier jobs."""
+    with contextlib.suppress(OSError):  # not Linux, or not allowed: the peak stays the process's
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """Peak resident memory of this process since ``reset_peak_rss`` (else since it started)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
