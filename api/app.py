@@ -70,7 +70,11 @@ async def _freeze_startup_objects(app: FastAPI) -> AsyncIterator[None]:
     """Move what startup built (routes, schemas, modules: ~100k objects that live as long as the
     process) out of the garbage collector's way. Every full collection walked them all, a
     0.2-0.4 s pause of every request every few seconds under load (docs/service.md, "Latency").
-    Shutdown hands them back, for a process that goes on without the app (a test)."""
+    Shutdown hands them back, for a process that goes on without the app (a test).
+
+    The broker's client is built first (Celery's import and configuration, no connection): built
+    by the first request instead, it made a cold process's first ``/readyz`` miss its second."""
+    app.state.ctx.celery  # noqa: B018 (a cached property: built here, once)
     gc.collect()
     gc.freeze()
     try:

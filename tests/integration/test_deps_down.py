@@ -235,8 +235,9 @@ def deps(models: dict[str, Path]) -> Iterator[Deps]:
             s3_secret_access_key="test",  # type: ignore[arg-type]
             model_roots=[models["tiny"].parent],
         )
-        client = TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"})
-        yield Deps(redis_, pg, s3, bucket, queue, client, models)
+        # Entered, so the app starts up as under uvicorn (its lifespan builds the broker's client).
+        with TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"}) as client:
+            yield Deps(redis_, pg, s3, bucket, queue, client, models)
     finally:
         get_engine(pg.url).dispose()
         for stop in (redis_.stop, s3.stop, pg.stop):
