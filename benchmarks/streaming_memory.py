@@ -1,43 +1,52 @@
 """Peak memory of a layer walk against the number of layers and the model's dtype.
 
 Synthetic Llama models of one shape (hidden 1024, MLP 2816, 8 heads, vocab 512, bfloat16) with
-4, 8 and 16 layers are saved as sharded safetensors; each run is a child process that walks the
-model with Wanda at 50% on 64 random tokens (statistics, scores and masks in float32; few tokens,
-so that the weights, not the activations, dominate) and writes the pruned folder:
+4, 8 and 16 layers (``--layers``) as sharded safetensors (with only streaming modes, only the
+largest is built: each smaller one is its first layers, the shards linked and the config and shard
+index cut to them). Each
+run is a child process that walks the model with Wanda at 50% on 64 random tokens (statistics,
+scores and masks in float32; few tokens, so that the weights, not the activations, dominate) and
+writes the pruned folder:
 
 - ``stream``: core/streaming.py, the layers read from the shards when reached, written and freed;
 - ``stream-untrimmed``: the same without ``malloc_trim`` after each layer (glibc keeps freed memory);
 - ``memory``: the whole model loaded (dtype auto, i.e. bfloat16), walked, saved with save_hf;
 - ``memory-fp32``: the same with dtype float32 (what every run did before dtype "auto").
 
-Each model is built in a child process of its own too, and a run's peak is the child's ``VmHWM``
+The model is built in a child process of its own too, and a run's peak is the child's ``VmHWM``
 (/proc/self/status: the high-water mark of its own address space). Not ``getrusage``'s
 ``ru_maxrss``: Linux folds the parent's high-water mark into it at ``execve``, so a child started
 after the parent built a 16-layer model reported that model's size whatever it did itself. Peak RSS
 counts the pages of the mapped safetensors shards that were touched (``safe_open`` maps a shard
-and its tensors are views of that map until copied or written); a sampling thread records the
-largest anonymous and file-backed parts separately (``RssAnon`` / ``RssFile``, every 2 ms; the
-file-backed part is printed above its value at the start, which holds the shared libraries).
+and its tensors are views of that map until copied or written). The parent samples the child's
+anonymous and file-backed parts (``RssAnon`` / ``RssFile`` in /proc/PID/status, every 2 ms) and
+records the largest of each; the file-backed part is printed above its value at the start, which
+holds the shared libraries (from the parent, so that no thread of the benchmark's runs in the child).
 
-It prints each run's peak RSS, and per mode the least-squares slope of peak RSS in the number of
-layers next to one layer's size: streaming's slope should be about zero.
+It prints each run's peak RSS, then per mode and layer count the medians of ``--repeat`` runs
+(the rounds go over every layer count in turn) and the least-squares slopes through those medians
+of the peak RSS, the sampled anonymous peak (what would grow if something were kept per layer) and
+the file-backed one, next to one layer's size: streaming's slopes should be about zero.
 
-    .venv/bin/python -m benchmarks.streaming_memory [--layers 4 8 16] [--hidden 1024]
+    .venv/bin/python -m benchmarks.streaming_memory [--layers 4 8 16] [--repeat 1] [--hidden 1024]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
-import threading
+import time
 from pathlib import Path
 
 import torch
 
 MB = 1024 * 1024
+INDEX = "model.safetensors.index.json"
 
 
 def build(folder: Path, layers: int, hidden: int) -> None:
@@ -71,30 +80,35 @@ def _wanda_visit(arch):
     return visit
 
 
-def _status() -> dict[str, int]:
-    """This process's memory counters from /proc/self/status, in bytes."""
+def _status(pid: int | str = "self") -> dict[str, int]:
+    """A process's memory counters from /proc/PID/status, in bytes (empty once it has exited)."""
     out: dict[str, int] = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-                out[key] = int(value.split()[0]) * 1024  # kB
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+                    out[key] = int(value.split()[0]) * 1024  # kB
+    except (FileNotFoundError, ProcessLookupError):
+        pass
     return out
 
 
-class _Sampler(threading.Thread):
-    """The largest RssAnon and RssFile seen, sampled every 2 ms (VmHWM has only their sum)."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.peak = {"RssAnon": 0, "RssFile": 0}
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(0.002):
-            now = _status()
-            for key in self.peak:
-                self.peak[key] = max(self.peak[key], now[key])
+def _sampled_run(cmd: list[str]) -> tuple[str, dict[str, int]]:
+    """Run ``cmd``; its stdout and the largest RssAnon and RssFile seen, sampled every 2 ms from
+    this process."""
+    peak = {"RssAnon": 0, "RssFile": 0}
+    with tempfile.TemporaryFile("w+") as stdout:
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.DEVNULL, text=True)
+        while proc.poll() is None:
+            now = _status(proc.pid)
+            for key in peak:
+                peak[key] = max(peak[key], now.get(key, 0))
+            time.sleep(0.002)
+        if proc.returncode:
+            raise subprocess.CalledProcessError(proc.returncode, cmd)
+        stdout.seek(0)
+        return stdout.read(), peak
 
 
 def run_child(mode: str, folder: Path, out: Path) -> dict[str, float]:
@@ -106,8 +120,6 @@ def run_child(mode: str, folder: Path, out: Path) -> dict[str, float]:
 
     ids = [torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(0))]
     start = _status()  # the interpreter, torch and transformers imported
-    sampler = _Sampler()
-    sampler.start()
     if mode == "stream-untrimmed":
         import spruce.core.streaming
 
@@ -129,13 +141,10 @@ def run_child(mode: str, folder: Path, out: Path) -> dict[str, float]:
         batches = capture_inputs(model, arch, ids, device="cpu")
         walk(model, arch, batches, device="cpu", visit=_wanda_visit(arch))
         save_hf(model, loaded.tokenizer, out)
-    sampler.done.set()
-    sampler.join()
     return {
         "peak_mb": _status()["VmHWM"] / MB,
         "start_mb": start["VmRSS"] / MB,
-        "anon_mb": sampler.peak["RssAnon"] / MB,
-        "file_mb": (sampler.peak["RssFile"] - start["RssFile"]) / MB,
+        "start_file_mb": start["RssFile"] / MB,
         "layer_mb": layer_bytes(model, arch) / MB,
     }
 
@@ -144,6 +153,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layers", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per mode and layer count (rounds over every layer count in turn)")  # fmt: skip
     parser.add_argument("--modes", nargs="+", default=["stream", "memory", "memory-fp32"],
                         choices=["stream", "stream-untrimmed", "memory", "memory-fp32"])  # fmt: skip
     parser.add_argument("--child", nargs=3, metavar=("MODE", "FOLDER", "OUT"), help=argparse.SUPPRESS)
@@ -156,31 +167,81 @@ def main() -> None:
     if args.build:
         build(Path(args.build[0]), int(args.build[1]), args.hidden)
         return
-    rows: dict[str, list[tuple[int, float]]] = {m: [] for m in args.modes}
+    runs: dict[str, dict[int, list[dict[str, float]]]] = {m: {n: [] for n in args.layers} for m in args.modes}
     layer_mb = 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        for n in args.layers:
-            folder = Path(tmp) / f"l{n}"
-            # built in a child too: this process stays small (and so could not inflate a run's peak)
-            subprocess.run([*_me(), "--build", str(folder), str(n), "--hidden", str(args.hidden)],
-                           check=True, capture_output=True)  # fmt: skip
-            size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / MB
-            for mode in args.modes:
-                out = Path(tmp) / f"out-{mode}-{n}"
-                cmd = [*_me(), "--child", mode, str(folder), str(out)]
-                got = json.loads(
-                    subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
-                )
-                layer_mb = got["layer_mb"]
-                rows[mode].append((n, got["peak_mb"]))
-                print(f"{mode:12s} layers {n:3d}  checkpoint {size:7.1f} MB  peak RSS {got['peak_mb']:7.1f} MB"
-                      f"  (at start {got['start_mb']:6.1f}; sampled peaks anon {got['anon_mb']:6.1f},"
-                      f" file-backed {got['file_mb']:+6.1f})", flush=True)  # fmt: skip
-    print(f"\none layer: {layer_mb:.1f} MB (bfloat16)")
-    print(f"{'mode':12s} {'slope MB/layer':>15s} {'slope / layer size':>19s}")
-    for mode, points in rows.items():
-        slope = _slope(points)
-        print(f"{mode:12s} {slope:15.2f} {slope / layer_mb:19.1%}")
+        # Streaming reads only the tensors the index names; a whole-model load may read a shard
+        # whole, so the whole-model modes get models built at each size.
+        views = all(mode.startswith("stream") for mode in args.modes)
+        sizes: dict[int, float] = {}
+        for n in sorted(args.layers, reverse=True):
+            folder, largest = Path(tmp) / f"l{n}", Path(tmp) / f"l{max(args.layers)}"
+            if views and n != max(args.layers) and (largest / INDEX).is_file():  # (sharded)
+                _first_layers(largest, folder, n)
+            else:  # built in a child too: this process stays small (it could not inflate a peak)
+                subprocess.run([*_me(), "--build", str(folder), str(n), "--hidden", str(args.hidden)],
+                               check=True, capture_output=True)  # fmt: skip
+            sizes[n] = layer_mb_of(folder) * n
+        # rounds over every layer count, so that a change of the machine's load falls on all of them
+        for r in range(args.repeat):
+            for n in args.layers:
+                for mode in args.modes:
+                    out = Path(tmp) / f"out-{mode}-{n}"
+                    cmd = [*_me(), "--child", mode, str(Path(tmp) / f"l{n}"), str(out)]
+                    stdout, peak = _sampled_run(cmd)
+                    got = json.loads(stdout.splitlines()[-1])
+                    got["anon_mb"] = peak["RssAnon"] / MB
+                    got["file_mb"] = peak["RssFile"] / MB - got["start_file_mb"]
+                    shutil.rmtree(out, ignore_errors=True)
+                    layer_mb = got["layer_mb"]
+                    runs[mode][n].append(got)
+                    print(f"{mode:12s} run {r + 1} layers {n:3d}  weights {sizes[n]:6.1f} MB"
+                          f"  peak RSS {got['peak_mb']:7.1f} MB  (at start {got['start_mb']:6.1f};"
+                          f" sampled peaks anon {got['anon_mb']:6.1f}, file-backed {got['file_mb']:+6.1f})",
+                          flush=True)  # fmt: skip
+    print(f"\none layer: {layer_mb:.1f} MB (bfloat16); medians of {args.repeat} run(s) per layer count")
+    print(f"{'mode':16s} {'layers':>6s} {'peak RSS':>9s} {'anon':>7s} {'file':>7s}")
+    for mode, by_n in runs.items():
+        for n, got in by_n.items():
+            print(f"{mode:16s} {n:6d} {_median(got, 'peak_mb'):9.1f} {_median(got, 'anon_mb'):7.1f}"
+                  f" {_median(got, 'file_mb'):+7.1f}")  # fmt: skip
+    print("\nslopes through the medians, MB per layer (and / one layer's size)")
+    print(f"{'mode':16s} {'peak RSS':>17s} {'anon':>17s} {'file-backed':>17s}")
+    for mode, by_n in runs.items():
+        cells = []
+        for key in ("peak_mb", "anon_mb", "file_mb"):
+            slope = _slope([(n, _median(got, key)) for n, got in by_n.items()])
+            cells.append(f"{slope:7.2f} ({slope / layer_mb:6.1%})")
+        print(f"{mode:16s} " + " ".join(f"{c:>17s}" for c in cells))
+
+
+def _first_layers(source: Path, folder: Path, n: int) -> None:
+    """``source``'s first ``n`` decoder layers as a model of their own: its shards linked, the
+    config and the shard index cut to those layers (building each model took longer than a run)."""
+    folder.mkdir()
+    for file in source.iterdir():
+        if file.name not in ("config.json", INDEX):
+            (folder / file.name).symlink_to(file)
+    config = json.loads((source / "config.json").read_text())
+    config["num_hidden_layers"] = n
+    (folder / "config.json").write_text(json.dumps(config))
+    index = json.loads((source / INDEX).read_text())
+    prefix = "model.layers."
+    index["weight_map"] = {
+        k: v for k, v in index["weight_map"].items() if not k.startswith(prefix) or int(k.split(".")[2]) < n
+    }
+    (folder / INDEX).write_text(json.dumps(index))
+
+
+def layer_mb_of(folder: Path) -> float:
+    """One decoder layer's share of the checkpoint's bytes (the rest is embeddings and norm)."""
+    config = json.loads((folder / "config.json").read_text())
+    size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+    return size / config["num_hidden_layers"] / MB
+
+
+def _median(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
 
 
 def _me() -> list[str]:
