@@ -181,7 +181,7 @@ def main() -> None:
             else:  # built in a child too: this process stays small (it could not inflate a peak)
                 subprocess.run([*_me(), "--build", str(folder), str(n), "--hidden", str(args.hidden)],
                                check=True, capture_output=True)  # fmt: skip
-            sizes[n] = layer_mb_of(folder) * n
+            sizes[n] = layer_mb_of(largest if (folder / INDEX).is_file() else folder) * n
         # rounds over every layer count, so that a change of the machine's load falls on all of them
         for r in range(args.repeat):
             for n in args.layers:
