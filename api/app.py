@@ -74,7 +74,10 @@ async def _freeze_startup_objects(app: FastAPI) -> AsyncIterator[None]:
 
     The broker's client is built first (Celery's import and configuration, no connection): built
     by the first request instead, it made a cold process's first ``/readyz`` miss its second."""
-    app.state.ctx.celery  # noqa: B018 (a cached property: built here, once)
+    try:
+        app.state.ctx.celery  # noqa: B018 (a cached property: built here, once)
+    except Exception as exc:  # a broken broker must not keep the API down: requests answer 503
+        log.warning("the broker's client is not ready at startup (%s); requests retry it", type(exc).__name__)
     gc.collect()
     gc.freeze()
     try:
