@@ -9,6 +9,8 @@ scores and masks in float32; few tokens, so that the weights, not the activation
 writes the pruned folder:
 
 - ``stream``: core/streaming.py, the layers read from the shards when reached, written and freed;
+- ``stream-dynamic``: the same with glibc's mmap threshold left dynamic (core/heap.py: what every
+  run did before ``compress`` fixed it);
 - ``stream-untrimmed``: the same without ``malloc_trim`` after each layer (glibc keeps freed memory);
 - ``memory``: the whole model loaded (dtype auto, i.e. bfloat16), walked, saved with save_hf;
 - ``memory-fp32``: the same with dtype float32 (what every run did before dtype "auto").
@@ -114,16 +116,19 @@ def _sampled_run(cmd: list[str]) -> tuple[str, dict[str, int]]:
 def run_child(mode: str, folder: Path, out: Path) -> dict[str, float]:
     from spruce.core.arch import arch_for
     from spruce.core.export import save_hf
+    from spruce.core.heap import fix_mmap_threshold
     from spruce.core.models import load_model
     from spruce.core.streaming import LayerStream, ShardReader, ShardWriter, empty_model, layer_bytes
     from spruce.core.walker import capture_inputs, walk
 
     ids = [torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(0))]
     start = _status()  # the interpreter, torch and transformers imported
+    if not mode.endswith("-dynamic"):
+        fix_mmap_threshold()  # as core.compress.compress does before it builds the model
     if mode == "stream-untrimmed":
         import spruce.core.streaming
 
-        spruce.core.streaming._MALLOC_TRIM = None
+        spruce.core.streaming.give_back_memory = lambda: None
     if mode.startswith("stream"):
         from transformers import AutoTokenizer
 
@@ -156,7 +161,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs per mode and layer count (rounds over every layer count in turn)")  # fmt: skip
     parser.add_argument("--modes", nargs="+", default=["stream", "memory", "memory-fp32"],
-                        choices=["stream", "stream-untrimmed", "memory", "memory-fp32"])  # fmt: skip
+                        choices=["stream", "stream-dynamic", "stream-untrimmed", "memory", "memory-fp32"])  # fmt: skip
     parser.add_argument("--child", nargs=3, metavar=("MODE", "FOLDER", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--build", nargs=2, metavar=("FOLDER", "LAYERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()

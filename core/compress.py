@@ -32,6 +32,7 @@ from spruce.core.data import batched, calibration_ids, evaluation_ids
 from spruce.core.dense_stream import DenseStream
 from spruce.core.evaluate import ModelEvaluation, evaluate_model, evaluation_report
 from spruce.core.export import dense_bytes, save_compact, save_hf
+from spruce.core.heap import fix_mmap_threshold
 from spruce.core.layer_walk import LayerWalk
 from spruce.core.linear_walk import LinearWalk
 from spruce.core.models import LoadedModel, dtype_name, load_model
@@ -86,6 +87,7 @@ def compress(
     """
     spec.validate()
     rep.reset_peak_rss()  # a worker runs job after job: the report's peak is this job's
+    fix_mmap_threshold()  # before any model is built: core/heap.py
     folder = stream_folder(spec)  # a model larger than memory: one layer at a time (core/stream_job.py)
     if folder is not None:
         data = compress_streamed(spec, folder, device=device, out_dir=out_dir, on_progress=on_progress,

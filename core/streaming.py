@@ -16,7 +16,6 @@ whatever the number of layers (benchmarks/streaming_memory.py measures the slope
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 from pathlib import Path
@@ -30,6 +29,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from spruce.core.arch import ArchSpec, arch_for, check_supported, decoder_layers
 from spruce.core.errors import ModelNotFound
+from spruce.core.heap import give_back_memory
 
 log = logging.getLogger(__name__)
 
@@ -176,21 +176,6 @@ class LayerStream:
             self.writer.write(f"model-layer-{i:05d}", {prefix + k: v for k, v in layer.state_dict().items()})
         to_meta(layer)
         give_back_memory()
-
-
-# glibc keeps freed chunks in its arenas, and how many it returns to the system depends on the
-# threads' timing: between layers up to ~90 MB (3.5 layers of benchmarks/streaming_memory.py's
-# model) stayed resident, so a run's peak varied by that much. malloc_trim returns them.
-try:
-    _MALLOC_TRIM: Any = ctypes.CDLL(None).malloc_trim
-except (OSError, AttributeError):
-    _MALLOC_TRIM = None
-
-
-def give_back_memory() -> None:
-    """Return the heap's free pages to the system (glibc's ``malloc_trim``; elsewhere nothing)."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 def to_meta(module: nn.Module) -> None:
