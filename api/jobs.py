@@ -16,7 +16,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from spruce.api import idempotency
-from spruce.api.deps import CallerDep, CtxDep, SessionDep, check_rate
+from spruce.api.deps import (
+    AuthorizationHeader,
+    Caller,
+    CallerDep,
+    CtxDep,
+    SessionDep,
+    check_rate,
+    read_in_one_hop,
+)
 from spruce.api.errors import COMMON, ApiError, not_found, spec_error, unavailable
 from spruce.api.links import check_link, signed_path
 from spruce.api.schemas import (
@@ -214,14 +222,22 @@ def _enqueue(job: Job, session: Session, ctx: CtxDep, caller: CallerDep) -> JobO
 
 
 @router.get("", response_model=JobList, responses=ERRORS)
-def list_jobs(
-    session: SessionDep,
-    caller: CallerDep,
+async def list_jobs(
+    ctx: CtxDep,
     status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(description="the last job id of the previous page")] = None,
+    authorization: AuthorizationHeader = None,
 ) -> JobList:
     """The team's jobs, newest first; page with ``after=<last id>`` while ``has_more``."""
+    return await read_in_one_hop(
+        ctx, authorization, lambda s, caller: _job_page(s, caller, status, limit, after)
+    )
+
+
+def _job_page(
+    session: Session, caller: Caller, status: JobStatus | None, limit: int, after: str | None
+) -> JobList:
     stmt = select(Job).where(Job.team_id == caller.team_id, Job.deleted_at.is_(None))
     if status is not None:
         stmt = stmt.where(Job.status == status.value)
@@ -240,8 +256,10 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=ERRORS)
-def read_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobOut:
-    return job_out(team_job(session, job_id, caller.team_id), caller.team_name)
+async def read_job(job_id: str, ctx: CtxDep, authorization: AuthorizationHeader = None) -> JobOut:
+    return await read_in_one_hop(
+        ctx, authorization, lambda s, caller: job_out(team_job(s, job_id, caller.team_id), caller.team_name)
+    )
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses={**ERRORS, 409: {}})
