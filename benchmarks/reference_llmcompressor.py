@@ -180,7 +180,12 @@ def peak_rss_gib() -> float:
 
 
 def run_one(
-    config: str, model_dir: Path, threads: int, magnitude_via_oneshot: bool = False, fortunes: Path | None = None
+    config: str,
+    model_dir: Path,
+    threads: int,
+    magnitude_via_oneshot: bool = False,
+    fortunes: Path | None = None,
+    batch_size: int = 1,
 ) -> dict:
     """One configuration in this process: load, prune (timed alone), evaluate."""
     import torch
@@ -202,7 +207,7 @@ def run_one(
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
 
-    row: dict = {"config": config, "tokens": len(calib_span) + len(eval_span)}
+    row: dict = {"config": config, "tokens": len(calib_span) + len(eval_span), "batch_size": batch_size}
     seconds = None
     if pruner != "dense":
         from llmcompressor import oneshot
@@ -221,6 +226,7 @@ def run_one(
                 num_calibration_samples=SAMPLES,
                 max_seq_length=SEQ_LEN,
                 shuffle_calibration_samples=False,
+                batch_size=batch_size,
                 sequential_targets=[type(model.model.layers[0]).__name__],
             )
         seconds = time.perf_counter() - t0
@@ -275,6 +281,13 @@ def main(argv: list[str] | None = None) -> int:
         help="run magnitude through oneshot as-is (shows that it leaves the weights dense)",
     )
     ap.add_argument("--seed", type=int, default=SEED, help="calibration sampling seed (BENCHMARK.md: 0)")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="calibration sequences per forward (oneshot's batch_size; its default 1 is the benchmark's): "
+        "other values change only the forwards' rounding, which shows how much a row moves with it",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if not args.worker:  # the worker inherits the variable (its own --seed stays the default)
@@ -283,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.worker:
         fortunes = None if str(args.fortunes) == "none" else args.fortunes
-        row = run_one(args.worker, args.model, args.threads, args.magnitude_via_oneshot, fortunes)
+        row = run_one(
+            args.worker, args.model, args.threads, args.magnitude_via_oneshot, fortunes, args.batch_size
+        )
         print("ROW " + json.dumps(row), flush=True)
         return 0
 
@@ -312,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             str(args.threads),
             "--fortunes",
             str(args.fortunes),
+            "--batch-size",
+            str(args.batch_size),
         ]
         if args.magnitude_via_oneshot:
             cmd.append("--magnitude-via-oneshot")
