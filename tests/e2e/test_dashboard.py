@@ -131,6 +131,26 @@ def test_a_bad_value_shows_the_apis_message_next_to_its_field(
 # --- a whole job ---------------------------------------------------------------------------
 
 
+def test_values_typed_before_the_schema_arrives_are_kept(page: Any, service: Service) -> None:
+    # The form fills its defaults from GET /v1/spec; on a slow link the user types first.
+    held: list[Any] = []
+    page.route("**/v1/spec", lambda route: held.append(route))
+    sign_in(page, service, service.key_a)
+    page.goto(service.url + "/#/new")
+    page.get_by_label("Seed", exact=True).fill("7")
+    page.get_by_label("Samples").fill("4")
+    deadline = time.monotonic() + 10
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert held, "the form never asked for its schema"
+    held[0].continue_()
+    page.wait_for_function("document.querySelector('#f-calibration-seed').placeholder !== ''")
+    assert page.get_by_label("Seed", exact=True).input_value() == "7"
+    assert page.get_by_label("Samples").input_value() == "4"
+    # An untouched field still gets the schema's default.
+    assert page.locator("#f-calibration-seq_len").input_value() != ""
+
+
 def test_submit_through_the_form_watch_it_run_and_read_the_results(page: Any, service: Service) -> None:
     sign_in(page, service, service.key_a)
     page.get_by_role("link", name="New job").first.click()

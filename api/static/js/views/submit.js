@@ -347,6 +347,9 @@ export function mount(root, ctx) {
   // --- defaults and choices: the API's schema -------------------------------------------------
   const numbers = { "calibration.samples": samples, "calibration.seq_len": seqLen, "calibration.seed": seed };
   const selects = { "method.pruner": pruner, "method.preset": preset, "method.allocation": allocation, "options.dtype": dtype };
+  // The schema may arrive after the user has typed: a default never overwrites their value.
+  const touched = new WeakSet();
+  for (const kind of ["input", "change"]) form.addEventListener(kind, (e) => touched.add(e.target));
   function applySchema(doc) {
     const defaults = formDefaults(doc);
     const choices = formChoices(doc);
@@ -354,19 +357,23 @@ export function mount(root, ctx) {
       select.replaceChildren(
         ...(choices[param] || []).map((value) => h("option", { value }, CHOICE_LABELS[value] || value)),
       );
-      if (param in defaults) select.value = defaults[param];
+      if (param in defaults && !touched.has(select)) select.value = defaults[param];
     }
     for (const entry of doc?.public || []) {
       const input = numbers[entry.param];
       if (!input) continue;
       if ("min" in entry) input.min = entry.min;
       if ("max" in entry) input.max = entry.max;
-      if ("default" in entry) input.value = input.placeholder = entry.default;
+      if (!("default" in entry)) continue;
+      input.placeholder = entry.default;
+      if (!touched.has(input)) input.value = entry.default;
     }
-    induction.checked = Boolean(defaults["method.induction"]);
+    if (!touched.has(induction)) induction.checked = Boolean(defaults["method.induction"]);
     const sources = defaults["evaluation.sources"] || [];
-    for (const box of evalBox.querySelectorAll("input")) box.checked = sources.includes(box.value);
-    if ("calibration.source" in defaults) calSource.value = defaults["calibration.source"];
+    for (const box of evalBox.querySelectorAll("input")) {
+      if (!touched.has(box)) box.checked = sources.includes(box.value);
+    }
+    if ("calibration.source" in defaults && !touched.has(calSource)) calSource.value = defaults["calibration.source"];
   }
   const schemaReady = api("/v1/spec").then(applySchema, (e) =>
     ctx.notify(`Could not load the job schema: ${e.message}`, "error"),
