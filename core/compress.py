@@ -38,7 +38,7 @@ from spruce.core.linear_walk import LinearWalk
 from spruce.core.models import LoadedModel, dtype_name, load_model
 from spruce.core.owl import outlier_ratio, owl_ratios
 from spruce.core.passes import collect_stats
-from spruce.core.precision import forward_precision, resolve_precision
+from spruce.core.precision import forward_precision, resolve_precision, walk_attention
 from spruce.core.progress import ProgressFn, Run, StopFn
 from spruce.core.pruners import wanda_scores
 from spruce.core.report import RESULT_KEYS, LayerRecord
@@ -139,7 +139,7 @@ def compress(
     ratios: list[float] = list(prior.get("ratios", [spec.sparsity.ratio] * n_layers))
     outliers: list[float] | None = prior.get("outliers")
     if spec.allocation == "owl" and resume is None:
-        with run.stage("allocate"), forward_precision(precision):
+        with run.stage("allocate"), forward_precision(precision), walk_attention(model, spec.attention):
             outliers = _outlier_ratios(loaded, calib, spec, device, run)
             ratios = owl_ratios(outliers, spec.sparsity.ratio, spec.owl_lambda)
 
@@ -147,7 +147,7 @@ def compress(
     if checkpoint is not None:
         fixed = {"dense": dense.to_dict(), "ratios": ratios, "outliers": outliers, "resumes": resumes(resume)}
         saver = Saver(checkpoint, model, arch, generator, run, fixed, started, prior.get("elapsed", 0.0))
-    with run.stage("prune"), forward_precision(precision):
+    with run.stage("prune"), forward_precision(precision), walk_attention(model, spec.attention):
         records, fact = _prune_layers(
             loaded, calib, ratios, spec, device, run, generator, resume, saver, in_forward=in_forward
         )

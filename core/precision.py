@@ -37,6 +37,21 @@ _PRECISION: ContextVar[ForwardPrecision | None] = ContextVar("spruce_forward_pre
 
 
 @contextlib.contextmanager
+def walk_attention(model: nn.Module, kernel: str) -> Iterator[None]:
+    """Within this block the model's attention runs ``kernel`` ("model": as loaded; "eager": the
+    plain softmax, as llm-compressor calibrates); the masks the walk captures match it."""
+    before = getattr(model.config, "_attn_implementation", None)
+    if kernel == "model" or before in (None, kernel):
+        yield
+        return
+    model.set_attn_implementation(kernel)  # type: ignore[operator]
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)  # type: ignore[operator]
+
+
+@contextlib.contextmanager
 def forward_precision(precision: ForwardPrecision | None) -> Iterator[None]:
     """Within this block, ``run_layer`` computes the layer's matrix products (linears, attention)
     under autocast to ``precision.dtype`` (None: the model's dtype). Everything else stays

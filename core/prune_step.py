@@ -114,7 +114,8 @@ class LayerPruning:
             result = (pruned or {}).get(name) or prune_weight(
                 W, spec.pruner, target, st, blocksize=spec.blocksize, dampening=spec.dampening,
                 col_weight=(col_weights or {}).get(name), order=spec.order,
-                row_weight=(row_weights or {}).get(name), swap_rounds=spec.swaps, fit_share=spec.fit_weight,
+                row_weight=(row_weights or {}).get(name), swap_rounds=spec.swaps, swap_shrink=spec.swap_shrink,
+                fit_share=spec.fit_weight,
                 magnitude_scope=spec.magnitude_scope, selection=spec.selection, hinv=spec.hinv,
             )  # fmt: skip
             entry: dict[str, Any] = {"sparsity": round(sparsity_of(result.W), 6), "params": W.numel()}

@@ -59,6 +59,7 @@ class PruneOptions:
     order: SweepOrder = "natural"
     row_weight: torch.Tensor | None = None
     swap_rounds: int = 0
+    swap_shrink: float = 0.0
     fit_share: float = 1.0
     magnitude_scope: str = "row"
     selection: str = "layer"
@@ -77,6 +78,7 @@ def prune_weight(
     order: SweepOrder = "natural",
     row_weight: torch.Tensor | None = None,
     swap_rounds: int = 0,
+    swap_shrink: float = 0.0,
     fit_share: float = 1.0,
     magnitude_scope: str = "row",
     selection: str = "layer",
@@ -93,7 +95,8 @@ def prune_weight(
     ``row_weight`` [out] does the same for output row i, and only SparseGPT reads it (``sparsegpt``):
     Wanda compares weights within a row, where a row's factor cancels, and magnitude is data-free.
     ``swap_rounds`` > 0 refines the mask of a pruner that swaps (``Traits.swaps``: Wanda) by that
-    many rounds of ``core.swaps.swap_refine`` against the full X^T X (``stats`` must carry it).
+    many rounds of ``core.swaps.swap_refine`` against X^T X (``stats`` must carry it), its
+    off-diagonal shrunk by ``swap_shrink``.
     ``magnitude_scope`` "layer" (unstructured targets) drops the lowest plain |w| of the whole
     matrix, ties at the threshold included, as llm-compressor does, instead of each row's.
     ``selection`` is SparseGPT's unstructured selection, ``hinv`` "textbook" its inverse Hessian's
@@ -104,7 +107,7 @@ def prune_weight(
         raise SpecError(f"unknown pruner {pruner!r}", param="method.pruner")
     options = PruneOptions(
         blocksize=blocksize, dampening=dampening, col_weight=col_weight, order=order, row_weight=row_weight,
-        swap_rounds=swap_rounds, fit_share=fit_share, magnitude_scope=magnitude_scope, selection=selection,
+        swap_rounds=swap_rounds, swap_shrink=swap_shrink, fit_share=fit_share, magnitude_scope=magnitude_scope, selection=selection,
         hinv=hinv,
     )  # fmt: skip
     return step(W, pruner, target, stats, options)
@@ -172,7 +175,7 @@ def _mask_step(
         # Both terms on ``hessian()``'s scale, which ``cross()`` shares.
         cross = fit_cross(st, o.fit_share)
         H = st.H if cross is None else st.hessian()
-        swaps = swap_refine(W, keep, H, target, o.swap_rounds, cross=cross)
+        swaps = swap_refine(W, keep, H, target, o.swap_rounds, cross=cross, shrink=o.swap_shrink)
         keep = swaps.keep
     return PruneResult(W=W.detach().masked_fill(~keep, 0), keep=keep, swaps=swaps)
 

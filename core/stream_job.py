@@ -34,7 +34,7 @@ from spruce.core.dense_stream import DenseStream
 from spruce.core.export import dense_bytes
 from spruce.core.layer_walk import LayerWalk
 from spruce.core.models import LoadedModel, dtype_name
-from spruce.core.precision import forward_precision, resolve_precision
+from spruce.core.precision import forward_precision, resolve_precision, walk_attention
 from spruce.core.progress import ProgressFn, Run, StopFn
 from spruce.core.sparsity import sparsity_summary, weight_counts
 from spruce.core.spec import CompressionSpec
@@ -174,7 +174,7 @@ def compress_streamed(
             "resumes": resumes(resume),
         }
         saver = Saver(checkpoint, model, arch, generator, run, fixed, started, prior.get("elapsed", 0.0))
-    with run.stage("prune"), forward_precision(precision):
+    with run.stage("prune"), forward_precision(precision), walk_attention(model, spec.attention):
         stream = DenseStream(spec)
         strategy = LayerWalk(arch, spec, device=device, generator=generator, ratios=ratios, stream=stream,
                              prior=prior, save=saver)  # fmt: skip

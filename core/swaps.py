@@ -58,6 +58,7 @@ def swap_refine(
     target: LayerTarget,
     rounds: int,
     cross: torch.Tensor | None = None,
+    shrink: float = 0.0,
 ) -> SwapResult:
     """Refine ``keep`` [out, in] (True = survives) for weight W [out, in] and input second moment
     H [in, in] (any positive scale, e.g. X^T X) by at most ``rounds`` rounds of one swap per row.
@@ -68,6 +69,8 @@ def swap_refine(
     float32 rounding of the order of 1e-6 of ``before``). With ``cross`` [out, in] the objective is
     r^T H r + 2 r^T c per row (the error against the dense model's output, less a constant the
     mask cannot change), and ``before`` / ``after`` report it: it can be negative.
+    ``shrink`` in [0, 1] scales H's off-diagonal by 1 - shrink (1: Wanda's diagonal view, no swap
+    gains): correlations measured on the calibration text hold less well on other text.
     """
     if W.dim() != 2 or keep.shape != W.shape or H.shape != (W.shape[1], W.shape[1]):
         raise SystemFault(f"swap_refine: W {tuple(W.shape)}, keep {tuple(keep.shape)}, H {tuple(H.shape)}")
@@ -76,6 +79,8 @@ def swap_refine(
         raise SystemFault(f"swap_refine: {W.shape[1]} inputs are not a multiple of the group size {m}")
     W = W.detach().to(torch.float32)
     H = H.detach().to(device=W.device, dtype=torch.float32)
+    if shrink:
+        H = _shrunk(H, shrink)
     pruned = (~keep.to(device=W.device)).to(torch.float32)  # [out, in], 1 where pruned
     R = W * pruned  # [out, in]: r per row
     U = R @ H  # [out, in]: u = H r per row (H symmetric)
@@ -145,6 +150,14 @@ def swap_refine(
     keep_out[where] = base_grow >= _OUT / 2
     after = before + change if cross is not None else max(0.0, before + change)
     return SwapResult(keep=keep_out, swaps=swaps, rounds=used, before=before, after=after)
+
+
+def _shrunk(H: torch.Tensor, shrink: float) -> torch.Tensor:
+    """(1 - shrink) H + shrink diag(H): the diagonal kept, the correlations damped."""
+    diagonal = H.diagonal().clone()
+    out = H * (1.0 - shrink)
+    out.diagonal().copy_(diagonal)
+    return out
 
 
 # Compact the working rows once at most this share of them is still searching: a compaction

@@ -87,6 +87,7 @@ def induce_layer(
     blocksize: int = 128,
     order: SweepOrder = "natural",
     swap_rounds: int = 0,
+    swap_shrink: float = 0.0,
     reference: Sequence[Batch] | None = None,
     dense: tuple[Sequence[torch.Tensor], StatsRecorder] | None = None,
 ) -> InductionResult:
@@ -98,7 +99,7 @@ def induce_layer(
     the folded layer computes the same dense function. Prune it afterwards with
     ``prune_weight(..., col_weight=result.col_weights.get(path))`` to get the learned masks.
     ``dampening``, ``blocksize`` and ``order`` are SparseGPT's (pass the spec's): its training-time
-    proxy and the final check prune exactly as the pruner will. ``swap_rounds``: Wanda's swaps
+    proxy and the final check prune exactly as the pruner will. ``swap_rounds``, ``swap_shrink``: Wanda's swaps
     (``core.swaps``), which the final check applies too. ``reference``: the dense model's inputs
     of this layer, batch for batch like ``batches`` (``InductionSpec.targets`` "model"): the
     targets are then the dense layer's outputs on them (returned as ``reference_outputs``, the
@@ -135,7 +136,7 @@ def induce_layer(
     if spec.permute and target.is_nm and rounds > 0:
         # Regroup first, so the scales train for the groups the pruner will see; the plain
         # pruning of the layer as it came is kept as the bar the permuted candidates must beat.
-        args = (target, pruner, spec, dampening, blocksize, device, order, swaps)
+        args = (target, pruner, spec, dampening, blocksize, device, order, swaps, swap_shrink)
         plain = Trainer(layer, plan, params, stats, *args)
         T_id = Transform.identity(
             plan, device=device, shifts=spec.shifts, qk=spec.qk_scale, per_linear=spec.per_linear
@@ -147,7 +148,7 @@ def induce_layer(
         params = {n: p.detach().to(device=device, dtype=torch.float32) for n, p in layer.named_parameters()}
     T0 = init_transform(plan, stats, spec, pruner, device=device)
     trainer = Trainer(
-        layer, plan, params, stats, target, pruner, spec, dampening, blocksize, device, order, swaps
+        layer, plan, params, stats, target, pruner, spec, dampening, blocksize, device, order, swaps, swap_shrink
     )  # fmt: skip
     T, losses = trainer.fit(T0, minibatches, targets, generator)
     candidates = {"identity": identity_like(T0), "init": T0}

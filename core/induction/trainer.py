@@ -48,9 +48,10 @@ class Trainer:
         device: torch.device,
         order: SweepOrder = "natural",
         swap_rounds: int = 0,
+        swap_shrink: float = 0.0,
     ) -> None:
         self.layer, self.plan, self.params, self.stats = layer, plan, params, stats
-        self.swap_rounds = swap_rounds
+        self.swap_rounds, self.swap_shrink = swap_rounds, swap_shrink
         self.device = device
         self.target, self.pruner, self.spec, self.dampening = target, pruner, spec, dampening
         self.traits = traits(pruner)
@@ -122,7 +123,9 @@ class Trainer:
                 W_eff = sparsegpt_weights(W, M, self._chain[group], SPARSEGPT_HOPS)
             elif swaps and self.swap_rounds > 0:
                 H = self.stats[group].centred_H(d[group])  # (detaches the shift itself)
-                keep = swap_refine(W.detach(), M.detach() > 0.5, H, self.target, self.swap_rounds).keep
+                keep = swap_refine(
+                    W.detach(), M.detach() > 0.5, H, self.target, self.swap_rounds, shrink=self.swap_shrink
+                ).keep
                 W_eff = W * keep
             else:
                 W_eff = W * M

@@ -48,6 +48,7 @@ class Plan:
     allocation: str
     owl: tuple[float, float] | None  # (lambda, M) under OWL allocation
     swaps: int  # Wanda's swap rounds
+    swap_shrink: float  # share of X^T X's off-diagonal the swaps drop (0 without swaps)
     fits_dense_model: bool
     fit_weight: float  # share of the dense model's drift the writers fit (0: the dense layer)
     wants_hessian: bool
@@ -63,6 +64,7 @@ class Plan:
     dampening: float
     dtype: str
     compute_dtype: str  # "auto" is settled by the device at run time (core.compress)
+    attention: str  # the walk's attention kernel: "model" (the checkpoint's) or "eager"
     batch_size: int
     calibration: dict[str, Any]
     evaluation: dict[str, Any]
@@ -94,6 +96,7 @@ def resolve(spec: CompressionSpec) -> Plan:
         allocation=spec.allocation,
         owl=(spec.owl_lambda, spec.owl_m) if spec.allocation == "owl" else None,
         swaps=swaps,
+        swap_shrink=spec.swap_shrink if swaps > 0 else 0.0,
         fits_dense_model=fits,
         fit_weight=share,
         wants_hessian=t.wants_hessian(swaps),
@@ -109,6 +112,7 @@ def resolve(spec: CompressionSpec) -> Plan:
         dampening=spec.dampening,
         dtype=spec.dtype,
         compute_dtype=spec.compute_dtype,
+        attention=spec.attention,
         batch_size=spec.batch_size,
         calibration=dataclasses.asdict(spec.calibration),
         evaluation={**dataclasses.asdict(spec.evaluation), "sources": list(spec.evaluation.sources)},

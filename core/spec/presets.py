@@ -10,7 +10,8 @@ algorithms as llm-compressor runs them, for comparison (benchmarks/quality.py --
   each block's lowest scores pruned, no row weights, blocks of 128, dampening 0.01, the inverse
   Hessian factored through cholesky_inverse as llm-compressor does;
 - every layer's statistics taken from the dense layer, then the next layer's inputs from the
-  pruned one (llm-compressor's sequential pipeline), forwards in the model's dtype, one
+  pruned one (llm-compressor's sequential pipeline), forwards in the model's dtype with eager
+  attention (llm-compressor forces it while it calibrates), one
   calibration sequence per forward as llm-compressor runs them (batched forwards round
   differently, which moves a row near collapse, Wanda 70%, by more than 2%: docs/pruners.md);
 - Sparsity Induction as the paper describes it: scales (and shifts) from 1, one epoch against
@@ -39,6 +40,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "dampening": 0.01,
         "sequential": "layer",
         "compute_dtype": "model",
+        "attention": "eager",
         "batch_size": 1,
         "induction.epochs": 1,
         "induction.init": "one",

@@ -196,3 +196,29 @@ def test_induction_trains_in_the_walks_precision_and_checks_in_float32():
     assert steps > 0 and seen.count(torch.bfloat16) == steps  # one lowered forward per training step
     assert seen.count(torch.float32) >= 2  # the dense pass, and the check of the candidates
     assert all(v == v and v >= 0 for v in result.info["check_losses"].values())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_walk_attention_runs_the_eager_kernel_inside_and_restores_the_model_s(arch: str) -> None:
+    model = tiny_model(arch, layers=2)
+    model.set_attn_implementation("sdpa")
+    eager = tiny_model(arch, layers=2)
+    eager.set_attn_implementation("eager")
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with precision.walk_attention(model, "eager"):
+            assert model.config._attn_implementation == "eager"
+            inside = capture_inputs(model, arch_for(model), [ids], device="cpu")
+        assert model.config._attn_implementation == "sdpa"
+        with precision.walk_attention(model, "model"):
+            assert model.config._attn_implementation == "sdpa"
+        expected = capture_inputs(eager, arch_for(eager), [ids], device="cpu")
+    # The masks the walk captured are the eager kernel's (a tensor; sdpa may pass none).
+    mask, want = inside[0].kwargs.get("attention_mask"), expected[0].kwargs.get("attention_mask")
+    assert isinstance(want, torch.Tensor) or isinstance(want, dict)
+    assert type(mask) is type(want)
+    layer = decoder_layers(model, arch_for(model))[0]
+    with precision.walk_attention(model, "eager"):
+        out = run_layer(layer, inside, device="cpu")[0]
+    ref = run_layer(decoder_layers(eager, arch_for(eager))[0], expected, device="cpu")[0]
+    torch.testing.assert_close(out, ref)

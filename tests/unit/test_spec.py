@@ -269,6 +269,7 @@ def test_the_reference_preset_resolves_to_the_papers_methods(sparsity, nm):
     assert gpt.row_weight == (None if nm else "none") and gpt.blocksize == 128 and gpt.dampening == 0.01
     assert gpt.sequential == "layer" and gpt.compute_dtype == "model" and gpt.wants_hessian
     assert gpt.batch_size == 1  # one calibration sequence per forward, as llm-compressor
+    assert gpt.attention == "eager"  # llm-compressor forces eager attention while it calibrates
     wanda = plan("wanda")
     assert wanda.swaps == 0 and not wanda.fits_dense_model and not wanda.wants_hessian
     assert wanda.sequential == "layer" and wanda.order is None

@@ -96,6 +96,38 @@ def test_uncorrelated_inputs_leave_nothing_to_swap() -> None:
     assert torch.equal(result.keep, keep0)
 
 
+@pytest.mark.parametrize("target", [LayerTarget(0.5), LayerTarget(0.5, 2, 4)])
+def test_shrink_damps_the_correlations_the_swaps_exploit(target: LayerTarget) -> None:
+    X = correlated_inputs(400, 32, seed=3)
+    W = torch.randn(12, 32, generator=torch.Generator().manual_seed(4))
+    H = X.T @ X
+    keep0 = wanda_keep(W, X, target)
+    full = swap_refine(W, keep0, H, target, rounds=200)
+    assert torch.equal(swap_refine(W, keep0, H, target, rounds=200, shrink=0.0).keep, full.keep)
+    # Shrunk all the way H is its diagonal, where Wanda's mask is already the optimum.
+    none = swap_refine(W, keep0, H, target, rounds=200, shrink=1.0)
+    assert none.swaps == 0 and torch.equal(none.keep, keep0)
+    # Half way: the search optimises (H + diag(H)) / 2, which it lowers, and swaps less than
+    # with the full correlations.
+    half = swap_refine(W, keep0, H, target, rounds=200, shrink=0.5)
+    H_half = (H + torch.diag(H.diagonal())) / 2
+    assert 0 < half.swaps < full.swaps
+    assert error(W, half.keep, H_half) < error(W, keep0, H_half)
+    assert half.before == pytest.approx(error(W, keep0, H_half), rel=1e-5)
+    assert H.equal(X.T @ X)  # the caller's H is untouched
+
+
+def test_shrink_reaches_the_swaps_through_prune_weight() -> None:
+    X = correlated_inputs(256, 16, seed=10)
+    W = torch.randn(6, 16, generator=torch.Generator().manual_seed(11))
+    stats = InputStats.new(16, device="cpu", want_hessian=True)
+    stats.update(X)
+    target = LayerTarget(0.5)
+    assert prune_weight(W, "wanda", target, stats, swap_rounds=20).swaps.swaps > 0  # type: ignore[union-attr]
+    shrunk = prune_weight(W, "wanda", target, stats, swap_rounds=20, swap_shrink=1.0)
+    assert shrunk.swaps is not None and shrunk.swaps.swaps == 0
+
+
 def test_zero_rounds_and_rows_without_zeros_change_nothing() -> None:
     X = correlated_inputs(200, 16, seed=6)
     W = torch.randn(5, 16, generator=torch.Generator().manual_seed(7))
