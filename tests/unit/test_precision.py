@@ -215,7 +215,7 @@ def test_walk_attention_runs_the_eager_kernel_inside_and_restores_the_model_s(ar
         expected = capture_inputs(eager, arch_for(eager), [ids], device="cpu")
     # The masks the walk captured are the eager kernel's (a tensor; sdpa may pass none).
     mask, want = inside[0].kwargs.get("attention_mask"), expected[0].kwargs.get("attention_mask")
-    assert isinstance(want, torch.Tensor) or isinstance(want, dict)
+    assert isinstance(want, (torch.Tensor, dict))
     assert type(mask) is type(want)
     layer = decoder_layers(model, arch_for(model))[0]
     with precision.walk_attention(model, "eager"):
