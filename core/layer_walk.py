@@ -98,7 +98,7 @@ class LayerWalk(LayerPruning):
         result = induce_layer(
             layer, arch, batches, device=device, target=target, pruner=spec.pruner, spec=spec.induction,
             generator=self.generator, dampening=spec.dampening, blocksize=spec.blocksize, order=spec.order,
-            swap_rounds=spec.swaps, swap_shrink=spec.swap_shrink, reference=reference, dense=shared,
+            swap_rounds=spec.swaps, swap_shrink=spec.resolve().swap_shrink, reference=reference, dense=shared,
         )  # fmt: skip
         if result.reference_outputs is not None:  # the dense layer's, computed before the fold
             self.stream.hidden = result.reference_outputs

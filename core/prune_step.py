@@ -114,7 +114,7 @@ class LayerPruning:
             result = (pruned or {}).get(name) or prune_weight(
                 W, spec.pruner, target, st, blocksize=spec.blocksize, dampening=spec.dampening,
                 col_weight=(col_weights or {}).get(name), order=spec.order,
-                row_weight=(row_weights or {}).get(name), swap_rounds=spec.swaps, swap_shrink=spec.swap_shrink,
+                row_weight=(row_weights or {}).get(name), swap_rounds=spec.swaps, swap_shrink=spec.resolve().swap_shrink,
                 fit_share=spec.fit_weight,
                 magnitude_scope=spec.magnitude_scope, selection=spec.selection, hinv=spec.hinv,
             )  # fmt: skip

@@ -384,7 +384,7 @@ def fit_error(
     from the statistics."""
     result = prune_weight(
         W, spec.pruner, target, st, blocksize=spec.blocksize, dampening=spec.dampening, col_weight=col_weight,
-        order=spec.order, swap_rounds=spec.swaps, swap_shrink=spec.swap_shrink, fit_share=spec.fit_weight, selection=spec.selection,
+        order=spec.order, swap_rounds=spec.swaps, swap_shrink=spec.resolve().swap_shrink, fit_share=spec.fit_weight, selection=spec.selection,
     )  # fmt: skip
     H, cross = st.hessian(), fit_cross(st, spec.fit_weight)
     goal = W if cross is None else dense_target(W, H, cross)

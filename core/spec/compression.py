@@ -62,8 +62,8 @@ class CompressionSpec:
                                  "from the dense layer's statistics ('layer')", choices=SEQUENTIALS)  # fmt: skip
     swap_rounds: int = opt(-1, "Wanda: rounds of mask swaps on X^T X; 0: the paper's; -1: per pruner",
                            lo=-1, hi=10_000)  # fmt: skip
-    swap_shrink: float = opt(0.0, "Wanda's swaps: shrink X^T X's off-diagonal by this share toward Wanda's "
-                             "diagonal view (0: the full X^T X)", lo=0.0, hi=1.0)  # fmt: skip
+    swap_shrink: float = opt(-1.0, "Wanda's swaps: shrink X^T X's off-diagonal by this share toward Wanda's "
+                             "diagonal view (0: the full X^T X); -1: per pruner", lo=-1.0, hi=1.0)  # fmt: skip
     fit_share: float = opt(-1.0, "share of the dense model's drift the writers fit, in (0, 1]; -1: per pruner",
                            lo=-1.0, hi=1.0)  # fmt: skip
     magnitude_scope: str = opt("row", "magnitude, unstructured: drop each row's lowest |w|, or the whole layer's "
@@ -184,7 +184,12 @@ class CompressionSpec:
             + ("is data-free" if not t.reads_data else "changes the weights it keeps"),
         )
         _check(
-            self.swap_shrink == 0.0 or self.swaps > 0,
+            self.swap_shrink == -1.0 or 0.0 <= self.swap_shrink <= 1.0,
+            "experimental.swap_shrink",
+            "must be in [0, 1], or -1 for the default per pruner",
+        )
+        _check(
+            self.swap_shrink <= 0.0 or self.swaps > 0,
             "experimental.swap_shrink",
             f"shrinks the statistics of Wanda's swaps; {self.pruner} runs no swaps here",
         )

@@ -96,7 +96,7 @@ def resolve(spec: CompressionSpec) -> Plan:
         allocation=spec.allocation,
         owl=(spec.owl_lambda, spec.owl_m) if spec.allocation == "owl" else None,
         swaps=swaps,
-        swap_shrink=spec.swap_shrink if swaps > 0 else 0.0,
+        swap_shrink=(spec.swap_shrink if spec.swap_shrink >= 0 else t.swap_shrink) if swaps > 0 else 0.0,
         fits_dense_model=fits,
         fit_weight=share,
         wants_hessian=t.wants_hessian(swaps),

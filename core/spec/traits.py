@@ -24,6 +24,7 @@ class Traits:
     keeps_weights: bool  # it only chooses a mask (SparseGPT also updates the weights it keeps)
     selects_per_block: bool  # unstructured: the mask is chosen per block of ``blocksize`` columns
     swap_rounds: int  # default rounds of mask swaps (core.swaps); only data-reading mask pruners swap
+    swap_shrink: float  # default share of X^T X's off-diagonal the swaps drop (core.swaps)
     fits_model_auto: bool  # fit_to "auto" fits the dense model at N:M and ratios >= AUTO_FIT_MIN_RATIO
     fit_share: float  # default share of the dense model's drift the writers fit (core.pruners.fit_cross)
     hessian_every: int  # the X^T X reads every n-th calibration token
@@ -67,19 +68,19 @@ class Traits:
 # "Recovery", "N:M channel permutation", "Initialisation").
 PRUNER_TRAITS: dict[str, Traits] = {
     "magnitude": Traits(
-        score="weight", keeps_weights=True, selects_per_block=False, swap_rounds=0,
+        score="weight", keeps_weights=True, selects_per_block=False, swap_rounds=0, swap_shrink=0.0,
         fits_model_auto=False, fit_share=0.0, hessian_every=2, induction_epochs=0,
         scales_skip_unstructured=False, induction_samples=1, recover_epochs=0,
         permute_rounds=(10, 0), induction_init=("rms", 1.0),
     ),
     "wanda": Traits(
-        score="norm", keeps_weights=True, selects_per_block=False, swap_rounds=20,
+        score="norm", keeps_weights=True, selects_per_block=False, swap_rounds=20, swap_shrink=0.5,
         fits_model_auto=False, fit_share=0.25, hessian_every=2, induction_epochs=1,
         scales_skip_unstructured=False, induction_samples=0, recover_epochs=1,
         permute_rounds=(10, 50), induction_init=("one", 0.0),
     ),
     "sparsegpt": Traits(
-        score="obs", keeps_weights=False, selects_per_block=True, swap_rounds=0,
+        score="obs", keeps_weights=False, selects_per_block=True, swap_rounds=0, swap_shrink=0.0,
         fits_model_auto=True, fit_share=0.5, hessian_every=1, induction_epochs=1,
         scales_skip_unstructured=True, induction_samples=0, recover_epochs=1,
         permute_rounds=(100, 100), induction_init=("one", 0.0),

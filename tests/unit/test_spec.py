@@ -140,6 +140,8 @@ def test_at_most_twelve_public_options():
         ("experimental.swap_rounds", -2, "experimental.swap_rounds"),
         ("experimental.swap_rounds", 2.5, "experimental.swap_rounds"),
         ("experimental.swap_rounds", "many", "experimental.swap_rounds"),
+        ("experimental.swap_shrink", -0.5, "experimental.swap_shrink"),
+        ("experimental.swap_shrink", 1.5, "experimental.swap_shrink"),
         ("experimental.fit_share", 1.5, "experimental.fit_share"),
         ("experimental.fit_share", "half", "experimental.fit_share"),
         ("experimental.compute_dtype", "float8", "experimental.compute_dtype"),
@@ -438,6 +440,30 @@ def test_swap_rounds_refine_wanda_only(pruner, rounds, resolved, ok):
         with pytest.raises(SpecError, match=pruner) as err:
             CompressionSpec.from_dict(body)
         assert err.value.param == "experimental.swap_rounds"
+
+
+@pytest.mark.parametrize(
+    ("pruner", "rounds", "shrink", "resolved", "ok"),
+    [
+        ("wanda", -1, -1.0, 0.5, True),  # the default: the correlations half shrunk
+        ("wanda", -1, 0.0, 0.0, True),  # the full X^T X
+        ("wanda", 5, 0.25, 0.25, True),
+        ("wanda", 0, -1.0, 0.0, True),  # no swaps: nothing to shrink
+        ("wanda", 0, 0.5, None, False),
+        ("sparsegpt", -1, -1.0, 0.0, True),
+        ("magnitude", -1, 0.5, None, False),
+    ],
+)
+def test_swap_shrink_resolves_per_pruner_and_needs_swaps(pruner, rounds, shrink, resolved, ok):
+    body = _exp(_with("method.pruner", pruner), swap_rounds=rounds, swap_shrink=shrink)
+    if ok:
+        spec = CompressionSpec.from_dict(body)
+        assert spec.resolve().swap_shrink == resolved
+        assert CompressionSpec.from_dict(spec.to_dict()) == spec
+    else:
+        with pytest.raises(SpecError, match="no swaps") as err:
+            CompressionSpec.from_dict(body)
+        assert err.value.param == "experimental.swap_shrink"
 
 
 def test_induction_is_valid_with_every_pruner_and_structure():
