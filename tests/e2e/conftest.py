@@ -268,3 +268,14 @@ def sign_in(page: Any, service: Service, key: str) -> None:
     page.get_by_label("API key").fill(key)
     page.get_by_role("button", name="Sign in").click()
     page.locator("#jobs-title").wait_for()
+
+
+def wait_until(page: Any, predicate: str, arg: Any = None, timeout_s: float = 30.0) -> None:
+    """Poll ``predicate`` (a JS function of ``arg``) in the page until it returns true.
+
+    Not ``page.wait_for_function``: once its first check is false it polls by eval, which the
+    dashboard's CSP (script-src 'self') refuses, so it failed only when the page was slow."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(predicate, arg):
+        assert time.monotonic() < deadline, f"not true within {timeout_s}s: {predicate}"
+        page.wait_for_timeout(50)

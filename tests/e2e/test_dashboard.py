@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ARTIFACTS, JOB_TIMEOUT_S, Service, sign_in
+from tests.e2e.conftest import ARTIFACTS, JOB_TIMEOUT_S, Service, sign_in, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -144,7 +144,7 @@ def test_values_typed_before_the_schema_arrives_are_kept(page: Any, service: Ser
         page.wait_for_timeout(50)
     assert held, "the form never asked for its schema"
     held[0].continue_()
-    page.wait_for_function("document.querySelector('#f-calibration-seed').placeholder !== ''")
+    wait_until(page, "() => document.querySelector('#f-calibration-seed').placeholder !== ''")
     assert page.get_by_label("Seed", exact=True).input_value() == "7"
     assert page.get_by_label("Samples").input_value() == "4"
     # An untouched field still gets the schema's default.
@@ -341,7 +341,7 @@ def test_the_list_updates_live_and_never_shows_another_teams_job(page: Any, serv
     row.wait_for()
     # the list re-renders on every poll: read the rows once a render has them (CI once read an
     # empty tbody between two renders); a row of another status still fails the check below
-    page.wait_for_function("() => document.querySelectorAll('tbody tr[data-status]').length > 0")
+    wait_until(page, "() => document.querySelectorAll('tbody tr[data-status]').length > 0")
     statuses = page.locator("tbody tr[data-status]").evaluate_all("rows => rows.map(r => r.dataset.status)")
     assert statuses and set(statuses) == {"succeeded"}
     assert theirs["id"] not in page.content()
@@ -375,9 +375,7 @@ def test_the_list_shows_the_teams_usage_against_its_limits(page: Any, service: S
     expected = page.evaluate("async u => (await import('/static/js/usage.js')).usageText(u)", usage)
     assert expected.startswith("Usage: queued 0/10 · running 0/2 · storage ") and "0 B /" not in expected
     page.locator(f'tr[data-job-id="{job["id"]}"] .badge-succeeded').wait_for()
-    page.wait_for_function(
-        "t => document.querySelector('[data-testid=usage]').innerText === t", arg=expected, timeout=15_000
-    )
+    wait_until(page, "t => document.querySelector('[data-testid=usage]').innerText === t", expected, 15)
 
 
 # --- compare -------------------------------------------------------------------------------
@@ -409,5 +407,5 @@ def test_compare_finished_jobs(page: Any, service: Service) -> None:
 
     page.screenshot(path=str(ARTIFACTS / "dashboard-compare.png"), full_page=True)
     page.locator(f"#pick-{a['id']}").uncheck()
-    page.wait_for_function("document.querySelectorAll('[data-testid=compare-table] tbody tr').length === 1")
+    wait_until(page, "() => document.querySelectorAll('[data-testid=compare-table] tbody tr').length === 1")
     assert b["id"] in page.url and a["id"] not in page.url
