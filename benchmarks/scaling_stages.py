@@ -80,6 +80,7 @@ def run_shape(shape: dict[str, int], stages: list[str], args: argparse.Namespace
     from spruce.core.pruners import prune_weight, reconstruction_error
     from spruce.core.sparsity import LayerTarget, Sparsity
     from spruce.core.spec import CompressionSpec
+    from spruce.core.spec.traits import traits
     from spruce.core.swaps import swap_refine
     from spruce.core.walker import run_layer
 
@@ -116,6 +117,11 @@ def run_shape(shape: dict[str, int], stages: list[str], args: argparse.Namespace
     def stats() -> str:
         state["stats"], state["dense"] = collect_stats(layer, arch, batches, device=device, want_hessian=True)
         return "input norms and X^T X of the 4 input groups"
+
+    def wanda_stats() -> str:
+        every = traits("wanda").hessian_every
+        collect_stats(layer, arch, batches, device=device, want_hessian=True, hessian_every=every)
+        return f"Wanda's: input norms, X^T X (for its swaps) from one token in {every}"
 
     def pruner(name: str) -> Callable[[], Callable[[], str]]:
         def run() -> Callable[[], str]:
@@ -178,6 +184,7 @@ def run_shape(shape: dict[str, int], stages: list[str], args: argparse.Namespace
     timed("stats", stats)
     if "stats" not in state:  # every later stage reads them
         stats()
+    timed("wanda_stats", wanda_stats)
     for name in ("sparsegpt", "wanda"):
         timed(name, pruner(name))
     if "measure" in stages:  # the pruned layer it measures, built off the clock
