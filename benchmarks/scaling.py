@@ -144,7 +144,7 @@ def _print_shape(name: str, r: dict[str, Any]) -> None:
         f"\n{name}: hidden {r['hidden']}, MLP {r['mlp']}, {r['samples']} x {r['seq_len']} tokens, "
         f"{r['device']}, build {r['build_s']:.1f} s"
     )
-    print(f"{'stage':<10} {'seconds':>9} {'peak ' + unit:>14} {'llmc s':>9} {'ratio':>7}  note")
+    print(f"{'stage':<11} {'seconds':>9} {'peak ' + unit:>14} {'llmc s':>9} {'ratio':>7}  note")
     llmc = r.get("llmc") or {}
     for stage, s in r["stages"].items():
         ref = llmc.get(stage)
@@ -153,7 +153,7 @@ def _print_shape(name: str, r: dict[str, Any]) -> None:
             ref_s = llmc[_STATS_OF[stage]]["stats_s"]
         ratio = f"{s['seconds'] / ref_s:7.2f}" if ref_s else f"{'-':>7}"
         ref_txt = f"{ref_s:9.2f}" if ref_s else f"{'-':>9}"
-        print(f"{stage:<10} {s['seconds']:9.2f} {s['peak_mib']:14.0f} {ref_txt} {ratio}  {s.get('note', '')}")
+        print(f"{stage:<11} {s['seconds']:9.2f} {s['peak_mib']:14.0f} {ref_txt} {ratio}  {s.get('note', '')}")
     if llmc:
         print(
             "  llm-compressor, statistics + prune: "
@@ -183,7 +183,7 @@ _STATS_OF = {v: k for k, v in _STATS_FOR.items()}
 def _print_exponents(exps: dict[str, float | None]) -> None:
     print("\ngrowth exponent in the hidden size (slope of log seconds vs log hidden):")
     for stage, e in exps.items():
-        print(f"  {stage:<10} {'-' if e is None else f'{e:.2f}'}")
+        print(f"  {stage:<11} {'-' if e is None else f'{e:.2f}'}")
     known = [e for p in PRUNERS if (e := exps.get(p)) is not None]
     if not known:
         return
