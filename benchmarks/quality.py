@@ -211,11 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                 (args.reports / f"{name}.json").write_text(json.dumps(report, indent=1, default=str))
             dense = dense or report["perplexity"].get("dense", {})
             rows.append(row_of(label, key, report, reference))
-            print(
-                f"[{time.time() - started:.0f}s] {label}: ppl {rows[-1]['ppl']:.2f}",
-                file=sys.stderr,
-                flush=True,
-            )
+            ppl = " / ".join(f"{t} {_ppl(v)}" for t, v in report["perplexity"]["sparse"].items())
+            print(f"[{time.time() - started:.0f}s] {label}: ppl {ppl}", file=sys.stderr, flush=True)
     print_table(rows, dense)
     if args.json:
         args.json.write_text(json.dumps({"dense": dense, "rows": rows}, indent=2))
