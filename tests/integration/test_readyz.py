@@ -112,7 +112,7 @@ def test_postgres_locked_then_down(pg_url: str, tmp_path: Path) -> None:
     for key in (svc.key, svc.other):
         assert svc.client.get("/v1/me", headers=svc.h(key)).status_code == 200
     with session_scope(pg_url) as session:
-        used = dict(session.execute(select(ApiKey.name, ApiKey.last_used_at)).tuples().all())
+        used = dict(session.execute(select(ApiKey.name, ApiKey.last_used_at)).all())
     # Recorded for the key first used now; the key whose write failed under the lock is not
     # tried again for a minute (a locked database costs each key one short wait, not one per request).
     assert used["ci"] is not None and used["theirs"] is None, used
