@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,12 +270,18 @@ def sign_in(page: Any, service: Service, key: str) -> None:
     page.locator("#jobs-title").wait_for()
 
 
-def wait_until(page: Any, predicate: str, arg: Any = None, timeout_s: float = 30.0) -> None:
-    """Poll ``predicate`` (a JS function of ``arg``) in the page until it returns true.
+def wait_for_value(page: Any, read: Callable[[], Any], what: str, timeout_s: float = 30.0) -> Any:
+    """Call ``read`` until it returns something other than None or False, and return that.
 
     Not ``page.wait_for_function``: once its first check is false it polls by eval, which the
     dashboard's CSP (script-src 'self') refuses, so it failed only when the page was slow."""
     deadline = time.monotonic() + timeout_s
-    while not page.evaluate(predicate, arg):
-        assert time.monotonic() < deadline, f"not true within {timeout_s}s: {predicate}"
+    while (value := read()) is None or value is False:
+        assert time.monotonic() < deadline, f"not within {timeout_s}s: {what}"
         page.wait_for_timeout(50)
+    return value
+
+
+def wait_until(page: Any, predicate: str, arg: Any = None, timeout_s: float = 30.0) -> None:
+    """Poll ``predicate`` (a JS function of ``arg``) in the page until it returns true."""
+    wait_for_value(page, lambda: bool(page.evaluate(predicate, arg)), predicate, timeout_s)

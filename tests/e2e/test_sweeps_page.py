@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ARTIFACTS, JOB_TIMEOUT_S, Service, sign_in
+from tests.e2e.conftest import ARTIFACTS, JOB_TIMEOUT_S, Service, sign_in, wait_for_value
 from tests.e2e.test_dashboard import chart_data
 
 pytestmark = pytest.mark.e2e
@@ -27,11 +27,8 @@ def finished_sweep(service: Service, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def drawn(page: Any, canvas_id: str) -> list[list[Any]]:
-    """The chart's datasets once it is drawn (the page's CSP forbids wait_for_function's eval)."""
-    deadline = time.monotonic() + 30
-    while (data := chart_data(page, canvas_id)) is None:
-        assert time.monotonic() < deadline, f"no chart on #{canvas_id}"
-        time.sleep(0.1)
+    """The chart's datasets once it is drawn."""
+    data: list[list[Any]] = wait_for_value(page, lambda: chart_data(page, canvas_id), f"a chart on #{canvas_id}")
     return data
 
 
