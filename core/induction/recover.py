@@ -47,6 +47,9 @@ from spruce.core.induction.batches import (
 from spruce.core.precision import layer_precision
 
 _MARGIN = 0.002  # relative check-loss gain the trained scales need to replace identity
+# Adam's first step moves every parameter by its full rate (m / sqrt(v) is +-1 there); on Gemma 3
+# at Wanda 70% that step raised a layer's error up to 51x. The rate ramps up over these steps.
+WARMUP_STEPS = 8
 
 
 @dataclass
@@ -103,6 +106,7 @@ def recover_layer(
         deltas = {p: (torch.zeros_like(W, requires_grad=True), *_unit(W)) for p, (W, _) in base.items()}
         groups.append({"params": [D for D, _, _ in deltas.values()], "lr": weights_lr})
     opt = torch.optim.Adam(groups)
+    ramp = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / WARMUP_STEPS))
     # Each step's squared error is divided by the MEAN ||Y||^2 of a minibatch, not by its own:
     # a sequence's error then weighs what it weighs in the check loss (summed over sequences),
     # and the few sequences with a far larger error (massive activations) are not scaled down to
@@ -119,6 +123,7 @@ def recover_layer(
                 mse = (Y_hat.float() - pieces[i].to(device).float()).square().sum() / max(scale, 1e-30)
             mse.backward()
             opt.step()
+            ramp.step()
             losses.append(float(mse.detach()))
     with torch.no_grad():
         check = [minibatches[i] for i in held_out], [pieces[i] for i in held_out]

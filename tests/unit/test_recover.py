@@ -11,7 +11,7 @@ import torch
 
 from spruce.core.arch import arch_for, decoder_layers, layer_linears
 from spruce.core.errors import SpecError
-from spruce.core.induction.recover import recover_layer
+from spruce.core.induction.recover import WARMUP_STEPS, recover_layer
 from spruce.core.nested import cut_batch
 from spruce.core.sparsity import nm_ok
 from spruce.core.spec import CompressionSpec
@@ -129,6 +129,18 @@ def test_samples_limit_the_recovery_to_the_first_sequences() -> None:
         generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     assert len(result.losses) == 2 * (5 - 1)  # sequence 0 held out, 4 steps per epoch
+
+
+def test_the_first_step_moves_each_scale_by_a_warm_up_share_of_the_rate() -> None:
+    """Adam's first step is +-rate on every parameter; the ramp cuts it to rate / WARMUP_STEPS."""
+    layer, arch, batches, dense = _pruned_layer()
+    result = recover_layer(
+        layer, arch, batches, dense, device=torch.device("cpu"), epochs=1, lr=0.05, samples=2,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert len(result.losses) == 1  # sequence 0 held out: one step
+    largest = max(m["max_abs_log"] for m in result.info["moved"].values())
+    assert largest == pytest.approx(0.05 / WARMUP_STEPS, rel=1e-3)
 
 
 def test_gradient_reaches_row_and_column_scales_of_every_linear() -> None:
