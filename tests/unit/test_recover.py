@@ -42,6 +42,14 @@ def _pruned_layer(pruner: str = "wanda", target: str = "50%"):
     return layer, arch, batches, run_layer(reachable, batches, device="cpu")
 
 
+def _recover(layer, arch, batches, targets, *, epochs: int, lr: float = 0.05, **kw):
+    """``recover_layer`` on the CPU with the seeded generator every test here uses."""
+    return recover_layer(
+        layer, arch, batches, targets, device=torch.device("cpu"), epochs=epochs, lr=lr,
+        generator=torch.Generator().manual_seed(0), **kw,
+    )  # fmt: skip
+
+
 def _zeros(layer, arch) -> dict[str, torch.Tensor]:
     return {name: lin.weight == 0 for name, lin in layer_linears(layer, arch).items()}
 
@@ -51,10 +59,7 @@ def test_recovery_lowers_the_held_out_error_and_keeps_every_zero(target: str) ->
     layer, arch, batches, dense = _pruned_layer(target=target)
     zeros = _zeros(layer, arch)
     before = copy.deepcopy(layer)
-    result = recover_layer(
-        layer, arch, batches, dense, device=torch.device("cpu"), epochs=3, lr=0.05,
-        generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+    result = _recover(layer, arch, batches, dense, epochs=3)
     assert result.chosen == "trained"
     assert result.final_loss < result.identity_loss
     assert len(result.losses) == 3 * (16 - 2)  # one sequence per step; sequences 0 and 8 held out
@@ -77,10 +82,7 @@ def test_recovery_keeps_the_layer_where_it_cannot_win() -> None:
     layer, arch, batches, _ = _pruned_layer()
     own = run_layer(layer, batches, device="cpu")
     before = {k: v.clone() for k, v in layer.state_dict().items()}
-    result = recover_layer(
-        layer, arch, batches, own, device=torch.device("cpu"), epochs=1, lr=0.05,
-        generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+    result = _recover(layer, arch, batches, own, epochs=1)
     assert result.chosen == "identity" and result.final_loss == result.identity_loss
     assert all(torch.equal(v, layer.state_dict()[k]) for k, v in before.items())
 
@@ -106,8 +108,7 @@ def test_weight_updates_reach_what_scales_cannot_and_keep_every_zero() -> None:
 
     def recover(weights_lr: float):
         fresh = copy.deepcopy(layer)
-        r = recover_layer(fresh, arch, batches, targets, device=torch.device("cpu"), epochs=3, lr=0.02,
-                          weights_lr=weights_lr, generator=torch.Generator().manual_seed(0))  # fmt: skip
+        r = _recover(fresh, arch, batches, targets, epochs=3, lr=0.02, weights_lr=weights_lr)
         return fresh, r
 
     _, scales = recover(0.0)
@@ -124,20 +125,14 @@ def test_weight_updates_reach_what_scales_cannot_and_keep_every_zero() -> None:
 
 def test_samples_limit_the_recovery_to_the_first_sequences() -> None:
     layer, arch, batches, dense = _pruned_layer()
-    result = recover_layer(
-        layer, arch, batches, dense, device=torch.device("cpu"), epochs=2, lr=0.05, samples=5,
-        generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+    result = _recover(layer, arch, batches, dense, epochs=2, samples=5)
     assert len(result.losses) == 2 * (5 - 1)  # sequence 0 held out, 4 steps per epoch
 
 
 def test_the_first_step_moves_each_scale_by_a_warm_up_share_of_the_rate() -> None:
     """Adam's first step is +-rate on every parameter; the ramp cuts it to rate / WARMUP_STEPS."""
     layer, arch, batches, dense = _pruned_layer()
-    result = recover_layer(
-        layer, arch, batches, dense, device=torch.device("cpu"), epochs=1, lr=0.05, samples=2,
-        generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+    result = _recover(layer, arch, batches, dense, epochs=1, samples=2)
     assert len(result.losses) == 1  # sequence 0 held out: one step
     largest = max(m["max_abs_log"] for m in result.info["moved"].values())
     assert largest == pytest.approx(0.05 / WARMUP_STEPS, rel=1e-3)
@@ -145,10 +140,7 @@ def test_the_first_step_moves_each_scale_by_a_warm_up_share_of_the_rate() -> Non
 
 def test_gradient_reaches_row_and_column_scales_of_every_linear() -> None:
     layer, arch, batches, dense = _pruned_layer()
-    result = recover_layer(
-        layer, arch, batches, dense, device=torch.device("cpu"), epochs=1, lr=0.05,
-        generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+    result = _recover(layer, arch, batches, dense, epochs=1)
     moved = result.info["moved"]
     assert set(moved) == set(arch.linears)
     assert all(m["rows"] > 0 and m["cols"] > 0 for m in moved.values())
