@@ -111,6 +111,32 @@ def held_out_loss(
     return num / max(den, 1e-30)
 
 
+def token_relative_errors(Y_hat: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """Each token's squared error over its own ||y||^2 ([b, seq] of [b, seq, hidden]): what the
+    next layer's RMSNorm sees. A ratio over the whole batch would fit the few massive-norm tokens
+    of Gemma 3's residual stream (docs/induction.md, "Recovery")."""
+    Y = Y.float()
+    return (Y_hat.float() - Y).square().sum(-1) / Y.square().sum(-1).clamp_min(1e-30)
+
+
+@torch.no_grad()
+def held_out_token_loss(
+    layer: nn.Module,
+    params: dict[str, torch.Tensor],
+    minibatches: Sequence[Minibatch],
+    targets: Sequence[torch.Tensor],
+    device: torch.device,
+) -> float:
+    """``token_relative_errors`` of the layer run with ``params``, averaged over every token of the
+    subset (the recovery's objective, where ``held_out_loss`` is induction's)."""
+    total = tokens = 0.0
+    for mb, Y in zip(minibatches, targets, strict=True):
+        Y_hat = forward_with(layer, params, *mb.on(device))
+        total += float(token_relative_errors(Y_hat, Y.to(device)).sum())
+        tokens += Y.shape[0] * Y.shape[1]
+    return total / max(tokens, 1.0)
+
+
 def forward_with(
     layer: nn.Module, params: dict[str, torch.Tensor], hidden: torch.Tensor, kwargs: dict[str, Any]
 ) -> torch.Tensor:

@@ -17,8 +17,9 @@ cannot, the softmax and the gate between the linears. The guard below is what ke
 more parameters from overfitting a layer's few calibration sequences (docs/induction.md,
 "Recovery of the kept weights").
 
-The objective is induction's: relative MSE between the block's target (the dense model's output
-of the layer, or the dense layer's on the pruned inputs) and the pruned block's output. Adam on
+The objective is each token's relative squared error between the block's target (the dense
+model's output of the layer, or the dense layer's on the pruned inputs) and the pruned block's
+output, averaged over tokens (``token_relative_errors``: docs/induction.md, "Recovery"). Adam on
 log-scales from 0 (identity); the check subset (every 8th minibatch, unseen by the optimiser)
 decides whether the trained scales replace identity, so the step never makes a layer worse there.
 """
@@ -39,10 +40,11 @@ from spruce.core.induction.batches import (
     check_subset,
     first_sequences,
     forward_with,
-    held_out_loss,
+    held_out_token_loss,
     split_minibatches,
     target_pieces,
     targets_for,
+    token_relative_errors,
 )
 from spruce.core.precision import layer_precision
 
@@ -56,7 +58,7 @@ WARMUP_STEPS = 8
 class RecoveryResult:
     """What ``recover_layer`` trained and folded, for the report."""
 
-    losses: list[float]  # each training step's squared error / the mean ||Y||^2 of a minibatch
+    losses: list[float]  # each training step's mean relative squared error per token
     identity_loss: float  # on the check subset, the pruned layer as it came
     final_loss: float  # on the check subset, the folded choice
     chosen: str  # "trained" or "identity"
@@ -107,11 +109,6 @@ def recover_layer(
         groups.append({"params": [D for D, _, _ in deltas.values()], "lr": weights_lr})
     opt = torch.optim.Adam(groups)
     ramp = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / WARMUP_STEPS))
-    # Each step's squared error is divided by the MEAN ||Y||^2 of a minibatch, not by its own:
-    # a sequence's error then weighs what it weighs in the check loss (summed over sequences),
-    # and the few sequences with a far larger error (massive activations) are not scaled down to
-    # look like the rest.
-    scale = sum(float(Y.float().square().sum()) for Y in pieces) / len(pieces)
     losses: list[float] = []
     for _epoch in range(epochs):
         order = [train[k] for k in torch.randperm(len(train), generator=generator).tolist()]
@@ -120,16 +117,16 @@ def recover_layer(
             opt.zero_grad(set_to_none=True)
             with layer_precision(layer, device):
                 Y_hat = forward_with(layer, _scaled(base, log_r, log_c, deltas), hidden, kwargs)
-                mse = (Y_hat.float() - pieces[i].to(device).float()).square().sum() / max(scale, 1e-30)
+                mse = token_relative_errors(Y_hat, pieces[i].to(device)).mean()
             mse.backward()
             opt.step()
             ramp.step()
             losses.append(float(mse.detach()))
     with torch.no_grad():
         check = [minibatches[i] for i in held_out], [pieces[i] for i in held_out]
-        identity = held_out_loss(layer, _as_params(base), *check, device)
+        identity = held_out_token_loss(layer, _as_params(base), *check, device)
         trained_params = _scaled(base, log_r, log_c, deltas)
-        trained = held_out_loss(layer, trained_params, *check, device)
+        trained = held_out_token_loss(layer, trained_params, *check, device)
         chosen = "trained" if trained < identity * (1.0 - _MARGIN) else "identity"
         if chosen == "trained":
             for path, module in linears.items():

@@ -11,13 +11,14 @@ import torch
 
 from spruce.core.arch import arch_for, decoder_layers, layer_linears
 from spruce.core.errors import SpecError
+from spruce.core.induction.batches import token_relative_errors
 from spruce.core.induction.recover import WARMUP_STEPS, recover_layer
 from spruce.core.nested import cut_batch
 from spruce.core.sparsity import nm_ok
 from spruce.core.spec import CompressionSpec
 from spruce.core.walker import LayerBatch, run_layer
 from tests.tiny import tiny_job, tiny_model, tiny_tokenizer
-from tests.unit.test_induction import TARGETS, batches_for, prune_layer, rel_mse
+from tests.unit.test_induction import TARGETS, batches_for, prune_layer
 
 pytestmark = pytest.mark.unit
 
@@ -50,6 +51,15 @@ def _recover(layer, arch, batches, targets, *, epochs: int, lr: float = 0.05, **
     )  # fmt: skip
 
 
+def _token_mse(targets: list[torch.Tensor], outputs: list[torch.Tensor]) -> float:
+    """The recovery's objective: each token's relative squared error, averaged over all tokens."""
+    return float(
+        torch.cat(
+            [token_relative_errors(o, Y).flatten() for o, Y in zip(outputs, targets, strict=True)]
+        ).mean()
+    )
+
+
 def _zeros(layer, arch) -> dict[str, torch.Tensor]:
     return {name: lin.weight == 0 for name, lin in layer_linears(layer, arch).items()}
 
@@ -71,9 +81,9 @@ def test_recovery_lowers_the_held_out_error_and_keeps_every_zero(target: str) ->
             assert nm_ok(lin.weight, 2, 4)
     # what was folded is what the guard measured: sequences 0 and 8 (the check subset)
     held = [LayerBatch(b.hidden[:1], cut_batch(b.kwargs, b.hidden.shape[0], 0, 1)) for b in batches]
-    got = rel_mse([Y[:1] for Y in dense], run_layer(layer, held, device="cpu"))
+    got = _token_mse([Y[:1] for Y in dense], run_layer(layer, held, device="cpu"))
     assert got == pytest.approx(result.final_loss, rel=1e-4)
-    plain = rel_mse([Y[:1] for Y in dense], run_layer(before, held, device="cpu"))
+    plain = _token_mse([Y[:1] for Y in dense], run_layer(before, held, device="cpu"))
     assert plain == pytest.approx(result.identity_loss, rel=1e-4)
 
 
@@ -136,6 +146,23 @@ def test_the_first_step_moves_each_scale_by_a_warm_up_share_of_the_rate() -> Non
     assert len(result.losses) == 1  # sequence 0 held out: one step
     largest = max(m["max_abs_log"] for m in result.info["moved"].values())
     assert largest == pytest.approx(0.05 / WARMUP_STEPS, rel=1e-3)
+
+
+def test_the_objective_weighs_a_massive_token_as_any_other() -> None:
+    """Per token, not per batch: a 10% error costs the same on a token 100x the others' norm
+    (Gemma 3's residual stream has a few) as on any other, and an error on the big token costs no
+    more than the same relative error elsewhere."""
+    Y = torch.randn(2, 6, 16, generator=torch.Generator().manual_seed(0))
+    Y[0, 3] *= 100.0
+    errors = token_relative_errors(Y * 1.1, Y)
+    assert errors.shape == (2, 6)
+    torch.testing.assert_close(errors, torch.full((2, 6), 0.01))
+    only_big, only_small = Y.clone(), Y.clone()
+    only_big[0, 3] *= 1.1
+    only_small[1, 2] *= 1.1
+    assert token_relative_errors(only_big, Y).sum() == pytest.approx(
+        float(token_relative_errors(only_small, Y).sum())
+    )
 
 
 def test_gradient_reaches_row_and_column_scales_of_every_linear() -> None:
