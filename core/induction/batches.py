@@ -98,16 +98,23 @@ def held_out_loss(
     minibatches: Sequence[Minibatch],
     targets: Sequence[torch.Tensor],
     device: torch.device,
+    *,
+    per_token: bool = False,
 ) -> float:
     """Squared error of the layer run with ``params`` against ``targets``, summed over the
     minibatches and divided by the targets' summed ||Y||^2: one relative error for the whole
-    subset, so a sequence weighs what its tokens weigh."""
+    subset, so a sequence weighs what its tokens weigh (induction's). ``per_token``: the mean of
+    ``token_relative_errors`` over every token instead (the recovery's)."""
     num = den = 0.0
     for mb, Y in zip(minibatches, targets, strict=True):
         Y = Y.to(device).float()
         Y_hat = forward_with(layer, params, *mb.on(device)).float()
-        num += float((Y_hat - Y).square().sum())
-        den += float(Y.square().sum())
+        if per_token:
+            num += float(token_relative_errors(Y_hat, Y).sum())
+            den += Y.shape[0] * Y.shape[1]
+        else:
+            num += float((Y_hat - Y).square().sum())
+            den += float(Y.square().sum())
     return num / max(den, 1e-30)
 
 
@@ -117,24 +124,6 @@ def token_relative_errors(Y_hat: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     of Gemma 3's residual stream (docs/induction.md, "Recovery")."""
     Y = Y.float()
     return (Y_hat.float() - Y).square().sum(-1) / Y.square().sum(-1).clamp_min(1e-30)
-
-
-@torch.no_grad()
-def held_out_token_loss(
-    layer: nn.Module,
-    params: dict[str, torch.Tensor],
-    minibatches: Sequence[Minibatch],
-    targets: Sequence[torch.Tensor],
-    device: torch.device,
-) -> float:
-    """``token_relative_errors`` of the layer run with ``params``, averaged over every token of the
-    subset (the recovery's objective, where ``held_out_loss`` is induction's)."""
-    total = tokens = 0.0
-    for mb, Y in zip(minibatches, targets, strict=True):
-        Y_hat = forward_with(layer, params, *mb.on(device))
-        total += float(token_relative_errors(Y_hat, Y.to(device)).sum())
-        tokens += Y.shape[0] * Y.shape[1]
-    return total / max(tokens, 1.0)
 
 
 def forward_with(

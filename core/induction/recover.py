@@ -40,7 +40,7 @@ from spruce.core.induction.batches import (
     check_subset,
     first_sequences,
     forward_with,
-    held_out_token_loss,
+    held_out_loss,
     split_minibatches,
     target_pieces,
     targets_for,
@@ -124,9 +124,9 @@ def recover_layer(
             losses.append(float(mse.detach()))
     with torch.no_grad():
         check = [minibatches[i] for i in held_out], [pieces[i] for i in held_out]
-        identity = held_out_token_loss(layer, _as_params(base), *check, device)
+        identity = held_out_loss(layer, _as_params(base), *check, device, per_token=True)
         trained_params = _scaled(base, log_r, log_c, deltas)
-        trained = held_out_token_loss(layer, trained_params, *check, device)
+        trained = held_out_loss(layer, trained_params, *check, device, per_token=True)
         chosen = "trained" if trained < identity * (1.0 - _MARGIN) else "identity"
         if chosen == "trained":
             for path, module in linears.items():
